@@ -1,0 +1,102 @@
+"""The structural verifier: `verify(graph)` checks every invariant the IR promises, or raises.
+
+Checked, node by node in order:
+- names are unique and every input is defined earlier (so the order is topological and acyclic);
+- the op is in the closed op set, takes that many inputs, and its attributes are the normalised ones;
+- the declared type equals the type the op's shape rule infers from its inputs;
+- the weights are exactly the ones the op needs, float32, of the right shapes, and finite;
+- there is at least one input and one output, and every output names a node.
+
+One error type, `VerificationError`; its first line names the node and the problem, `details`
+shows the nodes around it and suggests a fix (in the manner of torch.fx's lint and JAX's check_jaxpr).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .graph import Graph, IRError
+from .ops import OPS, ShapeError, infer_type, normalise_attrs, weight_shapes
+
+
+class VerificationError(IRError):
+    """The graph breaks an invariant of the IR."""
+
+
+def _context(graph: Graph, index: int, radius: int = 2) -> str:
+    from .text import format_node
+
+    lo, hi = max(0, index - radius), min(len(graph.nodes), index + radius + 1)
+    lines = []
+    for i in range(lo, hi):
+        mark = ">" if i == index else " "
+        lines.append(f"  {mark} {format_node(graph.nodes[i])}")
+    return "\n".join(lines)
+
+
+def _fail(graph, index, message, fix):
+    raise VerificationError(message, _context(graph, index) + (f"\n  fix: {fix}" if fix else ""))
+
+
+def verify(graph: Graph) -> Graph:
+    """Raise `VerificationError` unless `graph` is a well-formed IR graph; return it otherwise."""
+    seen: dict = {}
+    for index, node in enumerate(graph.nodes):
+        where = f"node {node.name!r} ({node.op})"
+        if node.name in seen:
+            _fail(graph, index, f"{where}: the name is used by an earlier node too",
+                  "rename one of them (names must be unique)")
+        if node.op not in OPS:
+            _fail(graph, index, f"{where}: unknown op (ops: {', '.join(OPS)})", "")
+        for name in node.inputs:
+            if name not in seen:
+                later = name in graph
+                _fail(graph, index,
+                      f"{where}: input {name!r} is {'defined later' if later else 'not defined'}",
+                      "move the node after its inputs (nodes must be in topological order)" if later
+                      else "read a value defined above this node")
+        if node.op == "input":
+            if node.inputs or node.weights or node.attrs:
+                _fail(graph, index, f"{where}: an input node takes no inputs, attributes or weights", "")
+            if node.type.rank < 2:
+                _fail(graph, index, f"{where}: an input must be batched, got {node.type}", "")
+            seen[node.name] = node.type
+            continue
+        in_types = [seen[i] for i in node.inputs]
+        try:
+            attrs = normalise_attrs(node.op, dict(node.attrs))
+        except ShapeError as e:
+            _fail(graph, index, f"{where}: {e}", "")
+        if attrs != dict(node.attrs):
+            _fail(graph, index, f"{where}: attributes are not normalised ({dict(node.attrs)} vs {attrs})",
+                  "build nodes with easc.ir.builder.make_node")
+        try:
+            inferred = infer_type(node.op, in_types, attrs)
+            shapes = weight_shapes(node.op, in_types, attrs)
+        except ShapeError as e:
+            _fail(graph, index, f"{where}: {e}", "check the input types and the attributes")
+        if inferred != node.type:
+            _fail(graph, index, f"{where}: declared type {node.type} but the shape rule gives {inferred}",
+                  "rebuild the node from its inputs, or fix the producer upstream")
+        if set(shapes) != set(node.weights):
+            _fail(graph, index, f"{where}: weights {sorted(node.weights)} but the op needs {sorted(shapes)}", "")
+        for key, shape in shapes.items():
+            w = node.weights[key]
+            if w.dtype != np.float32:
+                _fail(graph, index, f"{where}: weight {key!r} is {w.dtype}, not float32", "")
+            if tuple(w.shape) != tuple(shape):
+                _fail(graph, index, f"{where}: weight {key!r} has shape {tuple(w.shape)}, expected {tuple(shape)}",
+                      "the layer's neighbours changed width without remapping this layer")
+            if not np.all(np.isfinite(w)):
+                _fail(graph, index, f"{where}: weight {key!r} has NaN or infinite values", "")
+        if node.op == "batchnorm" and np.any(node.weights["var"] < 0):
+            _fail(graph, index, f"{where}: negative running variance", "")
+        seen[node.name] = node.type
+    if not graph.inputs:
+        raise VerificationError("the graph has no input")
+    if not graph.outputs:
+        raise VerificationError("the graph has no output")
+    for public, name in graph.outputs.items():
+        if name not in seen:
+            raise VerificationError(f"output {public!r} names {name!r}, which is not a node")
+    return graph
