@@ -9,7 +9,6 @@ stay intact). Weight arrays are stored read-only to make an accidental in-place 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field, replace as _dc_replace
 from types import MappingProxyType
 from typing import Iterable, Mapping, Sequence
@@ -170,15 +169,18 @@ class Graph:
                      self.name if name is None else name)
 
     def fresh_name(self, base: str, taken: Iterable[str] = ()) -> str:
-        """`base` if unused, else `base_2`, `base_3`, ...: inserted nodes get readable unique names."""
+        """`base` if unused, else `base_2`, `base_3`, ...: inserted nodes get readable unique names.
+
+        The suffix is appended, never substituted, so `deepen_conv_3` can only become `deepen_conv_3_2`
+        and keeps naming the layer it came from.
+        """
         used = set(self._index) | set(taken)
         if base not in used:
             return base
-        stem = re.sub(r"_\d+$", "", base)
         k = 2
-        while f"{stem}_{k}" in used:
+        while f"{base}_{k}" in used:
             k += 1
-        return f"{stem}_{k}"
+        return f"{base}_{k}"
 
     def to_networkx(self):
         """A networkx DiGraph of the data flow (edges producer -> consumer), for graph algorithms."""

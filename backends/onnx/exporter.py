@@ -1,0 +1,215 @@
+"""Write an IR graph as a standard ONNX model.
+
+Each IR node becomes one ONNX node of the same name (an n-ary `add` becomes `Sum`), weights become
+initializers named `<node>.<weight>`, the batch dimension of inputs and outputs is the symbolic
+`N`, and the graph's input and output names are kept. A node a pass inserted records where it came
+from in the ONNX node's `metadata_props` (`easc.origin`), so that importing the file gives back
+the same IR, text form included.
+
+| IR             | ONNX                                                        |
+|----------------|-------------------------------------------------------------|
+| conv2d         | Conv (pads [ph, pw, ph, pw], group, dilations, bias input)  |
+| batchnorm      | BatchNormalization (momentum = 1 - torch momentum)          |
+| relu           | Relu                                                        |
+| maxpool2d      | MaxPool (ceil_mode)                                         |
+| avgpool2d      | AveragePool (ceil_mode, count_include_pad written always)   |
+| global_avgpool | GlobalAveragePool                                           |
+| flatten        | Flatten axis=1                                              |
+| linear         | Gemm transB=1                                               |
+| dropout        | Dropout with a constant ratio (identity at inference)       |
+| concat         | Concat axis=1                                               |
+| add            | Add (two inputs), Sum (more)                                |
+| softmax        | Softmax axis=1                                              |
+
+Output shapes: ONNX shape inference (onnx 1.23) sizes a `ceil_mode=1` pool by the plain ceiling
+formula, while onnxruntime and torch drop a last window that would start in the right padding. Where
+the two disagree for an output, the output's non-batch dimensions are left undeclared, so that the
+model still passes `onnx.checker.check_model(full_check=True)`; onnxruntime computes the IR's shape.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from easc.ir import BATCH, Graph, IRError, atomic_write_bytes
+
+MIN_OPSET = 13
+"""Dropout takes its ratio as an input from opset 12, Softmax means one axis from opset 13."""
+
+ORIGIN_KEY = "easc.origin"
+
+
+class OnnxExportError(IRError):
+    """A graph or option the exporter cannot write; the message names the node or option."""
+
+
+def _dims(shape) -> list:
+    return [BATCH if d == BATCH else int(d) for d in shape]
+
+
+class _Names:
+    """Unique ONNX value names (tensors and initializers share one namespace)."""
+
+    def __init__(self):
+        self.taken: set = set()
+
+    def claim(self, name: str) -> str:
+        self.taken.add(name)
+        return name
+
+    def fresh(self, base: str) -> str:
+        name, k = base, 2
+        while name in self.taken:
+            name, k = f"{base}_{k}", k + 1
+        return self.claim(name)
+
+
+def export_model(graph: Graph, opset: int = 17) -> onnx.ModelProto:
+    """The ONNX model of `graph`: checked with `onnx.checker.check_model(full_check=True)`."""
+    latest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= latest:
+        raise OnnxExportError(f"opset {opset} is not supported for export (use {MIN_OPSET} to {latest})")
+    by_name = {n.name: n for n in graph.nodes}
+    input_names = [n.name for n in graph.inputs]
+    publics_of: dict = {}
+    for public, node in graph.outputs.items():
+        publics_of.setdefault(node, []).append(public)
+    public_names = set(graph.outputs)
+
+    values = _Names()
+    for name in input_names:
+        values.claim(name)
+    for public in public_names:
+        if public in input_names and graph.outputs[public] != public:
+            raise OnnxExportError(f"output {public!r} has the name of graph input {public!r} but exposes "
+                                  f"node {graph.outputs[public]!r}; rename one of them")
+        values.claim(public)
+    value_of: dict = {name: name for name in input_names}
+    for node in graph.nodes:
+        if node.op == "input":
+            continue
+        own = publics_of.get(node.name)
+        if own:
+            value_of[node.name] = own[0]
+        elif node.name in values.taken:
+            value_of[node.name] = values.fresh(f"{node.name}_value")
+        else:
+            value_of[node.name] = values.claim(node.name)
+
+    onnx_nodes, initializers = [], []
+
+    def add_init(node_name: str, key: str, array) -> str:
+        name = values.fresh(f"{node_name}.{key}")
+        initializers.append(numpy_helper.from_array(np.asarray(array, dtype=np.float32), name))
+        return name
+
+    for node in graph.nodes:
+        if node.op == "input":
+            continue
+        try:
+            made = _lower(node, [value_of[i] for i in node.inputs], value_of[node.name], add_init)
+        except KeyError as e:
+            raise OnnxExportError(f"node {node.name!r} ({node.op}): no export rule ({e})") from None
+        if node.origin:
+            made.metadata_props.add(key=ORIGIN_KEY, value=node.origin)
+        onnx_nodes.append(made)
+
+    node_names = {n.name for n in graph.nodes}
+    outputs = []
+    for public, node_name in graph.outputs.items():
+        source = value_of[node_name]
+        if source != public:
+            ident = public + "/Identity"
+            k = 2
+            while ident in node_names:
+                ident, k = f"{public}/Identity_{k}", k + 1
+            node_names.add(ident)
+            onnx_nodes.append(helper.make_node("Identity", [source], [public], name=ident))
+        outputs.append((public, by_name[node_name].type))
+
+    inputs = [helper.make_tensor_value_info(n.name, TensorProto.FLOAT, _dims(n.type.shape)) for n in graph.inputs]
+    # First with only the batch dimension declared, to learn what ONNX's shape inference makes of each
+    # output (see the module docstring on ceil_mode).
+    loose = [helper.make_tensor_value_info(p, TensorProto.FLOAT, [BATCH] + [None] * (t.rank - 1))
+             for p, t in outputs]
+    g = helper.make_graph(onnx_nodes, graph.name, inputs, loose, initializer=initializers)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="easc",
+                              ir_version=helper.find_min_ir_version_for([helper.make_opsetid("", opset)]))
+    inferred = _inferred_sample_shapes(model)
+    del model.graph.output[:]
+    for public, t in outputs:
+        sample = list(t.sample_shape)
+        dims = [BATCH] + (sample if inferred.get(public) == tuple(sample) else [None] * len(sample))
+        model.graph.output.append(helper.make_tensor_value_info(public, TensorProto.FLOAT, dims))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _inferred_sample_shapes(model: onnx.ModelProto) -> dict:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    except Exception as e:  # the exporter wrote something ONNX rejects: a bug here, not the user's
+        raise OnnxExportError(f"the exported model fails ONNX shape inference: {e}") from None
+    out = {}
+    for vi in inferred.graph.output:
+        dims = vi.type.tensor_type.shape.dim
+        if all(d.HasField("dim_value") for d in dims[1:]):
+            out[vi.name] = tuple(int(d.dim_value) for d in dims[1:])
+    return out
+
+
+def _lower(node, inputs: list, output: str, add_init) -> onnx.NodeProto:
+    """The ONNX node computing `node` from the ONNX values `inputs` into `output`."""
+    a, w, name = node.attrs, node.weights, node.name
+
+    def make(op_type, ins, **attrs):
+        return helper.make_node(op_type, ins, [output], name=name, **attrs)
+
+    op = node.op
+    if op == "conv2d":
+        ins = inputs + [add_init(name, "weight", w["weight"])]
+        if a["bias"]:
+            ins.append(add_init(name, "bias", w["bias"]))
+        (ph, pw) = a["padding"]
+        return make("Conv", ins, kernel_shape=list(a["kernel"]), strides=list(a["stride"]),
+                    pads=[ph, pw, ph, pw], dilations=list(a["dilation"]), group=a["groups"])
+    if op == "batchnorm":
+        ins = inputs + [add_init(name, key, w[key]) for key in ("scale", "bias", "mean", "var")]
+        return make("BatchNormalization", ins, epsilon=a["eps"], momentum=1.0 - a["momentum"])
+    if op == "relu":
+        return make("Relu", inputs)
+    if op in ("maxpool2d", "avgpool2d"):
+        (ph, pw) = a["padding"]
+        attrs = dict(kernel_shape=list(a["kernel"]), strides=list(a["stride"]), pads=[ph, pw, ph, pw],
+                     ceil_mode=int(a["ceil"]))
+        if op == "avgpool2d":
+            return make("AveragePool", inputs, count_include_pad=int(a["count_include_pad"]), **attrs)
+        return make("MaxPool", inputs, **attrs)
+    if op == "global_avgpool":
+        return make("GlobalAveragePool", inputs)
+    if op == "flatten":
+        return make("Flatten", inputs, axis=1)
+    if op == "linear":
+        ins = inputs + [add_init(name, "weight", w["weight"])]
+        if a["bias"]:
+            ins.append(add_init(name, "bias", w["bias"]))
+        return make("Gemm", ins, transB=1)
+    if op == "dropout":
+        return make("Dropout", inputs + [add_init(name, "ratio", np.float32(a["p"]))])
+    if op == "concat":
+        return make("Concat", inputs, axis=1)
+    if op == "add":
+        return make("Add" if len(inputs) == 2 else "Sum", inputs)
+    if op == "softmax":
+        return make("Softmax", inputs, axis=1)
+    raise KeyError(op)
+
+
+def save_onnx(graph: Graph, path, opset: int = 17) -> None:
+    """Export `graph` and write it atomically (a temporary file renamed into place)."""
+    model = export_model(graph, opset)
+    if model.ByteSize() >= 2 ** 31:
+        raise OnnxExportError(f"{path}: the model is larger than 2 GB, which a single ONNX file cannot hold")
+    atomic_write_bytes(path, model.SerializeToString())

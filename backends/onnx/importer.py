@@ -1,0 +1,823 @@
+"""Lower an ONNX model to the easc IR.
+
+The importer walks the ONNX nodes in their (topological) order and keeps, for every ONNX value,
+one of three things:
+
+- an activation (`_Act`): an IR node's value, possibly seen through a reshape-like *view*
+  (Reshape / Squeeze / Unsqueeze change how ONNX sees the value, not the data). A view that is the
+  IR node's own shape is that node; a view `(N, prod(rest))` of an NCHW value becomes a `flatten`;
+  any other view is an error when something other than another view reads it;
+- a constant (`_Const`): initializers, Constant nodes, and anything computed from constants only.
+  Shape arithmetic that older exporters write (Shape -> Gather -> Unsqueeze -> Concat -> Reshape)
+  depends on the batch size, so every constant is evaluated twice, with the batch dimension set to
+  two different sentinel sizes: entries that differ between the two runs *are* the batch
+  dimension (or a function of it, which is an error). This folds any arithmetic on shapes without a
+  pattern per exporter;
+- nothing else: an operator easc does not support raises `OnnxImportError` naming it and its node.
+
+Layers absorb what belongs to them: Conv / Gemm / MatMul followed by an Add of a per-channel
+constant become one `conv2d` / `linear` with a bias, named after the Conv / Gemm / MatMul. The
+batch dimension of the file (often fixed to 1 by exporters) becomes the symbolic `N`.
+
+ONNX shape inference cross-checks every value the importer types: a disagreement means the
+importer misread a node, and is reported rather than silently imported. One known exception:
+ONNX shape inference (onnx 1.23) computes pooling output sizes with `ceil_mode=1` by the plain
+ceiling formula, while onnxruntime and torch drop a last window that would start in the right
+padding; values downstream of such a pool are not cross-checked (the IR follows onnxruntime).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from easc.ir import BATCH, Graph, IRError, Node, TensorType, make_node, verify
+from easc.ir.ops import pool_output_size
+
+SUPPORTED_OPS = (
+    "Add", "AveragePool", "BatchNormalization", "Cast", "Concat", "Conv", "Dropout", "Flatten", "Gemm",
+    "GlobalAveragePool", "Identity", "MatMul", "MaxPool", "ReduceMean", "Relu", "Reshape", "Shape", "Softmax",
+    "Squeeze", "Sum", "Unsqueeze",
+)
+"""ONNX operators the importer maps onto the IR. Any operator whose inputs are all constants is
+evaluated at import time instead (shape arithmetic, weight transposes, ...)."""
+
+MIN_OPSET = 9
+"""Older opsets differ in attributes this importer does not read (e.g. BatchNormalization's `spatial`)."""
+
+# Two batch sizes that the file's constants are evaluated with (see the module docstring). Small, so
+# that a ConstantOfShape over a batch-dependent shape stays small; any two distinct values work.
+_SENTINELS = (7, 11)
+
+# Random generators have no constant value; never evaluate them at import time.
+_NOT_FOLDABLE = ("RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
+                 "Bernoulli")
+
+
+class OnnxImportError(IRError):
+    """An ONNX file easc cannot lower; the one-line message names the file and the node."""
+
+
+@dataclass
+class _Act:
+    """An IR node's value as an ONNX value sees it.
+
+    shape: the ONNX-visible shape, `BATCH` first (differs from the IR node's type under a view).
+    sole:  no other ONNX consumer can see this IR node through another value so far, so a bias may
+           still be folded into it.
+    """
+
+    node: str
+    shape: tuple
+    sole: bool = True
+
+
+@dataclass
+class _Const:
+    """A constant, evaluated under both sentinel batch sizes (`a` and `b` are the same object when it
+    does not depend on the batch)."""
+
+    a: np.ndarray
+    b: np.ndarray
+
+    @property
+    def batch_dependent(self) -> bool:
+        return self.a is not self.b
+
+
+def _const(value) -> _Const:
+    arr = np.asarray(value)
+    return _Const(arr, arr)
+
+
+class _Importer:
+    def __init__(self, model: onnx.ModelProto, source: str, name: str | None):
+        self.model = model
+        self.source = source
+        self.graph_name = name or model.graph.name or "graph"
+        self.opset = self._opset()
+        self.env: dict[str, _Act | _Const] = {}
+        self.nodes: list[Node] = []
+        self.index: dict[str, int] = {}  # IR node name -> position in self.nodes
+        self.uses: dict[str, int] = {}  # IR node name -> how many IR nodes read it so far
+        self.layer_origin: dict[str, str] = {}  # IR node -> ONNX op that made it (bias folding)
+        self.file_batch: int | None = None
+        self.consumers = self._count_consumers()
+        self.graph_outputs = {o.name for o in model.graph.output}
+        self.inferred = self._infer_shapes()
+        self.tainted: set[str] = set()  # ONNX values whose inferred shape ONNX gets wrong (ceil pools)
+        self.origin = ""  # of the node being lowered
+
+    # -- helpers -------------------------------------------------------------------------------
+    def fail(self, message: str) -> OnnxImportError:
+        return OnnxImportError(f"{self.source}: {message}")
+
+    def _opset(self) -> int:
+        for imp in self.model.opset_import:
+            if imp.domain in ("", "ai.onnx"):
+                if imp.version < MIN_OPSET:
+                    raise self.fail(f"opset {imp.version} is too old (easc reads opset {MIN_OPSET} and later; "
+                                    "convert the model with onnx.version_converter)")
+                return int(imp.version)
+        raise self.fail("not an ONNX model (no opset_import for the default domain)")
+
+    def _count_consumers(self) -> dict:
+        counts: dict[str, int] = {}
+        for node in self.model.graph.node:
+            for i in node.input:
+                if i:
+                    counts[i] = counts.get(i, 0) + 1
+        for o in self.model.graph.output:
+            counts[o.name] = counts.get(o.name, 0) + 1
+        return counts
+
+    def _infer_shapes(self) -> dict:
+        """Sample shapes (dims after the batch) that ONNX shape inference gives each value, when static."""
+        try:
+            inferred = onnx.shape_inference.infer_shapes(self.model, check_type=False, strict_mode=False,
+                                                         data_prop=True)
+        except Exception:  # inference is a cross-check only; a model it cannot handle still imports
+            return {}
+        out = {}
+        for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+            t = vi.type.tensor_type
+            if not t.HasField("shape"):
+                continue
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+            if len(dims) >= 1 and all(d is not None for d in dims[1:]):
+                out[vi.name] = tuple(dims[1:])
+        return out
+
+    def _unique_names(self) -> list:
+        """IR names for the ONNX nodes: the file's own, made unique; `Conv_0` style where missing."""
+        taken = {i.name for i in self.model.graph.input}
+        names: list = [None] * len(self.model.graph.node)
+        for k, node in enumerate(self.model.graph.node):  # the first holder of a name keeps it
+            if node.name and node.name not in taken:
+                taken.add(node.name)
+                names[k] = node.name
+        counters: dict = {}
+        for k, node in enumerate(self.model.graph.node):
+            if names[k] is not None:
+                continue
+            if node.name:
+                j = 2
+                while f"{node.name}_{j}" in taken:
+                    j += 1
+                names[k] = f"{node.name}_{j}"
+            else:
+                j = counters.get(node.op_type, 0)
+                while f"{node.op_type}_{j}" in taken:
+                    j += 1
+                counters[node.op_type] = j + 1
+                names[k] = f"{node.op_type}_{j}"
+            taken.add(names[k])
+        return names
+
+    def emit(self, name: str, op: str, inputs: list, attrs: dict, weights: dict | None, where: str) -> str:
+        types = [self.nodes[self.index[i]].type for i in inputs]
+        try:
+            node = make_node(name, op, inputs, types, attrs, weights, origin=self.origin)
+        except IRError as e:
+            msg = str(e).split(": ", 1)[-1] if str(e).startswith("node ") else str(e)
+            raise self.fail(f"{where}: {msg}") from None
+        self.index[name] = len(self.nodes)
+        self.nodes.append(node)
+        self.uses[name] = 0
+        for i in inputs:
+            self.uses[i] += 1
+        return name
+
+    def ir_type(self, name: str) -> TensorType:
+        return self.nodes[self.index[name]].type
+
+    def act(self, value: str, where: str) -> str:
+        """The IR node behind an activation input; views must have been resolved to real nodes."""
+        entry = self.env.get(value)
+        if isinstance(entry, _Const):
+            raise self.fail(f"{where}: input '{value}' is a constant where easc expects an activation")
+        if entry is None:
+            raise self.fail(f"{where}: input '{value}' is not produced by any node or graph input")
+        node_type = self.ir_type(entry.node)
+        if tuple(entry.shape) != tuple(node_type.shape):
+            raise self.fail(f"{where}: input '{value}' has shape {_fmt(entry.shape)}, which easc cannot "
+                            f"represent (values are NCHW or NC; it is a reshape of {node_type})")
+        return entry.node
+
+    def const(self, value: str, where: str, what: str = "input") -> np.ndarray:
+        entry = self.env.get(value)
+        if isinstance(entry, _Act):
+            raise self.fail(f"{where}: {what} '{value}' must be a constant (an initializer or a Constant "
+                            "node), but it is computed from the graph's inputs")
+        if entry is None:
+            raise self.fail(f"{where}: input '{value}' is not produced by any node or graph input")
+        if entry.batch_dependent:
+            raise self.fail(f"{where}: {what} '{value}' depends on the batch size")
+        return entry.a
+
+    def weight(self, value: str, where: str, what: str) -> np.ndarray:
+        return np.ascontiguousarray(self.const(value, where, what), dtype=np.float32)
+
+    def bind(self, output: str, node: str, where: str, sole: bool = True):
+        self.env[output] = _Act(node, tuple(self.ir_type(node).shape), sole)
+        self.cross_check(output, where)
+
+    def cross_check(self, output: str, where: str):
+        entry = self.env[output]
+        want = self.inferred.get(output)
+        if want is None or output in self.tainted:
+            return
+        got = tuple(entry.shape[1:])
+        if tuple(want) != got:
+            raise self.fail(f"{where}: easc computes shape {_fmt(entry.shape)} but ONNX shape inference "
+                            f"gives [?,{','.join(map(str, want))}]")
+
+    # -- attributes ----------------------------------------------------------------------------
+    @staticmethod
+    def attrs(node: onnx.NodeProto) -> dict:
+        return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+    def pads(self, node, attrs: dict, in_hw, kernel, stride, dilation, where: str) -> tuple:
+        """Symmetric (pad_h, pad_w) from `pads` or `auto_pad`; asymmetric padding is an error."""
+        auto = attrs.get("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+        if auto in ("SAME_UPPER", "SAME_LOWER"):
+            pads_begin, pads_end = [], []
+            for size, k, s, d in zip(in_hw, kernel, stride, dilation):
+                out = -(-size // s)
+                total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+                small, big = total // 2, total - total // 2
+                pads_begin.append(small if auto == "SAME_UPPER" else big)
+                pads_end.append(big if auto == "SAME_UPPER" else small)
+            pads = pads_begin + pads_end
+        elif auto == "VALID":
+            pads = [0, 0, 0, 0]
+        elif auto in ("NOTSET", ""):
+            pads = list(attrs.get("pads", [0, 0, 0, 0]))
+        else:
+            raise self.fail(f"{where}: unknown auto_pad {auto!r}")
+        if len(pads) != 4:
+            raise self.fail(f"{where}: expected 4 pads for a 2-D window, got {list(pads)}")
+        if pads[0] != pads[2] or pads[1] != pads[3]:
+            how = f"auto_pad={auto} gives pads" if auto.startswith("SAME") else "pads"
+            raise self.fail(f"{where}: asymmetric padding ({how} {list(pads)}) cannot be represented "
+                            "(easc pads each axis symmetrically, as torch.nn.Conv2d)")
+        return int(pads[0]), int(pads[1])
+
+    def no_extra_outputs(self, node, where: str, what: str):
+        for extra in node.output[1:]:
+            if extra and self.consumers.get(extra):
+                raise self.fail(f"{where}: its {what} output '{extra}' is used, which easc does not support "
+                                "(only the eval-mode result is)")
+
+    # -- the walk ------------------------------------------------------------------------------
+    def run(self) -> Graph:
+        g = self.model.graph
+        initializers = {t.name: t for t in g.initializer}
+        for name, tensor in initializers.items():
+            self.env[name] = _const(numpy_helper.to_array(tensor))
+        for inp in g.input:
+            if inp.name in initializers:
+                continue  # IR version < 4 lists initializers among the inputs too
+            self._input(inp)
+        for node, name in zip(g.node, self._unique_names()):
+            self._node(node, name)
+        outputs = {}
+        for out in g.output:
+            where = f"graph output '{out.name}'"
+            entry = self.env.get(out.name)
+            if entry is None:
+                raise self.fail(f"{where} is not produced by any node")
+            if isinstance(entry, _Const):
+                raise self.fail(f"{where} is a constant (it does not depend on the graph's inputs)")
+            outputs[out.name] = self.act(out.name, where)
+        graph = Graph(self.nodes, outputs, self.graph_name)
+        try:
+            return verify(graph)
+        except IRError as e:
+            raise self.fail(f"the imported graph does not verify: {e}") from None
+
+    def _input(self, inp: onnx.ValueInfoProto):
+        where = f"graph input '{inp.name}'"
+        t = inp.type.tensor_type
+        if not inp.type.HasField("tensor_type"):
+            raise self.fail(f"{where} is not a tensor")
+        if t.elem_type != onnx.TensorProto.FLOAT:
+            dtype = onnx.TensorProto.DataType.Name(t.elem_type)
+            raise self.fail(f"{where} is {dtype}; easc imports float32 networks")
+        if not t.HasField("shape") or len(t.shape.dim) < 2:
+            raise self.fail(f"{where} needs a declared shape of rank >= 2 (batch first)")
+        first = t.shape.dim[0]
+        if first.HasField("dim_value") and first.dim_value > 0:
+            self.file_batch = self.file_batch or int(first.dim_value)
+        sample = []
+        for d in t.shape.dim[1:]:
+            if not d.HasField("dim_value"):
+                raise self.fail(f"{where} has a dynamic dimension '{d.dim_param or '?'}' after the batch; "
+                                "easc needs fixed sample shapes")
+            sample.append(int(d.dim_value))
+        node = Node(inp.name, "input", (), {}, TensorType((BATCH,) + tuple(sample)))
+        self.index[inp.name] = len(self.nodes)
+        self.nodes.append(node)
+        self.uses[inp.name] = 0
+        self.env[inp.name] = _Act(inp.name, node.type.shape)
+
+    def _node(self, node: onnx.NodeProto, name: str):
+        op = node.op_type
+        where = f"node '{name}' ({op})"
+        present = [i for i in node.input if i]
+        missing = [i for i in present if i not in self.env]
+        if missing:
+            raise self.fail(f"{where}: input '{missing[0]}' is not produced by any earlier node")
+        standard = node.domain in ("", "ai.onnx")
+        # easc's exporter records where a pass-inserted node came from (exporter.ORIGIN_KEY).
+        self.origin = next((p.value for p in node.metadata_props if p.key == "easc.origin"), "")
+        if any(i in self.tainted for i in present):
+            self.tainted.update(o for o in node.output if o)
+        if not any(isinstance(self.env[i], _Act) for i in present):
+            if not standard or op in _NOT_FOLDABLE:
+                raise self._unsupported(node, name)
+            return self._fold(node, where)
+        if not standard or op not in SUPPORTED_OPS:
+            raise self._unsupported(node, name)
+        getattr(self, f"_op_{op}")(node, name, where)
+
+    def _unsupported(self, node, name) -> OnnxImportError:
+        op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+        return self.fail(f"operator '{op}' (node '{name}') is not supported by easc "
+                         f"(supported: {', '.join(SUPPORTED_OPS)}, and any operator on constants only)")
+
+    # -- constants -----------------------------------------------------------------------------
+    def _op_Shape(self, node, name, where):
+        entry = self.env[node.input[0]]
+        attrs = self.attrs(node)
+        window = slice(attrs.get("start", 0), attrs.get("end", None))
+        a, b = (np.array([batch if d == BATCH else int(d) for d in entry.shape][window], dtype=np.int64)
+                for batch in _SENTINELS)
+        self.env[node.output[0]] = _const(a) if np.array_equal(a, b) else _Const(a, b)
+
+    def _fold(self, node, where):
+        """Evaluate a node whose inputs are all constants, under both sentinel batch sizes."""
+        ins = [self.env[i] if i else None for i in node.input]
+        dependent = any(e is not None and e.batch_dependent for e in ins)
+        results = []
+        for run in ((0, 1) if dependent else (0,)):
+            args = [None if e is None else (e.a if run == 0 else e.b) for e in ins]
+            try:
+                results.append(self._evaluate(node, args))
+            except OnnxImportError:
+                raise
+            except Exception as e:  # the reference evaluator's errors are of many types
+                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise self.fail(f"{where}: cannot evaluate this constant expression ({reason[:200]})") from None
+        for k, out in enumerate(node.output):
+            if not out:
+                continue
+            a = np.asarray(results[0][k])
+            b = np.asarray(results[-1][k])
+            same = a is b or (a.shape == b.shape and np.array_equal(a, b))
+            self.env[out] = _const(a) if same else _Const(a, b)
+
+    def _evaluate(self, node, args: list) -> list:
+        attrs = self.attrs(node)
+        if node.op_type in ("Squeeze", "Unsqueeze") and "axes" not in attrs:
+            axes = args[1] if len(args) > 1 and args[1] is not None else None
+        else:
+            axes = attrs.get("axes")
+        if node.op_type == "Unsqueeze":
+            x = args[0]
+            rank = x.ndim + len(axes)
+            return [np.expand_dims(x, tuple(sorted(int(a) % rank for a in axes)))]
+        if node.op_type == "Squeeze":
+            x = args[0]
+            if axes is None:
+                return [np.squeeze(x)]
+            return [np.squeeze(x, axis=tuple(int(a) % x.ndim for a in axes))]
+        if node.op_type == "Identity":
+            return [args[0]]
+        from onnx.reference import ReferenceEvaluator
+
+        feeds, inputs = {}, []
+        for k, arg in enumerate(args):
+            if arg is None:
+                inputs.append("")
+            else:
+                inputs.append(f"in{k}")
+                feeds[f"in{k}"] = arg
+        clone = onnx.NodeProto()
+        clone.CopyFrom(node)
+        del clone.input[:]
+        clone.input.extend(inputs)
+        del clone.output[:]
+        clone.output.extend([f"out{k}" if o else "" for k, o in enumerate(node.output)])
+        ev = ReferenceEvaluator(clone, opsets={"": self.opset})
+        wanted = [f"out{k}" for k, o in enumerate(node.output) if o]
+        values = ev.run(wanted, feeds)
+        by_name = dict(zip(wanted, values))
+        return [by_name.get(f"out{k}") for k in range(len(node.output))]
+
+    # -- views ---------------------------------------------------------------------------------
+    def _view(self, node, name, where, target: tuple, always_flatten: bool = False):
+        """Bind node.output[0] to the input activation seen with shape `target` (batch first)."""
+        entry: _Act = self.env[node.input[0]]
+        base_type = self.ir_type(entry.node)
+        out = node.output[0]
+        flat = (BATCH, math.prod(base_type.sample_shape))
+        if tuple(target) == tuple(base_type.shape) and not always_flatten:
+            self.env[out] = self._alias(node.input[0], target)
+        elif tuple(target) == flat:
+            self.emit(name, "flatten", [entry.node], {}, None, where)
+            self.bind(out, name, where)
+            return
+        else:
+            self.env[out] = self._alias(node.input[0], target)
+        self.cross_check(out, where)
+
+    def _alias(self, value: str, shape) -> _Act:
+        """`value`'s IR node seen as a new ONNX value; a bias can still fold into it only if nothing
+        else reads `value`."""
+        entry: _Act = self.env[value]
+        return _Act(entry.node, tuple(shape), entry.sole and self.consumers.get(value, 0) == 1)
+
+    def _view_input(self, node, where) -> _Act:
+        entry = self.env[node.input[0]]
+        if not isinstance(entry, _Act):
+            raise self.fail(f"{where}: expected an activation")
+        return entry
+
+    def _op_Reshape(self, node, name, where):
+        entry = self._view_input(node, where)
+        target = self.env[node.input[1]]
+        if isinstance(target, _Act):
+            raise self.fail(f"{where}: the target shape is computed from activations")
+        allowzero = self.attrs(node).get("allowzero", 0)
+        ta, tb = np.asarray(target.a).reshape(-1), np.asarray(target.b).reshape(-1)
+        dims: list = []
+        for k, (x, y) in enumerate(zip(ta.tolist(), tb.tolist())):
+            if (x, y) == _SENTINELS:
+                dims.append(BATCH)
+            elif x != y:
+                raise self.fail(f"{where}: target shape entry {k} depends on the batch size in a way easc "
+                                "cannot follow (only the batch dimension itself may)")
+            elif x == 0 and not allowzero:
+                if k >= len(entry.shape):
+                    raise self.fail(f"{where}: target shape copies dimension {k}, which the input lacks")
+                dims.append(entry.shape[k])
+            else:
+                dims.append(int(x))
+        total = math.prod(entry.shape[1:])
+        if not dims:
+            raise self.fail(f"{where}: reshape to a scalar removes the batch dimension")
+        first = dims[0]
+        rest = dims[1:]
+        if BATCH in rest:
+            raise self.fail(f"{where}: the batch dimension must stay first (target {_fmt(dims)})")
+        if first == BATCH or first == -1 or (self.file_batch is not None and first == self.file_batch):
+            known = math.prod(d for d in rest if d != -1)
+            if rest.count(-1) > 1 or (first == -1 and -1 in rest):
+                raise self.fail(f"{where}: target shape {_fmt(dims)} has more than one -1")
+            if -1 in rest:
+                if known == 0 or total % known:
+                    raise self.fail(f"{where}: cannot reshape {_fmt(entry.shape)} to {_fmt(dims)}")
+                rest = [total // known if d == -1 else d for d in rest]
+            elif math.prod(rest) != total:
+                raise self.fail(f"{where}: reshape {_fmt(entry.shape)} to {_fmt(dims)} mixes the batch with "
+                                f"other dimensions (easc keeps the batch dimension separate)")
+        else:
+            fixed = "the batch size" if self.file_batch is None else f"the file's batch size {self.file_batch}"
+            raise self.fail(f"{where}: target shape {_fmt(dims)} does not keep the batch first (its first "
+                            f"entry is neither -1, 0 nor {fixed})")
+        self._view(node, name, where, (BATCH,) + tuple(int(d) for d in rest))
+
+    def _axes(self, node, where, rank: int | None = None):
+        """The `axes` attribute (older opsets) or input (newer), normalised for `rank`; None if absent."""
+        attrs = self.attrs(node)
+        if "axes" in attrs:
+            axes = [int(a) for a in attrs["axes"]]
+        elif len(node.input) > 1 and node.input[1]:
+            axes = [int(a) for a in np.asarray(self.const(node.input[1], where, "axes")).reshape(-1)]
+        else:
+            return None
+        return axes if rank is None else sorted(a % rank for a in axes)
+
+    def _op_Squeeze(self, node, name, where):
+        entry = self._view_input(node, where)
+        shape = list(entry.shape)
+        axes = self._axes(node, where, len(shape))
+        if axes is None:  # all size-1 axes; never the batch, whatever size the file gave it
+            axes = [k for k in range(1, len(shape)) if shape[k] == 1]
+        if 0 in axes:
+            raise self.fail(f"{where}: squeezing the batch dimension is not supported")
+        if any(shape[k] != 1 for k in axes):
+            raise self.fail(f"{where}: cannot squeeze axes {axes} of shape {_fmt(shape)}")
+        self._view(node, name, where, tuple(d for k, d in enumerate(shape) if k not in axes))
+
+    def _op_Unsqueeze(self, node, name, where):
+        entry = self._view_input(node, where)
+        shape = list(entry.shape)
+        rank = len(shape) + len(self._axes(node, where) or [])
+        axes = self._axes(node, where, rank)
+        if not axes or 0 in axes:
+            raise self.fail(f"{where}: unsqueezing before the batch dimension is not supported")
+        for a in axes:
+            shape.insert(a, 1)
+        self._view(node, name, where, tuple(shape))
+
+    def _op_Flatten(self, node, name, where):
+        entry = self._view_input(node, where)
+        axis = self.attrs(node).get("axis", 1)
+        if axis % len(entry.shape) != 1:
+            raise self.fail(f"{where}: axis={axis} is not supported (easc flattens all but the batch, axis=1)")
+        self._view(node, name, where, (BATCH, math.prod(entry.shape[1:])), always_flatten=True)
+
+    def _op_Identity(self, node, name, where):
+        entry = self.env[node.input[0]]
+        out = node.output[0]
+        if isinstance(entry, _Const):
+            self.env[out] = entry
+            return
+        self.env[out] = self._alias(node.input[0], entry.shape)
+
+    def _op_Cast(self, node, name, where):
+        to = self.attrs(node).get("to")
+        if to != onnx.TensorProto.FLOAT:
+            raise self.fail(f"{where}: casting an activation to "
+                            f"{onnx.TensorProto.DataType.Name(to)} is not supported (easc computes in float32)")
+        self._op_Identity(node, name, where)
+
+    # -- layers --------------------------------------------------------------------------------
+    def _simple(self, node, name, where, op, attrs=None, weights=None, inputs=None):
+        ins = inputs if inputs is not None else [self.act(node.input[0], where)]
+        self.emit(name, op, ins, attrs or {}, weights, where)
+        self.bind(node.output[0], name, where)
+
+    def _op_Conv(self, node, name, where):
+        x = self.act(node.input[0], where)
+        xt = self.ir_type(x)
+        w = self.weight(node.input[1], where, "weight")
+        if w.ndim != 4 or xt.rank != 4:
+            raise self.fail(f"{where}: only 2-D convolutions are supported (weight shape {list(w.shape)}, "
+                            f"input {xt})")
+        attrs = self.attrs(node)
+        kernel = tuple(attrs.get("kernel_shape", w.shape[2:]))
+        if tuple(kernel) != tuple(w.shape[2:]):
+            raise self.fail(f"{where}: kernel_shape {list(kernel)} disagrees with the weight {list(w.shape)}")
+        stride = tuple(attrs.get("strides", (1, 1)))
+        dilation = tuple(attrs.get("dilations", (1, 1)))
+        padding = self.pads(node, attrs, xt.shape[2:], kernel, stride, dilation, where)
+        weights = {"weight": w}
+        has_bias = len(node.input) > 2 and bool(node.input[2])
+        if has_bias:
+            weights["bias"] = self.weight(node.input[2], where, "bias").reshape(-1)
+        self.layer_origin[name] = "Conv"
+        self._simple(node, name, where, "conv2d",
+                     dict(out=w.shape[0], kernel=kernel, stride=stride, padding=padding, dilation=dilation,
+                          groups=attrs.get("group", 1), bias=has_bias), weights, [x])
+
+    def _op_BatchNormalization(self, node, name, where):
+        attrs = self.attrs(node)
+        if attrs.get("training_mode", 0):
+            raise self.fail(f"{where}: training_mode=1 is not supported (export the model in eval mode)")
+        if "spatial" in attrs and not attrs["spatial"]:
+            raise self.fail(f"{where}: spatial=0 is not supported")
+        self.no_extra_outputs(node, where, "running-statistics")
+        weights = {key: self.weight(node.input[k], where, key).reshape(-1)
+                   for k, key in enumerate(("scale", "bias", "mean", "var"), 1)}
+        momentum = 1.0 - float(attrs.get("momentum", 0.9))  # ONNX keeps the old statistics' share
+        self._simple(node, name, where, "batchnorm",
+                     dict(eps=_float32_value(attrs.get("epsilon", 1e-5)), momentum=float(f"{momentum:.6g}")),
+                     weights)
+
+    def _op_Relu(self, node, name, where):
+        self._simple(node, name, where, "relu")
+
+    def _pool(self, node, name, where, op):
+        x = self.act(node.input[0], where)
+        xt = self.ir_type(x)
+        if xt.rank != 4:
+            raise self.fail(f"{where}: only 2-D pooling is supported (input {xt})")
+        attrs = self.attrs(node)
+        kernel = tuple(attrs["kernel_shape"])
+        stride = tuple(attrs.get("strides", (1, 1)))
+        if tuple(attrs.get("dilations", (1, 1))) != (1, 1):
+            raise self.fail(f"{where}: dilated pooling (dilations={list(attrs['dilations'])}) is not supported")
+        padding = self.pads(node, attrs, xt.shape[2:], kernel, stride, (1, 1), where)
+        ceil = bool(attrs.get("ceil_mode", 0))
+        ir_attrs = dict(kernel=kernel, stride=stride, padding=padding, ceil=ceil)
+        if op == "avgpool2d":
+            ir_attrs["count_include_pad"] = bool(attrs.get("count_include_pad", 0))
+        self.no_extra_outputs(node, where, "indices")
+        if ceil:  # ONNX's shape inference and the runtime disagree here (see the module docstring)
+            plain = [-(-(size + 2 * p - k) // s) + 1 for size, k, s, p in zip(xt.shape[2:], kernel, stride, padding)]
+            try:
+                real = [pool_output_size(size, k, s, p, 1, True)
+                        for size, k, s, p in zip(xt.shape[2:], kernel, stride, padding)]
+            except Exception:
+                real = plain
+            if plain != real:
+                self.tainted.add(node.output[0])
+        self._simple(node, name, where, op, ir_attrs, None, [x])
+
+    def _op_MaxPool(self, node, name, where):
+        self._pool(node, name, where, "maxpool2d")
+
+    def _op_AveragePool(self, node, name, where):
+        self._pool(node, name, where, "avgpool2d")
+
+    def _op_GlobalAveragePool(self, node, name, where):
+        self._simple(node, name, where, "global_avgpool")
+
+    def _op_ReduceMean(self, node, name, where):
+        x = self.act(node.input[0], where)
+        xt = self.ir_type(x)
+        attrs = self.attrs(node)
+        axes = self._axes(node, where, xt.rank)
+        if xt.rank != 4 or axes != [2, 3]:
+            raise self.fail(f"{where}: only the mean over H and W of an NCHW value is supported "
+                            f"(axes {axes if axes is not None else 'all'} of {xt})")
+        if attrs.get("keepdims", 1):
+            return self._simple(node, name, where, "global_avgpool", inputs=[x])
+        self.emit(name, "global_avgpool", [x], {}, None, where)
+        flat = self._fresh(f"{name}/flatten")
+        self.emit(flat, "flatten", [name], {}, None, where)
+        self.bind(node.output[0], flat, where)
+
+    def _fresh(self, base: str) -> str:
+        taken = set(self.index) | {n.name for n in self.model.graph.node}
+        name, k = base, 2
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        return name
+
+    def _op_Gemm(self, node, name, where):
+        attrs = self.attrs(node)
+        if attrs.get("transA", 0):
+            raise self.fail(f"{where}: transA=1 is not supported (the activation must be the left operand)")
+        x = self.act(node.input[0], where)
+        b = self.weight(node.input[1], where, "B")
+        if b.ndim != 2:
+            raise self.fail(f"{where}: B must be a matrix, got shape {list(b.shape)}")
+        weight = b if attrs.get("transB", 0) else b.T
+        weight = (weight * np.float32(attrs.get("alpha", 1.0))).astype(np.float32)
+        weights = {"weight": weight}
+        has_bias = len(node.input) > 2 and bool(node.input[2])
+        if has_bias:
+            c = self.weight(node.input[2], where, "C") * np.float32(attrs.get("beta", 1.0))
+            weights["bias"] = self._channel_vector(c, (1, weight.shape[0]), where, "C")
+        self.layer_origin[name] = "Gemm"
+        self._simple(node, name, where, "linear", dict(out=weight.shape[0], bias=has_bias), weights, [x])
+
+    def _op_MatMul(self, node, name, where):
+        if isinstance(self.env[node.input[0]], _Const):
+            raise self.fail(f"{where}: a constant times an activation is not supported (easc's linear layer "
+                            "computes x W^T)")
+        x = self.act(node.input[0], where)
+        b = self.weight(node.input[1], where, "weight (second input)")
+        if b.ndim != 2 or self.ir_type(x).rank != 2:
+            raise self.fail(f"{where}: only a (batch, features) activation times a constant matrix is "
+                            f"supported (got {self.ir_type(x)} and weight {list(b.shape)})")
+        self.layer_origin[name] = "MatMul"
+        self._simple(node, name, where, "linear", dict(out=b.shape[1], bias=False),
+                     {"weight": np.ascontiguousarray(b.T)}, [x])
+
+    def _channel_vector(self, c: np.ndarray, like: tuple, where: str, what: str) -> np.ndarray:
+        """A constant added to a value of shape `like` (batch 1) as a per-channel vector, or an error."""
+        rank = len(like)
+        if c.ndim > rank:
+            raise self.fail(f"{where}: {what} of shape {list(c.shape)} does not broadcast per channel")
+        full = c.reshape((1,) * (rank - c.ndim) + c.shape)
+        if full.shape[0] != 1 or any(d != 1 for d in full.shape[2:]) or full.shape[1] not in (1, like[1]):
+            raise self.fail(f"{where}: {what} of shape {list(c.shape)} is not a per-channel bias for a value "
+                            f"with {like[1]} channels")
+        return np.ascontiguousarray(np.broadcast_to(full.reshape(-1), (like[1],)), dtype=np.float32)
+
+    def _op_Add(self, node, name, where):
+        a, b = (self.env[i] for i in node.input[:2])
+        if isinstance(a, _Act) and isinstance(b, _Act):
+            return self._simple(node, name, where, "add",
+                                inputs=[self.act(node.input[0], where), self.act(node.input[1], where)])
+        value, const = (node.input[0], node.input[1]) if isinstance(a, _Act) else (node.input[1], node.input[0])
+        entry: _Act = self.env[value]
+        layer = entry.node
+        target = self.nodes[self.index[layer]]
+        c = self.weight(const, where, "addend")
+        foldable = (target.op in ("conv2d", "linear") and layer in self.layer_origin and entry.sole
+                    and self.uses[layer] == 0 and self.consumers.get(value, 0) == 1
+                    and value not in self.graph_outputs
+                    and tuple(entry.shape) == tuple(target.type.shape))
+        if not foldable:
+            why = ("its other input is not the output of a Conv, Gemm or MatMul" if target.op not in
+                   ("conv2d", "linear") or layer not in self.layer_origin
+                   else f"'{value}' is also read elsewhere, so the bias cannot be folded into its layer")
+            raise self.fail(f"{where}: adding a constant to an activation is supported only as the bias of a "
+                            f"Conv, Gemm or MatMul ({why})")
+        like = (1,) + tuple(target.type.shape[1:])
+        bias = self._channel_vector(c, like, where, "the constant")
+        weights = dict(target.weights)
+        weights["bias"] = (weights.get("bias", np.zeros_like(bias)) + bias).astype(np.float32)
+        attrs = dict(target.attrs, bias=True)
+        ins = [self.nodes[self.index[i]].type for i in target.inputs]
+        self.nodes[self.index[layer]] = make_node(layer, target.op, target.inputs, ins, attrs, weights,
+                                                  origin=target.origin)
+        self.env[node.output[0]] = _Act(layer, entry.shape, self.consumers.get(node.output[0], 0) <= 1)
+        self.cross_check(node.output[0], where)
+
+    def _op_Sum(self, node, name, where):
+        inputs = [self.act(i, where) for i in node.input]
+        if len(inputs) == 1:
+            return self._op_Identity(node, name, where)
+        self._simple(node, name, where, "add", inputs=inputs)
+
+    def _op_Concat(self, node, name, where):
+        entries = [self.env[i] for i in node.input]
+        if not all(isinstance(e, _Act) for e in entries):
+            raise self.fail(f"{where}: concatenating constants with activations is not supported")
+        inputs = [self.act(i, where) for i in node.input]
+        rank = self.ir_type(inputs[0]).rank
+        axis = self.attrs(node).get("axis")
+        if axis is None or axis % rank != 1:
+            raise self.fail(f"{where}: only concatenation along the channel axis (axis=1) is supported, "
+                            f"got axis={axis}")
+        self._simple(node, name, where, "concat", inputs=inputs)
+
+    def _op_Dropout(self, node, name, where):
+        attrs = self.attrs(node)
+        self.no_extra_outputs(node, where, "mask")
+        ratio = attrs.get("ratio", 0.5)
+        if len(node.input) > 1 and node.input[1]:
+            ratio = float(np.asarray(self.const(node.input[1], where, "ratio")).reshape(()))
+        if len(node.input) > 2 and node.input[2]:
+            if bool(np.asarray(self.const(node.input[2], where, "training_mode")).reshape(())):
+                raise self.fail(f"{where}: training_mode is true (export the model in eval mode)")
+        self._simple(node, name, where, "dropout", {"p": _float32_value(ratio)})
+
+    def _op_Softmax(self, node, name, where):
+        x = self.act(node.input[0], where)
+        rank = self.ir_type(x).rank
+        axis = self.attrs(node).get("axis", -1 if self.opset >= 13 else 1)
+        if rank != 2 or axis % rank != 1:
+            raise self.fail(f"{where}: only softmax over the class axis of an (N, C) value is supported "
+                            f"(axis={axis} on {self.ir_type(x)})")
+        self._simple(node, name, where, "softmax", inputs=[x])
+
+
+def _float32_value(x) -> float:
+    """A float attribute as written (ONNX stores float32: 1e-5 comes back as 9.99999974e-06)."""
+    return float(str(np.float32(x)))
+
+
+def _fmt(shape) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def import_model(model: onnx.ModelProto, source: str = "<model>", name: str | None = None) -> Graph:
+    """Lower an in-memory ONNX model to a verified IR graph (see the module docstring).
+
+    source names the model in error messages; name is the IR graph's name (default: the ONNX
+    graph's name).
+    """
+    if not isinstance(model, onnx.ModelProto):
+        raise OnnxImportError(f"{source}: not an ONNX model (got {type(model).__name__})")
+    if not model.HasField("graph") or not model.graph.node and not model.graph.output:
+        raise OnnxImportError(f"{source}: not an ONNX model (no graph; the file may be empty or truncated)")
+    if not model.opset_import:
+        raise OnnxImportError(f"{source}: not an ONNX model (no opset_import; the file may be truncated)")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as e:  # ValidationError, or a C++ error for some malformed protos
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OnnxImportError(f"{source}: not a valid ONNX model ({reason[:300]})") from None
+    return _Importer(model, source, name).run()
+
+
+def load_onnx(path) -> Graph:
+    """Read an ONNX file (with external data next to it, if any) and lower it to the IR.
+
+    The IR graph is named after the file. Raises `OnnxImportError` for a file that is missing, not
+    ONNX, truncated, or uses an operator easc does not support.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise OnnxImportError(f"{path}: cannot read ({e.strerror})") from None
+    if not data:
+        raise OnnxImportError(f"{path}: not an ONNX model (the file is empty)")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception as e:  # google.protobuf.message.DecodeError
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OnnxImportError(f"{path}: not an ONNX model (it does not parse as one: {reason}; is the file "
+                              "truncated?)") from None
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        try:
+            onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+        except Exception as e:
+            raise OnnxImportError(f"{path}: cannot read its external weights ({e})") from None
+    return import_model(model, str(path), name=path.stem)

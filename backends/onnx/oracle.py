@@ -1,0 +1,54 @@
+"""onnxruntime as the numeric oracle: run an IR graph (through its ONNX export) or an ONNX model.
+
+onnxruntime shares no code with the IR's numpy interpreter or the PyTorch backend, which makes it
+the independent check that a transformation preserved the function. Sessions use basic graph
+optimisations only (no Conv+BatchNormalization fusion), so that what runs is what the file says.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from easc.ir import Graph, IRError
+
+
+def _session(model: onnx.ModelProto, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    # Severity 3 = errors only: onnxruntime warns when a ceil_mode pool's output is smaller than
+    # ONNX's shape inference predicts, which is the documented behaviour (see exporter.py).
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(graph_or_model, feeds: dict, threads: int = 1) -> dict:
+    """Run with onnxruntime on the CPU; outputs keyed by public output name (ONNX output name).
+
+    graph_or_model: an IR `Graph` (exported first), an `onnx.ModelProto`, or a path to a file.
+    feeds: input name -> array (cast to float32).
+    """
+    from .exporter import export_model
+
+    if isinstance(graph_or_model, Graph):
+        model = export_model(graph_or_model)
+    elif isinstance(graph_or_model, onnx.ModelProto):
+        model = graph_or_model
+    elif isinstance(graph_or_model, (str, Path)):
+        model = onnx.load(str(graph_or_model))
+    else:
+        raise TypeError(f"run_onnx takes a Graph, an onnx.ModelProto or a path, not {type(graph_or_model).__name__}")
+    session = _session(model, threads)
+    wanted = [i.name for i in session.get_inputs()]
+    missing = [name for name in wanted if name not in feeds]
+    if missing:
+        raise IRError(f"no value given for input {missing[0]!r} (inputs: {', '.join(wanted)})")
+    arrays = {name: np.ascontiguousarray(feeds[name], dtype=np.float32) for name in wanted}
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, arrays)))

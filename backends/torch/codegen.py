@@ -1,0 +1,290 @@
+"""Export an IR graph as PyTorch source a person can read, plus its weights in safetensors.
+
+`export_torch_source(graph, outdir)` writes
+
+- `outdir/model.py`: imports only torch; one `nn.Module` class named after the graph (CamelCase)
+  whose `__init__` defines one named layer per line (`self.conv_1 = nn.Conv2d(1, 16, kernel_size=3,
+  padding=1)`, default arguments left out) and whose `forward` has one line per op; plus a
+  `load()` helper that reads the weights next to the file (it imports safetensors when called);
+- `outdir/weights.safetensors`: that module's state_dict.
+
+    spec = importlib.util.spec_from_file_location("model", "out/model.py"); ...
+    model = module.Tiny(); model.load_state_dict(safetensors.torch.load_file("out/weights.safetensors"))
+
+Layer attributes use `python_names(graph)`, the names `to_module` gives its submodules, so the
+state_dict layouts agree and `write_back(graph, exported_model)` works on the exported class.
+
+Variable names in forward are the few generic ones people use for a chain of layers (`x`, `out`,
+`h`, ...), reused like registers: an op overwrites the variable of an input that dies there
+(`x = self.relu_1(x)`, `out = out + x`), and a value still needed later keeps its variable while
+the next one takes the first free name. Each line names its IR node: layer lines through
+`self.<layer>`, expression lines (`+`, `torch.cat`, `torch.softmax`) in a trailing comment.
+
+Files: `outdir` is created if needed. An existing folder is fine: `model.py` and
+`weights.safetensors` are replaced, each atomically (temporary file + rename, so a crash never
+leaves half a file), and nothing else in the folder is touched or deleted. The weights are
+written first; a crash between the two writes leaves new weights beside the old `model.py`, and the
+strict `load_state_dict` of `load()` reports the mismatch whenever the architectures differ.
+Before anything is written the generated source is executed, loaded with the weights and checked
+against `to_module(graph)` on seeded probe inputs, so a file that does not reproduce the graph is
+never written.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from easc.ir import Graph, atomic_write_bytes, probe_inputs, verify
+
+from .module import TorchBackendError, class_name, python_names, to_module
+
+__all__ = ["TorchExport", "export_torch_source", "generate_source"]
+
+MODEL_FILE = "model.py"
+WEIGHTS_FILE = "weights.safetensors"
+# Exported module vs to_module: the same torch ops on the same float32 weights, so they agree to
+# float32 rounding (about 1e-6 relative); 1e-5 leaves room for kernel choice on other machines.
+EXPORT_TOLERANCE = 1e-5
+
+
+class TorchExport(NamedTuple):
+    model_py: Path
+    weights: Path
+    class_name: str
+
+
+def _pair(value) -> str:
+    h, w = value
+    return str(h) if h == w else f"({h}, {w})"
+
+
+def _layer_source(node, in_type) -> str:
+    """The constructor call of the layer for `node`, default arguments omitted."""
+    a = node.attrs
+    if node.op == "conv2d":
+        args = [str(in_type.channels), str(a["out"]), f"kernel_size={_pair(a['kernel'])}"]
+        for key, default in (("stride", (1, 1)), ("padding", (0, 0)), ("dilation", (1, 1))):
+            if a[key] != default:
+                args.append(f"{key}={_pair(a[key])}")
+        if a["groups"] != 1:
+            args.append(f"groups={a['groups']}")
+        if not a["bias"]:
+            args.append("bias=False")
+        return f"nn.Conv2d({', '.join(args)})"
+    if node.op == "linear":
+        bias = "" if a["bias"] else ", bias=False"
+        return f"nn.Linear({in_type.channels}, {a['out']}{bias})"
+    if node.op == "batchnorm":
+        cls = "BatchNorm2d" if in_type.rank == 4 else "BatchNorm1d"
+        args = [str(in_type.channels)]
+        if a["eps"] != 1e-5:
+            args.append(f"eps={a['eps']!r}")
+        if a["momentum"] != 0.1:
+            args.append(f"momentum={a['momentum']!r}")
+        return f"nn.{cls}({', '.join(args)})"
+    if node.op == "relu":
+        return "nn.ReLU()"
+    if node.op in ("maxpool2d", "avgpool2d"):
+        cls = "MaxPool2d" if node.op == "maxpool2d" else "AvgPool2d"
+        args = [_pair(a["kernel"])]
+        if a["stride"] != a["kernel"]:
+            args.append(f"stride={_pair(a['stride'])}")
+        if a["padding"] != (0, 0):
+            args.append(f"padding={_pair(a['padding'])}")
+        if a["ceil"]:
+            args.append("ceil_mode=True")
+        if node.op == "avgpool2d" and not a["count_include_pad"]:
+            args.append("count_include_pad=False")
+        return f"nn.{cls}({', '.join(args)})"
+    if node.op == "global_avgpool":
+        return "nn.AdaptiveAvgPool2d(1)"
+    if node.op == "flatten":
+        return "nn.Flatten()"
+    if node.op == "dropout":
+        return f"nn.Dropout(p={a['p']!r})"
+    raise TorchBackendError(f"node {node.name!r}: op {node.op!r} has no layer to export")
+
+
+def _shape(t) -> str:
+    return "(" + ", ".join(str(d) for d in t.shape) + ")"
+
+
+# Variable names of forward(), as people write them: `x` first, `out` for a second live value, ...
+_GENERIC = ("x", "out", "h", "y", "z")
+
+
+def _generic(k: int) -> str:
+    return _GENERIC[k] if k < len(_GENERIC) else f"h{k - len(_GENERIC) + 2}"
+
+
+def _is_generic(name: str) -> bool:
+    return name in _GENERIC or re.fullmatch(r"h\d+", name) is not None
+
+
+def _forward_lines(graph: Graph, names: dict) -> tuple:
+    """The lines of forward() and of __init__, in graph order.
+
+    Variables are a few generic names used like registers: an op reuses the variable of an input
+    that dies there (read by no later op and not an output), else it takes the first generic name
+    not holding a live value. Graph inputs keep their own names (one called `x` or another generic
+    name is reused once dead). Lines of expressions (`+`, `torch.cat`, `torch.softmax`) end with the IR node's name,
+    layer lines name it through `self.<layer>`.
+    """
+    types = {n.name: n.type for n in graph.nodes}
+    outputs = set(graph.outputs.values())
+    position = {n.name: i for i, n in enumerate(graph.nodes)}
+    last_use = {}
+    for node in graph.nodes:
+        for i in node.inputs:
+            last_use[i] = position[node.name]
+    var: dict = {}
+    live: set = set()  # variable names holding a value that is still needed
+    init_lines, forward_lines = [], []
+    for node in graph.nodes:
+        ident = names[node.name]
+        if node.op == "input":
+            var[node.name] = ident
+            live.add(ident)
+            continue
+        args = [var[i] for i in node.inputs]
+        dying = [i for i in dict.fromkeys(node.inputs)
+                 if last_use[i] == position[node.name] and i not in outputs]
+        for i in dying:
+            live.discard(var[i])
+        recycled = [var[i] for i in dying if _is_generic(var[i])]
+        if recycled:
+            target = recycled[0]
+        else:
+            k = 0
+            while _generic(k) in live:
+                k += 1
+            target = _generic(k)
+        var[node.name] = target
+        live.add(target)
+        if node.name not in last_use and node.name not in outputs:
+            live.discard(target)  # dead code: nothing reads it
+        if node.op == "concat":
+            line = f"{target} = torch.cat([{', '.join(args)}], dim=1)  # {ident}"
+        elif node.op == "add":
+            line = f"{target} = {' + '.join(args)}  # {ident}"
+        elif node.op == "softmax":
+            line = f"{target} = torch.softmax({args[0]}, dim=1)  # {ident}"
+        else:
+            init_lines.append(f"self.{ident} = {_layer_source(node, types[node.inputs[0]])}")
+            line = f"{target} = self.{ident}({args[0]})"
+        forward_lines.append(line)
+    forward_lines.append("return " + ", ".join(var[n] for n in graph.outputs.values()))
+    return forward_lines, init_lines
+
+
+def generate_source(graph: Graph) -> str:
+    """The text of `model.py` for `graph` (see the module docstring)."""
+    verify(graph)
+    names = python_names(graph)
+    cls = class_name(graph)
+    types = {n.name: n.type for n in graph.nodes}
+    inputs = graph.inputs
+    forward_lines, init_lines = _forward_lines(graph, names)
+    in_doc = ", ".join(f"{names[n.name]} {_shape(n.type)}" for n in inputs)
+    out_doc = ", ".join(f"{public} {_shape(types[node])}" for public, node in graph.outputs.items())
+    returns = "a tuple " if len(graph.outputs) > 1 else ""
+    input_shapes = ", ".join(f"{names[n.name]!r}: {n.type.sample_shape!r}" for n in inputs)
+    output_names = ", ".join(repr(o) for o in graph.outputs) + ("," if len(graph.outputs) == 1 else "")
+
+    ind2 = " " * 8
+    lines = [
+        f'"""{cls}: a network exported by easc from the IR graph {graph.name!r}.',
+        "",
+        f"{len(graph.nodes)} nodes, depth {graph.depth}, {graph.params:,} parameters.",
+        f"Inputs (float32, N = batch): {in_doc}. Outputs: {out_doc}.",
+        f"The weights are in {WEIGHTS_FILE} next to this file:",
+        "",
+        "    model = load()  # the class below with the exported weights, in eval mode",
+        '"""',
+        "",
+        "import torch",
+        "from torch import nn",
+        "",
+        "",
+        f"class {cls}(nn.Module):",
+        f'    """Generated by easc; edit freely, the layer names match the keys of {WEIGHTS_FILE}."""',
+        "",
+        f"    input_shapes = {{{input_shapes}}}  # per sample, without the batch axis",
+        f"    output_names = ({output_names})",
+        "",
+        "    def __init__(self):",
+        "        super().__init__()",
+        *[ind2 + line for line in init_lines],
+        "",
+        f"    def forward(self, {', '.join(names[n.name] for n in inputs)}):",
+        f'        """Returns {returns}{out_doc}."""',
+        *[ind2 + line for line in forward_lines],
+        "",
+        "",
+        f'def load(weights="{WEIGHTS_FILE}", device="cpu"):',
+        f'    """A {cls} holding the exported weights, in eval mode (a relative path is next to this file)."""',
+        "    from pathlib import Path",
+        "",
+        "    from safetensors.torch import load_file",
+        "",
+        "    path = Path(weights)",
+        "    if not path.is_absolute():",
+        "        path = Path(__file__).resolve().parent / path",
+        f"    model = {cls}()",
+        "    model.load_state_dict(load_file(str(path), device=str(device)))",
+        "    return model.to(device).eval()",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _instantiate(source: str, cls: str) -> torch.nn.Module:
+    namespace = {"__name__": "easc_export_check"}
+    exec(compile(source, "<generated model.py>", "exec"), namespace)
+    return namespace[cls]()
+
+
+def _check(graph: Graph, reference: torch.nn.Module, exported: torch.nn.Module) -> None:
+    feeds = probe_inputs(graph, batch=2)
+    args = [torch.from_numpy(feeds[n.name]) for n in graph.inputs]
+    with torch.no_grad():
+        want, got = reference.eval()(*args), exported.eval()(*args)
+    want = want if isinstance(want, tuple) else (want,)
+    got = got if isinstance(got, tuple) else (got,)
+    for public, w, g in zip(graph.outputs, want, got):
+        err = float((w - g).abs().max())
+        if err > EXPORT_TOLERANCE * (1 + float(w.abs().max())):
+            raise TorchBackendError(f"export of {graph.name!r}: output {public!r} of the generated module differs "
+                                    f"from to_module by {err:.3g}; this is a bug in easc's code generator")
+
+
+def export_torch_source(graph: Graph, outdir) -> TorchExport:
+    """Write `outdir/model.py` and `outdir/weights.safetensors` for `graph`; return their paths.
+
+    The folder is created if missing; in an existing one only these two files are replaced (each
+    atomically) and nothing else is removed. The source is checked to reproduce `to_module(graph)`
+    before anything is written.
+    """
+    from safetensors.torch import save
+
+    outdir = Path(outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise TorchBackendError(f"export: {outdir} exists and is not a folder")
+    source = generate_source(graph)
+    cls = class_name(graph)
+    reference = to_module(graph)
+    exported = _instantiate(source, cls)
+    exported.load_state_dict(reference.state_dict())  # strict: the layouts must agree
+    _check(graph, reference, exported)
+    state = {k: v.detach().contiguous() for k, v in exported.state_dict().items()}
+    blob = save(state, metadata={"format": "pt", "easc_graph": graph.name, "class": cls})
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    model_py, weights = outdir / MODEL_FILE, outdir / WEIGHTS_FILE
+    atomic_write_bytes(weights, blob)
+    atomic_write_bytes(model_py, source.encode("utf-8"))
+    return TorchExport(model_py, weights, cls)

@@ -1,0 +1,88 @@
+"""`easc report RUN`: the leaderboard, plots (PNG) and a summary of a search run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+def _fmt(v, digits=4):
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def write_plots(data: dict, run_dir: Path, compare: dict | None = None) -> list:
+    """accuracy_per_step.png (mean and best per step, with the compared run) and accuracy_vs_params.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run, label in ((data, data.get("strategy") or "run"), (compare, (compare or {}).get("strategy") or "compare")):
+        if not run or not run["steps"]:
+            continue
+        steps = [s["step"] for s in run["steps"]]
+        line = ax.plot(steps, [s["mean_val_acc"] for s in run["steps"]], marker="o", label=f"{label}: mean")[0]
+        ax.plot(steps, [s["best_val_acc"] for s in run["steps"]], linestyle="--", color=line.get_color(),
+                label=f"{label}: best")
+    ax.set_xlabel("controller step")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("validation accuracy per step")
+    ax.legend()
+    fig.tight_layout()
+    path = run_dir / "accuracy_per_step.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    written.append(path)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    pts = data["points"]
+    ax.scatter([p["params"] for p in pts], [p["val_acc"] for p in pts], s=12)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("accuracy against parameters")
+    fig.tight_layout()
+    path = run_dir / "accuracy_vs_params.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    written.append(path)
+    return written
+
+
+@click.command("report")
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary (schema in the README).")
+@click.option("--compare", type=click.Path(file_okay=False), default=None,
+              help="Another run (e.g. --strategy random) to plot on the same axes.")
+@click.option("--top", type=int, default=10, show_default=True, help="Rows of the leaderboard.")
+@click.option("--no-plots", is_flag=True, help="Do not write PNG plots.")
+def command(run, as_json, compare, top, no_plots):
+    """Summarise the search in RUN: leaderboard, per-step accuracy, plots."""
+    from easc.search.runs import report_data
+
+    data = report_data(run, top)
+    other = report_data(compare, top) if compare else None
+    if as_json:
+        shown = {k: data[k] for k in ("start", "best", "steps", "children", "failed", "strategy", "leaderboard")}
+        click.echo(json.dumps(shown, indent=2))
+    else:
+        click.echo(f"run {run} ({data['strategy']}): {data['children']} children, {data['failed']} failed")
+        click.echo(f"start net: val acc {_fmt(data['start']['val_acc'])}, {data['start']['params']:,} params")
+        click.echo("")
+        click.echo(f"{'rank':>4}  {'child':>5}  {'val acc':>7}  {'params':>10}  {'depth':>5}  widths / lineage")
+        for rank, row in enumerate(data["leaderboard"], 1):
+            click.echo(f"{rank:>4}  {row['child']:>5}  {_fmt(row['val_acc'])}  {row['params']:>10,}  "
+                       f"{row['depth']:>5}  {row['widths']}  <- {' > '.join(map(str, row['lineage']))}")
+        click.echo("")
+        click.echo(f"{'step':>4}  {'mean acc':>8}  {'best acc':>8}  {'mean R':>7}  {'baseline':>8}")
+        for s in data["steps"]:
+            click.echo(f"{s['step']:>4}  {_fmt(s['mean_val_acc']):>8}  {_fmt(s['best_val_acc']):>8}  "
+                       f"{_fmt(s['mean_reward'], 3):>7}  {_fmt(s['baseline'], 3):>8}")
+    if not no_plots:
+        for path in write_plots(data, Path(run), other):
+            if not as_json:
+                click.echo(f"wrote {path}")

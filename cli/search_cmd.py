@@ -1,0 +1,66 @@
+"""`easc search`: run, or resume, an architecture search (see easc.search.loop)."""
+
+from __future__ import annotations
+
+import click
+
+
+def _devices(value):
+    if value is None:
+        return None
+    return [d.strip() for d in value.split(",") if d.strip()]
+
+
+@click.command("search")
+@click.option("--config", type=click.Path(dir_okay=False), default=None, help="A TOML recipe; flags override it.")
+@click.option("--dataset", default=None, help="digits (default), cifar10, cifar100, svhn, synthetic.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None)
+@click.option("--download", is_flag=True, default=None, help="Allow downloading the data set.")
+@click.option("--out", type=click.Path(), default=None, help="Run folder to create [default: runs/search].")
+@click.option("--resume", "resume", type=click.Path(file_okay=False), default=None,
+              help="Continue the search in this run folder.")
+@click.option("--strategy", type=click.Choice(["rl", "random"]), default=None, help="[default: rl]")
+@click.option("--space", type=click.Choice(["plain", "densenet"]), default=None, help="[default: plain]")
+@click.option("--start", default=None, help="Built-in start net or a model file (.onnx/.easir).")
+@click.option("--steps", type=int, default=None, help="Controller steps [default: 3 on digits, 45 otherwise].")
+@click.option("--children", type=int, default=None, help="Networks per step [default: 10].")
+@click.option("--wider-actions", type=int, default=None, help="Net2Wider actions per network [default: 4].")
+@click.option("--deeper-actions", type=int, default=None, help="Net2Deeper actions per network [default: 5].")
+@click.option("--epochs", type=int, default=None, help="Child training epochs [default: 6 on digits, 20 otherwise].")
+@click.option("--seed", type=int, default=None, help="[default: 0]")
+@click.option("--workers", type=int, default=None, help="Worker processes training children [default: 1].")
+@click.option("--device", default=None, help="cpu, cuda or cuda:N.")
+@click.option("--devices", default=None, help="Comma-separated devices, one worker each (cuda:0,cuda:1).")
+@click.option("--executor", type=click.Choice(["local", "process", "ray"]), default=None, help="[default: local]")
+@click.option("--ray-address", default=None, help="Ray cluster address (auto, or host:port).")
+@click.option("--quiet", is_flag=True, default=None, help="No progress output.")
+def command(config, dataset, data_dir, download, out, resume, strategy, space, start, steps, children,
+            wider_actions, deeper_actions, epochs, seed, workers, device, devices, executor, ray_address, quiet):
+    """Search architectures by growing a trained network with verified transformations."""
+    from easc.search.config import build_config, load_config
+    from easc.search.loop import Search, summary_json
+
+    from .progress import SearchProgress
+
+    if device and devices:
+        raise click.UsageError("give --device or --devices, not both")
+    overrides = dict(dataset=dataset, data_dir=data_dir, download=download, strategy=strategy, space=space,
+                     start=start, steps=steps, children=children, wider_actions=wider_actions,
+                     deeper_actions=deeper_actions, epochs=epochs, seed=seed, workers=workers,
+                     devices=_devices(devices) or ([device] if device else None), executor=executor,
+                     ray_address=ray_address, quiet=quiet)
+    progress = SearchProgress(quiet=bool(quiet))
+    if resume:
+        if out or config:
+            raise click.UsageError("--resume takes the run folder; it cannot be combined with --out or --config")
+        search = Search.resume(resume, overrides, on_event=progress.event)
+    else:
+        tables = load_config(config) if config else None
+        cfg = build_config(tables, overrides)
+        search = Search.start(cfg, out or "runs/search", on_event=progress.event)
+    try:
+        with progress:
+            summary = search.run()
+    finally:
+        search.close()
+    click.echo(summary_json(summary))

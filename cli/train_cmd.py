@@ -1,0 +1,78 @@
+"""`easc train MODEL --dataset NAME -o OUT`: train a model file and write the trained weights back."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .main import fail
+
+
+@click.command("train")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--dataset", default="digits", show_default=True, help="digits, cifar10, cifar100, svhn, synthetic.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder with the data set's files.")
+@click.option("--download", is_flag=True, help="Allow downloading the data set into --data-dir.")
+@click.option("--epochs", type=int, default=None, help="Training epochs [default: 20, or the config's].")
+@click.option("--batch-size", type=int, default=None, help="Batch size [default: 64].")
+@click.option("--lr", type=float, default=None, help="Initial learning rate, cosine-decayed to 0 [default: 0.02].")
+@click.option("--weight-decay", type=float, default=None, help="L2 weight decay [default: 1e-4].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--config", type=click.Path(dir_okay=False), default=None,
+              help="A TOML recipe (configs/*.toml); flags override it.")
+@click.option("--final", is_flag=True, help="Use the config's final-training schedule ([final] table).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Trained model (.onnx/.easir).")
+def command(model, dataset, data_dir, download, epochs, batch_size, lr, weight_decay, seed, device, config, final,
+            quiet, output):
+    """Train MODEL on a data set; print validation/test accuracy and a closing JSON line."""
+    from easc.backends.formats import check_save_path, load_model, save_model
+    from easc.backends.torch import to_module, write_back
+    from easc.backends.torch.data import load_dataset
+    from easc.backends.torch.train import TrainConfig, resolve_device, train_module
+
+    settings = {}
+    if config:
+        from easc.search.config import load_config, training_settings
+
+        settings = training_settings(load_config(config), final=final)
+        dataset = settings.pop("dataset", dataset)
+        data_dir = data_dir or settings.pop("data_dir", None)
+    elif final:
+        fail("--final needs --config (the final-training schedule lives in the recipe)")
+    settings.pop("dataset", None)
+    settings.pop("data_dir", None)
+    overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay}
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    for key in ("epochs", "batch_size"):
+        if key in settings and settings[key] < 1:
+            fail(f"--{key.replace('_', '-')} must be at least 1, got {settings[key]}")
+    if output:
+        check_save_path(output)
+    resolve_device(device)
+    graph = load_model(model)
+    data = load_dataset(dataset, data_dir, seed=seed, download=download)
+    (inp,) = graph.inputs if len(graph.inputs) == 1 else fail(f"{model}: training needs a model with one input")
+    if inp.type.sample_shape != tuple(data.input_shape):
+        fail(f"{model}: input {inp.name!r} takes {inp.type.sample_shape} but {dataset} images are "
+             f"{tuple(data.input_shape)}")
+    out_node = graph.node(next(iter(graph.outputs.values())))
+    if out_node.type.rank != 2 or out_node.type.channels != data.num_classes:
+        fail(f"{model}: output {out_node.name!r} is {out_node.type} but {dataset} has {data.num_classes} classes")
+    cfg = TrainConfig(seed=seed, device=device, quiet=quiet, **settings)
+    module = to_module(graph)
+
+    def on_epoch(epoch, loss, val_acc):
+        if quiet:
+            return
+        click.echo(f"epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f}, val acc {val_acc:.4f}")
+
+    result = train_module(module, data, cfg, on_epoch=on_epoch)
+    trained = write_back(graph, module)
+    if output:
+        save_model(trained, output)
+        click.echo(f"wrote {output}")
+    click.echo(json.dumps({"val_acc": round(result.val_acc, 6), "test_acc": round(result.test_acc, 6),
+                           "epochs": result.epochs, "seconds": round(result.seconds, 2)}))

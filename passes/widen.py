@@ -1,0 +1,211 @@
+"""Net2Wider: make a conv2d or linear layer wider (n -> m units) without changing what the network computes.
+
+The mapping g: {0..m-1} -> {0..n-1} keeps units 0..n-1 in place (g(j) = j) and lets each new unit
+j = n..m-1 copy a unit g(j) drawn uniformly at random, with replacement, from 0..n-1 by the given
+`numpy.random.Generator`. With copy counts c(k) = |{j : g(j) = k}|:
+
+    widened layer (and every coupled layer, see below):  W'[j] = W[g(j)],  b'[j] = b[g(j)]   (output rows)
+    channel-wise ops on the way (batchnorm):             p'[j] = p[g(j)]  for scale, bias, mean, var
+    each consumer (conv2d / linear reading the value):   V'[:, j] = V[:, g(j)] / c(g(j))  (input columns)
+
+Unit j of the wider layer then computes exactly what unit g(j) did, channel-wise ops keep that true, and a
+consumer's sum over the wider input, sum_j V[:, g(j)] / c(g(j)) * h[g(j)] = sum_k V[:, k] h[k], is the old sum.
+Where the channels reach a consumer is found by `channels.trace_channels`: through channel-wise ops; through
+a flatten, where channel c becomes the block of H*W columns [c HW, (c+1) HW) and whole blocks are gathered;
+through a concat, where they are a segment at an offset and only that segment is gathered (later segments
+shift); and through a residual add, whose inputs must all lay the channels out the same way. The producers
+of an add's other inputs are therefore widened *with the same g* ("coupled"; `changes` names them); the pass
+refuses only when such a producer cannot be widened (a graph input, a grouped conv, a concat the channels
+straddle). It refuses when the channels reach a graph output (its shape would change), a softmax or another
+op it cannot remap. Node names do not change: the nodes are edited in place in the new graph.
+
+Noise (optional, `noise` > 0): the copies are identical to their originals, incoming weights and outgoing
+weights alike, so their gradients would be identical too and they would never drift apart. The pass adds
+N(0, (noise * std(V))^2) to the *outgoing* weights of the new copies only, V'[:, j] for j >= n, in every
+consumer V. Outgoing rather than incoming because the perturbation then enters each consumer's sum directly
+(noise * h, a bounded change) instead of passing through the layer's batchnorm, which can amplify it by
+scale / sqrt(var); the copies still compute the same activations, but their different outgoing weights
+send them different gradients, which breaks the symmetry from the first step. The originals' columns
+V[:, g(j)] / c(g(j)) for j < n are left exactly as above. With noise the result is not exact
+(`exact=False`) and `tolerance` states the allowed difference; without it the pass is exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from easc.ir import OPS, Graph, UnknownNodeError
+from easc.ir.ops import LAYER_OPS, infer_type
+
+from .base import PRESERVATION_RTOL, PassError, PassResult, default_rng
+from .channels import ChannelFlow, ChannelFlowError, trace_channels
+
+NOISE_TOLERANCE_FACTOR = 10.0
+"""Allowed output change per unit of noise, relative to (1 + max |output|).
+
+A consumer's pre-activation moves by a sum over the m - n copies of N(0, (noise std(V))^2) h terms, about
+noise sqrt((m - n) / n) relative to the pre-activation itself; the factor 10 covers the Gaussian tail
+over a probe batch and mild amplification by the layers downstream. It is a stated bound for a variant
+that changes the function on purpose, not a rounding argument.
+"""
+
+
+def wider_mapping(n: int, m: int, rng: np.random.Generator) -> np.ndarray:
+    """g: units 0..n-1 keep their place; units n..m-1 copy a unit drawn uniformly (with replacement)."""
+    return np.concatenate([np.arange(n), rng.integers(0, n, size=m - n)]).astype(np.int64)
+
+
+def _layer(graph: Graph, layer: str):
+    if layer not in graph or graph.node(layer).op not in LAYER_OPS:
+        raise UnknownNodeError(graph, layer, kinds=LAYER_OPS)
+    return graph.node(layer)
+
+
+def _flow(graph: Graph, layer: str) -> ChannelFlow:
+    try:
+        return trace_channels(graph, layer)
+    except ChannelFlowError as e:
+        raise PassError(f"widen {layer}: {e}") from None
+
+
+def widen_reason(graph: Graph, layer: str) -> str | None:
+    """Why `widen` would refuse `layer` at any width, or None if it accepts it.
+
+    Raises `UnknownNodeError` (listing the layers) when `layer` is not a conv2d or linear node.
+    """
+    _layer(graph, layer)
+    try:
+        _flow(graph, layer)
+    except PassError as e:
+        return str(e)
+    return None
+
+
+def widenable_layers(graph: Graph) -> list:
+    """The conv2d / linear layers `widen` accepts, in graph order (the CLI's default `--widen` targets)."""
+    return [node.name for node in graph.layers() if widen_reason(graph, node.name) is None]
+
+
+def _whole(x) -> bool:
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.number)):
+        return False
+    return math.isfinite(x) and int(x) == x
+
+
+def _unit(node) -> str:
+    if node.op == "linear":
+        return "units"
+    return "channels" if node.type.rank == 4 else "features"
+
+
+def widen(graph: Graph, layer: str, width: int, *, rng: np.random.Generator | None = None,
+          noise: float = 0.0) -> PassResult:
+    """Widen `layer` (a conv2d or linear node) to `width` units, keeping the function (see the module doc).
+
+    Raises `UnknownNodeError` for a name that is not a layer, `PassError` with the reason when the layer
+    cannot be widened to `width`.
+    """
+    node = _layer(graph, layer)
+    n = node.width
+    if not _whole(width):
+        raise PassError(f"widen {layer}: width must be a whole number, got {width!r}")
+    width = int(width)
+    if width == n:
+        raise PassError(f"widen {layer}: it is already {n} wide")
+    if width < n:
+        raise PassError(f"widen {layer}: width {width} is smaller than its current width {n}; "
+                        f"widen only adds units")
+    if isinstance(noise, bool) or not isinstance(noise, (int, float, np.number)) \
+            or not (noise >= 0 and math.isfinite(noise)):
+        raise PassError(f"widen {layer}: noise must be a finite number >= 0, got {noise!r}")
+    flow = _flow(graph, layer)
+    rng = default_rng(rng)
+    g = wider_mapping(n, width, rng)
+    remaps = {value: flow.remap(value, g) for value in flow.segments}
+
+    new_nodes, types, edits = [], {}, {}
+    for node in graph.nodes:
+        if node.op == "input":
+            new_nodes.append(node)
+            types[node.name] = node.type
+            continue
+        attrs, weights, lines = dict(node.attrs), dict(node.weights), []
+        here = remaps.get(node.name)
+        if node.name in flow.sources:
+            rows = here.index
+            weights["weight"] = weights["weight"][rows]
+            if "bias" in weights:
+                weights["bias"] = weights["bias"][rows]
+            attrs["out"] = len(rows)
+            lines.append(f"{node.name}: {node.width} -> {len(rows)} {_unit(node)}"
+                         + _coupling_note(flow, node.name))
+        elif here is not None and node.weights and OPS[node.op].channelwise:
+            weights = {k: w[here.index] for k, w in weights.items()}
+            lines.append(f"{node.name}: gathered {len(here.index)} channels")
+        if node.name in flow.consumers:
+            lines.append(_remap_consumer(node, weights, remaps[node.inputs[0]], flow, noise, rng))
+        if node.op in ("concat", "add") and here is not None:
+            lines.append(_join_note(node, flow, here))
+        new_type = infer_type(node.op, [types[i] for i in node.inputs], attrs)
+        if lines or new_type != node.type:
+            node = node.replace(attrs=attrs, weights=weights, type=new_type)
+        new_nodes.append(node)
+        types[node.name] = node.type
+        if lines:
+            edits[node.name] = lines
+
+    changes = edits.pop(layer) + [line for lines in edits.values() for line in lines]
+    record = {"pass": "widen", "layer": layer, "width": width}
+    result = PassResult(graph.replace(nodes=new_nodes), changes, record)
+    if noise > 0:
+        record["noise"] = float(noise)
+        result.exact = False
+        result.tolerance = max(PRESERVATION_RTOL, NOISE_TOLERANCE_FACTOR * noise * math.sqrt((width - n) / n))
+    return result
+
+
+def _coupling_note(flow: ChannelFlow, name: str) -> str:
+    via = flow.sources[name]
+    if not via:
+        return ""
+    n, segs = flow.width, flow.segments[name]
+    if len(segs) == 1 and segs[0].start == 0 and segs[0].end(n) == flow.channels[name]:
+        part = f" in blocks of {segs[0].block}," if segs[0].block > 1 else ""
+    else:
+        part = " its " + ", ".join(f"{'channels' if s.block == 1 else 'columns'} {s.start}..{s.end(n) - 1}"
+                                   for s in segs) + ","
+    return f" (coupled to {flow.layer} through {via}:{part} same mapping)"
+
+
+def _join_note(node, flow: ChannelFlow, remap) -> str:
+    old, new = flow.channels[node.name], len(remap.index)
+    if node.op == "add":
+        coupled = flow.couplings.get(node.name, ())
+        note = f"; widens {', '.join(coupled)} with the same mapping" if coupled else ""
+        return f"{node.name}: {old} -> {new} {_unit(node)} (all inputs remapped alike{note})"
+    starts = ", ".join(str(s.start) for s in flow.segments[node.name])
+    return f"{node.name}: {old} -> {new} {_unit(node)} (segment at offset {starts} widened, later ones shifted)"
+
+
+def _remap_consumer(node, weights: dict, remap, flow: ChannelFlow, noise: float, rng) -> str:
+    """Gather the consumer's input axis (1) by g, divide by copy counts, add noise to new copies' columns."""
+    original = weights["weight"]
+    w = np.take(original.astype(np.float64), remap.index, axis=1)
+    shape = (1, -1) + (1,) * (w.ndim - 2)
+    w /= remap.divisor.reshape(shape)
+    if noise > 0:
+        std = float(np.std(original.astype(np.float64)))
+        w[:, remap.new] += rng.normal(0.0, noise * std, size=w[:, remap.new].shape)
+    weights["weight"] = w.astype(np.float32)
+    old, new = original.shape[1], w.shape[1]
+    note = f"; noise {noise:g} x std on the {int(remap.new.sum())} new {'channels' if node.op == 'conv2d' else 'columns'}" \
+        if noise > 0 else ""
+    if node.op == "conv2d":
+        return f"{node.name}: input channels remapped ({old} -> {new}{note})"
+    blocks = sorted({s.block for s in flow.segments[node.inputs[0]]})
+    if blocks != [1]:
+        return (f"{node.name}: input columns remapped in blocks of {'/'.join(map(str, blocks))} "
+                f"({old} -> {new}{note})")
+    return f"{node.name}: input columns remapped ({old} -> {new}{note})"

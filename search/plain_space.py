@@ -1,0 +1,85 @@
+"""The plain-CNN search space: how the controller's decisions become verified IR passes.
+
+Net2Wider decision on token i: `widen(graph, token.name, next_width(token))`, for every token the
+decision marks. Net2Deeper decision (block, layer, kernel): `deepen(graph, unit_end(layer), kernel)`,
+with the new batchnorm calibrated on a batch of training images (EAS: running mean/var and beta set
+to the measured mean/var, gamma to sqrt(var + eps), so it is the identity in eval mode and close to
+it in train mode). Every pass goes through `apply_pass`, so each child is verified to compute its
+parent's function before it is trained.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from easc.ir import Graph
+from easc.passes.base import PassError
+from easc.passes.pipeline import apply_pass
+
+from .encode import graph_tokens, unit_end
+from .tokens import SearchSpace, next_width
+
+SMALL_INPUT = 16  # images up to 16x16 (digits) use the small width lists
+
+
+def default_space(input_shape, config) -> SearchSpace:
+    small = max(input_shape[1:]) <= SMALL_INPUT
+    base = SearchSpace.small() if small else SearchSpace.paper()
+    return SearchSpace(conv_widths=tuple(config.conv_widths or base.conv_widths),
+                       fc_widths=tuple(config.fc_widths or base.fc_widths),
+                       kernels=tuple(config.kernels or base.kernels))
+
+
+class PlainSpace:
+    """Encodes graphs as tokens and applies decisions with the IR's passes."""
+
+    name = "plain"
+    default_wider_actions = 4
+
+    def __init__(self, space: SearchSpace):
+        self.space = space
+
+    def tokens(self, graph: Graph) -> list:
+        return graph_tokens(graph)
+
+    def apply_wider(self, graph: Graph, decision, rng, probes, calibration_batch=None):
+        """(new graph, action records) for a Net2Wider decision."""
+        records = []
+        by_name = {t.name: t for t in decision.tokens}
+        for name in decision.names:
+            token = by_name[name]
+            width = next_width(token, self.space)
+            if width is None or graph.node(name).width >= width:
+                continue
+            try:
+                result = apply_pass(graph, "widen", rng=rng, probes=probes, layer=name, width=width)
+            except PassError as e:
+                records.append({"pass": "widen", "layer": name, "width": width, "skipped": str(e)})
+                continue
+            graph = result.graph
+            records.append({**result.record, "max_diff": result.max_diff})
+        return graph, records
+
+    def apply_deeper(self, graph: Graph, decision, rng, probes, calibration_batch=None):
+        from easc.passes.deepen import calibration_stats
+
+        after = unit_end(graph, decision.name)
+        kernel = decision.kernel if decision.kind == "conv" else 3
+        calibration = None
+        if calibration_batch is not None:
+            calibration = calibration_stats(graph, after, calibration_batch)
+        try:
+            result = apply_pass(graph, "deepen", rng=rng, probes=probes, after=after, kernel=kernel,
+                                calibration=calibration)
+        except PassError as e:
+            return graph, [{"pass": "deepen", "after": after, "kernel": kernel, "skipped": str(e)}]
+        return result.graph, [{**result.record, "max_diff": result.max_diff}]
+
+
+def widths_of(graph: Graph) -> list:
+    return [n.width for n in graph.layers()]
+
+
+def child_rng(seed: int, step: int, index: int) -> np.random.Generator:
+    """The passes' generator for child `index` of `step`: derived, not carried, so resume repeats it."""
+    return np.random.default_rng([seed, step, index])

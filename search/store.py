@@ -1,0 +1,432 @@
+"""The experiment store: one SQLite file per run folder, the search's memory across crashes.
+
+``run_dir/search.sqlite`` holds every child network the search sampled (lineage, actions, metrics, status),
+one row per completed controller step, and the controller's state after each completed step. Only the driver
+process writes; readers (a dashboard, ``easc`` reporting commands) may read while it runs, which WAL allows.
+
+Resume protocol
+    A step is *completed* when its row in ``steps`` and its controller state are written; both go in one
+    transaction, so after a crash either both exist or neither does. On resume the search
+      1. calls ``mark_in_flight_lost()``: children left 'pending' or 'running' become 'lost' (their trainer
+         died with the driver; 'lost' is kept apart from 'failed', which means training raised and earned
+         reward 0);
+      2. loads ``load_controller_state(last_completed_step())`` and runs the next step again. The restored
+         generator makes the same decisions, so children already 'done' in that step are found by
+         ``find_done_by_hash`` and reused: the resume loses at most the children that were in flight.
+
+Durability
+    ``synchronous=FULL``: a committed step survives a power loss, not only a process crash. The search writes
+    a few rows per child, and each child trains for seconds to minutes, so an fsync per commit is cheap.
+
+Controller state blobs
+    ``torch.save`` of the policy's state dict (tensors, numbers, strings, lists, dicts), read back with
+    ``torch.load(weights_only=True)``, which refuses arbitrary pickled objects: opening a run folder cannot
+    run code hidden in it. ``record_step`` reads each blob back before committing it, so a state the safe
+    loader would refuse is refused at save time, not discovered at resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from easc import __version__ as easc_version
+
+__all__ = ["ExperimentStore", "StoreError", "ChildRecord", "StepRecord", "STORE_FILE", "CHILD_STATUSES"]
+
+STORE_FILE = "search.sqlite"
+SCHEMA_VERSION = 1
+# 'cached': the same canonical hash was already trained; the row copies that child's results.
+# 'lost': was pending or running when the driver stopped (see mark_in_flight_lost).
+CHILD_STATUSES = ("pending", "running", "done", "failed", "cached", "lost")
+_FINAL_STATUSES = ("done", "failed", "cached", "lost")
+
+# One statement per entry: sqlite3 executes one at a time inside our transaction (executescript would commit).
+_SCHEMA = (
+    """
+CREATE TABLE run (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+)
+""",
+    f"""
+CREATE TABLE children (
+    id            INTEGER PRIMARY KEY,            -- assigned in insertion order, so step-ordered
+    parent_id     INTEGER REFERENCES children(id), -- NULL for the start network
+    step          INTEGER NOT NULL,
+    actions       TEXT NOT NULL,                  -- JSON list
+    hash          TEXT NOT NULL,                  -- canonical hash of the architecture
+    widths        TEXT NOT NULL,                  -- JSON list
+    depth         INTEGER NOT NULL,
+    params        INTEGER NOT NULL,
+    val_acc       REAL,
+    reward        REAL,
+    train_seconds REAL,
+    status        TEXT NOT NULL CHECK (status IN ({", ".join(f"'{s}'" for s in CHILD_STATUSES)})),
+    error         TEXT,
+    weights_path  TEXT,                           -- relative to the run folder
+    created       TEXT NOT NULL,                  -- ISO 8601, UTC
+    finished      TEXT
+)
+""",
+    "CREATE INDEX children_by_hash ON children (hash, status)",
+    "CREATE INDEX children_by_step ON children (step)",
+    """
+CREATE TABLE steps (
+    step         INTEGER PRIMARY KEY,
+    mean_val_acc REAL,
+    best_val_acc REAL,
+    mean_reward  REAL,
+    baseline     REAL,
+    n_children   INTEGER NOT NULL,
+    finished     TEXT NOT NULL
+)
+""",
+    """
+CREATE TABLE controller_state (
+    step INTEGER PRIMARY KEY,
+    blob BLOB NOT NULL
+)
+""",
+)
+
+_JSON_COLUMNS = ("actions", "widths")
+
+
+class StoreError(Exception):
+    """A run folder that cannot be used, or a store operation that would break the run's bookkeeping."""
+
+
+@dataclass(frozen=True)
+class ChildRecord:
+    id: int
+    parent_id: int | None
+    step: int
+    actions: list
+    hash: str
+    widths: list
+    depth: int
+    params: int
+    val_acc: float | None
+    reward: float | None
+    train_seconds: float | None
+    status: str
+    error: str | None
+    weights_path: str | None
+    created: str
+    finished: str | None
+
+
+_UPDATABLE = frozenset(f.name for f in dataclasses.fields(ChildRecord)) - {"id", "created"}
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    step: int
+    mean_val_acc: float | None
+    best_val_acc: float | None
+    mean_reward: float | None
+    baseline: float | None
+    n_children: int
+    finished: str
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _child(row: sqlite3.Row) -> ChildRecord:
+    values = dict(row)
+    for col in _JSON_COLUMNS:
+        values[col] = json.loads(values[col])
+    return ChildRecord(**values)
+
+
+def _encode_state(state: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def _decode_state(blob: bytes) -> dict[str, Any]:
+    return torch.load(io.BytesIO(blob), weights_only=True)
+
+
+class ExperimentStore:
+    """``ExperimentStore(run_dir)`` opens the run folder's store, creating folder and store if missing.
+
+    ``create=False`` is for resuming: the folder must already be a run folder. Use as a context manager or
+    call ``close()``.
+    """
+
+    def __init__(self, run_dir: str | Path, *, create: bool = True):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / STORE_FILE
+        exists = self.path.is_file()
+        if not exists and not create:
+            raise StoreError(f"{self.run_dir}: not a run folder (no {STORE_FILE})")
+        if not exists:
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreError(f"{self.run_dir}: cannot create the run folder ({e.strerror})") from None
+        try:
+            # isolation_level=None: no implicit transactions; _transaction() says where each one begins and ends.
+            self._db = sqlite3.connect(self.path, isolation_level=None)
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.run_dir}: cannot open {STORE_FILE} ({e})") from None
+        try:
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            if exists:
+                self._check_schema()
+            else:
+                self._create_schema()
+        except sqlite3.DatabaseError as e:
+            self._db.close()
+            raise StoreError(f"{self.run_dir}: {STORE_FILE} is not a usable experiment store ({e})") from None
+        except BaseException:
+            self._db.close()
+            raise
+
+    @classmethod
+    def open_existing(cls, run_dir: str | Path) -> ExperimentStore:
+        """Open a run folder to resume it; StoreError if it is not one."""
+        return cls(run_dir, create=False)
+
+    def _create_schema(self) -> None:
+        with self._transaction():
+            for statement in _SCHEMA:
+                self._db.execute(statement)
+            self._set("schema_version", str(SCHEMA_VERSION))
+            self._set("created", _now())
+            self._set("easc_version", easc_version)
+
+    def _check_schema(self) -> None:
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        missing = {"run", "children", "steps", "controller_state"} - tables
+        if missing:
+            raise StoreError(f"{self.run_dir}: {STORE_FILE} is not an experiment store (no table "
+                             f"{', '.join(sorted(missing))})")
+        version = self.run_info().get("schema_version")
+        if version != str(SCHEMA_VERSION):
+            raise StoreError(f"{self.run_dir}: store schema version {version}, this easc reads {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> ExperimentStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        # IMMEDIATE takes the write lock at the start, so a transaction never fails half-way on a busy lock.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # ------------------------------------------------------------------------------------------- run info
+
+    def _set(self, key: str, value: str) -> None:
+        self._db.execute("INSERT INTO run (key, value) VALUES (?, ?) "
+                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+
+    def record_config(self, config: dict[str, Any], *, strategy: str) -> None:
+        """The run's configuration (JSON) and search strategy ('rl', 'random', ...)."""
+        with self._transaction():
+            self._set("config", json.dumps(config, sort_keys=True))
+            self._set("strategy", strategy)
+
+    def run_info(self) -> dict[str, str]:
+        """The ``run`` table: schema_version, created, easc_version, config (JSON text), strategy."""
+        return {r["key"]: r["value"] for r in self._db.execute("SELECT key, value FROM run ORDER BY key")}
+
+    def config(self) -> dict[str, Any] | None:
+        text = self.run_info().get("config")
+        return None if text is None else json.loads(text)
+
+    # ------------------------------------------------------------------------------------------- children
+
+    def add_child(self, *, step: int, parent_id: int | None, actions: Sequence[Any], hash: str,
+                  widths: Sequence[int], depth: int, params: int, status: str = "pending",
+                  val_acc: float | None = None, reward: float | None = None, train_seconds: float | None = None,
+                  error: str | None = None, weights_path: str | None = None) -> int:
+        """Insert a child and return its id. A 'cached' child is added with the results it copies."""
+        self._check_status(status)
+        finished = _now() if status in _FINAL_STATUSES else None
+        with self._transaction():
+            cur = self._db.execute(
+                "INSERT INTO children (parent_id, step, actions, hash, widths, depth, params, val_acc, reward, "
+                "train_seconds, status, error, weights_path, created, finished) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (parent_id, step, json.dumps(list(actions)), hash, json.dumps(list(widths)), depth, params,
+                 val_acc, reward, train_seconds, status, error, self._relative(weights_path), _now(), finished))
+        return int(cur.lastrowid)
+
+    def update_child(self, child_id: int, **fields: Any) -> None:
+        """Set some columns of a child; moving it to a final status stamps ``finished`` unless given."""
+        unknown = set(fields) - _UPDATABLE
+        if unknown:
+            raise StoreError(f"{self.run_dir}: children have no updatable column {', '.join(sorted(unknown))}")
+        if "status" in fields:
+            self._check_status(fields["status"])
+            if fields["status"] in _FINAL_STATUSES:
+                fields.setdefault("finished", _now())
+        for col in _JSON_COLUMNS:
+            if col in fields:
+                fields[col] = json.dumps(list(fields[col]))
+        if "weights_path" in fields:
+            fields["weights_path"] = self._relative(fields["weights_path"])
+        if not fields:
+            return
+        assignments = ", ".join(f"{col} = ?" for col in fields)
+        with self._transaction():
+            cur = self._db.execute(f"UPDATE children SET {assignments} WHERE id = ?", (*fields.values(), child_id))
+            if cur.rowcount != 1:
+                raise StoreError(f"{self.run_dir}: no child {child_id}")
+
+    def start_child(self, child_id: int) -> None:
+        self.update_child(child_id, status="running")
+
+    def finish_child(self, child_id: int, *, val_acc: float, reward: float, train_seconds: float,
+                     weights_path: str | None = None) -> None:
+        self.update_child(child_id, status="done", val_acc=val_acc, reward=reward, train_seconds=train_seconds,
+                          weights_path=weights_path)
+
+    def fail_child(self, child_id: int, error: str, *, train_seconds: float | None = None) -> None:
+        """Training raised: the child earns reward 0 (PAPER.md's failed child)."""
+        self.update_child(child_id, status="failed", error=error, reward=0.0, train_seconds=train_seconds)
+
+    def child(self, child_id: int) -> ChildRecord:
+        row = self._db.execute("SELECT * FROM children WHERE id = ?", (child_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"{self.run_dir}: no child {child_id}")
+        return _child(row)
+
+    def children(self, *, step: int | None = None, status: str | None = None) -> list[ChildRecord]:
+        where, args = [], []
+        if step is not None:
+            where.append("step = ?")
+            args.append(step)
+        if status is not None:
+            self._check_status(status)
+            where.append("status = ?")
+            args.append(status)
+        sql = "SELECT * FROM children" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
+        return [_child(r) for r in self._db.execute(sql, args)]
+
+    def find_done_by_hash(self, hash: str) -> ChildRecord | None:
+        """The first trained child with this canonical hash (the search trains each architecture once)."""
+        row = self._db.execute("SELECT * FROM children WHERE hash = ? AND status = 'done' ORDER BY id LIMIT 1",
+                               (hash,)).fetchone()
+        return None if row is None else _child(row)
+
+    def mark_in_flight_lost(self) -> int:
+        """On resume: children left 'pending' or 'running' by a stopped driver become 'lost'; returns how many."""
+        with self._transaction():
+            cur = self._db.execute(
+                "UPDATE children SET status = 'lost', finished = ?, "
+                "error = 'lost: the search stopped while this child was ' || status "
+                "WHERE status IN ('pending', 'running')", (_now(),))
+        return cur.rowcount
+
+    def leaderboard(self, k: int = 10) -> list[ChildRecord]:
+        """The k trained children with the best validation accuracy ('cached' rows repeat a trained one)."""
+        rows = self._db.execute("SELECT * FROM children WHERE status = 'done' AND val_acc IS NOT NULL "
+                                "ORDER BY val_acc DESC, id ASC LIMIT ?", (k,))
+        return [_child(r) for r in rows]
+
+    # ---------------------------------------------------------------------------------------------- steps
+
+    def record_step(self, step: int, *, mean_val_acc: float | None, best_val_acc: float | None,
+                    mean_reward: float | None, baseline: float | None, n_children: int,
+                    controller_state: dict[str, Any]) -> None:
+        """Mark ``step`` completed together with the controller state after it, in one transaction."""
+        # Encoded and read back before the transaction: a state that the safe loader would refuse at resume
+        # (e.g. it holds an arbitrary object) is refused now, and changes nothing.
+        try:
+            blob = _encode_state(controller_state)
+            _decode_state(blob)
+        except Exception as e:
+            raise StoreError(f"{self.run_dir}: the controller state of step {step} cannot be saved and loaded "
+                             f"back safely ({type(e).__name__})") from e
+        try:
+            with self._transaction():
+                self._db.execute("INSERT INTO steps (step, mean_val_acc, best_val_acc, mean_reward, baseline, "
+                                 "n_children, finished) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                 (step, mean_val_acc, best_val_acc, mean_reward, baseline, n_children, _now()))
+                self._db.execute("INSERT INTO controller_state (step, blob) VALUES (?, ?)", (step, blob))
+        except sqlite3.IntegrityError:
+            raise StoreError(f"{self.run_dir}: step {step} is already recorded") from None
+
+    def last_completed_step(self) -> int | None:
+        """The highest step with both its row and its controller state; None before the first."""
+        row = self._db.execute("SELECT MAX(s.step) FROM steps s JOIN controller_state c ON c.step = s.step"
+                               ).fetchone()
+        return row[0]
+
+    def load_controller_state(self, step: int | None = None) -> dict[str, Any]:
+        """The controller state saved with ``step`` (default: the last completed step)."""
+        if step is None:
+            step = self.last_completed_step()
+            if step is None:
+                raise StoreError(f"{self.run_dir}: no completed step, so no controller state to resume from")
+        row = self._db.execute("SELECT blob FROM controller_state WHERE step = ?", (step,)).fetchone()
+        if row is None:
+            raise StoreError(f"{self.run_dir}: no controller state for step {step}")
+        try:
+            return _decode_state(row[0])
+        except Exception as e:
+            raise StoreError(f"{self.run_dir}: the controller state of step {step} is unreadable "
+                             f"({type(e).__name__})") from e
+
+    def steps(self) -> list[StepRecord]:
+        return [StepRecord(**dict(r)) for r in self._db.execute("SELECT * FROM steps ORDER BY step")]
+
+    # ---------------------------------------------------------------------------------------------- misc
+
+    def _check_status(self, status: str) -> None:
+        if status not in CHILD_STATUSES:
+            raise StoreError(f"{self.run_dir}: child status {status!r} is not one of {', '.join(CHILD_STATUSES)}")
+
+    def _relative(self, weights_path: str | Path | None) -> str | None:
+        """Weights paths are stored relative to the run folder, so a run folder can be moved or copied whole.
+
+        A path already relative to the run folder is kept. A path that names the run folder itself, the way
+        this store was opened (``run_dir / "children/c.bin"``, even when ``run_dir`` is relative to the
+        working directory) or absolutely, has the folder taken off: callers naturally build paths that way.
+        """
+        if weights_path is None:
+            return None
+        p = Path(weights_path)
+        for base in (self.run_dir, self.run_dir.resolve()):
+            if p.is_relative_to(base):
+                return p.relative_to(base).as_posix()
+        if p.is_absolute():
+            try:
+                p = p.resolve().relative_to(self.run_dir.resolve())
+            except ValueError:
+                raise StoreError(f"{self.run_dir}: weights path {p} is outside the run folder") from None
+        return p.as_posix()
+
+    def journal_mode(self) -> str:
+        return self._db.execute("PRAGMA journal_mode").fetchone()[0]
+
