@@ -45,4 +45,4 @@ def command(source, fmt, best, child, output):
     if out.suffix != want:
         fail(f"{out}: --format {fmt} writes a {want} file")
     save_model(graph, out)
-    click.echo(f"wrote {out}: {len(graph.nodes)} nodes, depth {graph.depth}, {graph.params:,} parameters")
+    click.echo(f"wrote {out}: {graph.op_count} nodes, depth {graph.depth}, {graph.params:,} parameters")

@@ -23,10 +23,12 @@ from .main import fail
 @click.option("--config", type=click.Path(dir_okay=False), default=None,
               help="A TOML recipe (configs/*.toml); flags override it.")
 @click.option("--final", is_flag=True, help="Use the config's final-training schedule ([final] table).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="CPU threads for torch (small nets train fastest on one).")
+@click.option("--quiet", is_flag=True, help="No per-epoch lines.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Trained model (.onnx/.easir).")
 def command(model, dataset, data_dir, download, epochs, batch_size, lr, weight_decay, seed, device, config, final,
-            quiet, output):
+            threads, quiet, output):
     """Train MODEL on a data set; print validation/test accuracy and a closing JSON line."""
     from easc.backends.formats import check_save_path, load_model, save_model
     from easc.backends.torch import to_module, write_back
@@ -51,23 +53,30 @@ def command(model, dataset, data_dir, download, epochs, batch_size, lr, weight_d
             fail(f"--{key.replace('_', '-')} must be at least 1, got {settings[key]}")
     if output:
         check_save_path(output)
-    resolve_device(device)
+    if threads < 1:
+        fail(f"--threads must be at least 1, got {threads}")
+    if resolve_device(device).type == "cpu":
+        import torch
+
+        torch.set_num_threads(threads)
     graph = load_model(model)
     data = load_dataset(dataset, data_dir, seed=seed, download=download)
-    (inp,) = graph.inputs if len(graph.inputs) == 1 else fail(f"{model}: training needs a model with one input")
+    if len(graph.inputs) != 1:
+        fail(f"{model}: training needs a model with one input, it has {len(graph.inputs)}")
+    inp = graph.inputs[0]
     if inp.type.sample_shape != tuple(data.input_shape):
         fail(f"{model}: input {inp.name!r} takes {inp.type.sample_shape} but {dataset} images are "
              f"{tuple(data.input_shape)}")
     out_node = graph.node(next(iter(graph.outputs.values())))
     if out_node.type.rank != 2 or out_node.type.channels != data.num_classes:
         fail(f"{model}: output {out_node.name!r} is {out_node.type} but {dataset} has {data.num_classes} classes")
-    cfg = TrainConfig(seed=seed, device=device, quiet=quiet, **settings)
+    cfg = TrainConfig(seed=seed, device=device, quiet=True, **settings)
     module = to_module(graph)
 
     def on_epoch(epoch, loss, val_acc):
         if quiet:
             return
-        click.echo(f"epoch {epoch + 1}/{cfg.epochs}: loss {loss:.4f}, val acc {val_acc:.4f}")
+        click.echo(f"epoch {epoch}/{cfg.epochs}: loss {loss:.4f}, val acc {val_acc:.4f}")
 
     result = train_module(module, data, cfg, on_epoch=on_epoch)
     trained = write_back(graph, module)

@@ -72,6 +72,7 @@ def command(ctx, model, widen, factor, deepen, kernel, skip, widen_kernel, noise
     from easc.backends.onnx import run_onnx
     from easc.ir import probe_inputs
     from easc.passes.base import PROBE_BATCH, max_output_difference
+    from easc.passes.dense import dense_layers
     from easc.passes.pipeline import apply_pass, widen_all
 
     check_save_path(output)
@@ -107,9 +108,15 @@ def command(ctx, model, widen, factor, deepen, kernel, skip, widen_kernel, noise
                 graph = result.graph
         elif kind == "widen":
             for layer, width in _widen_specs(value, graph, factor):
-                run("widen", layer=layer, width=width, noise=noise)
+                if layer in dense_layers(graph):  # a dense layer's growth: later layers and transition remapped
+                    run("dense_widen", layer=layer, growth=width, noise=noise)
+                else:
+                    run("widen", layer=layer, width=width, noise=noise)
         elif kind == "deepen":
-            run("deepen", after=value, kernel=kernel)
+            if value in dense_layers(graph):  # a new dense layer after it, joining the block's concatenation
+                run("dense_deepen", after_layer=value)
+            else:
+                run("deepen", after=value, kernel=kernel)
         elif kind == "skip":
             src, sep, dst = value.partition(":")
             if not sep or not src or not dst:
@@ -122,5 +129,5 @@ def command(ctx, model, widen, factor, deepen, kernel, skip, widen_kernel, noise
             run("widen_kernel", layer=layer, kernel=int(k) if k else None)
     diff, scale = max_output_difference(original, graph, probes, oracle)
     save_model(graph, output)
-    click.echo(f"wrote {output}: {len(graph.nodes)} nodes, depth {graph.depth}, {graph.params:,} parameters "
+    click.echo(f"wrote {output}: {graph.op_count} nodes, depth {graph.depth}, {graph.params:,} parameters "
                f"(was {original.params:,}); end to end max |diff| {diff:.3g}")

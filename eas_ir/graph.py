@@ -153,6 +153,11 @@ class Graph:
     def params(self) -> int:
         return sum(n.params for n in self._nodes)
 
+    @property
+    def op_count(self) -> int:
+        """Nodes other than inputs: the count `easc inspect` shows."""
+        return sum(n.op != "input" for n in self._nodes)
+
     def layers(self) -> list:
         """The conv2d and linear nodes: the layers passes widen, deepen and connect."""
         return [n for n in self._nodes if n.op in LAYER_OPS]

@@ -18,11 +18,13 @@ from .base import PROBE_BATCH, PassError, PassResult, checked
 
 def registry() -> dict:
     from .deepen import deepen
+    from .dense import dense_deepen, dense_widen
     from .skip import skip
     from .widen import widen
     from .widen_kernel import widen_kernel
 
-    return {"widen": widen, "deepen": deepen, "skip": skip, "widen_kernel": widen_kernel}
+    return {"widen": widen, "deepen": deepen, "skip": skip, "widen_kernel": widen_kernel,
+            "dense_widen": dense_widen, "dense_deepen": dense_deepen}
 
 
 def apply_pass(graph: Graph, name: str, *, rng: np.random.Generator | None = None, probes: dict | None = None,

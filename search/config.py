@@ -43,6 +43,7 @@ class SearchConfig:
     entropy: float = 1e-5
     seed: int = 0
     workers: int = 1
+    threads: int = 1  # torch CPU threads per worker: small nets train fastest on one
     devices: list | None = None  # e.g. ["cuda:0", "cuda:1"]; None: ["cpu"] or the --device
     executor: str = "local"  # local | process | ray
     ray_address: str | None = None

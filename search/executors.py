@@ -10,7 +10,6 @@ per device), or as Ray tasks across machines. All yield outcomes as children fin
 
 from __future__ import annotations
 
-import os
 from typing import Iterable, Iterator
 
 from .worker import ChildJob, ChildOutcome, init_worker, train_child
@@ -23,8 +22,12 @@ class ExecutorError(ValueError):
 class LocalExecutor:
     name = "local"
 
-    def __init__(self, device: str = "cpu"):
+    def __init__(self, device: str = "cpu", threads: int = 1):
+        import torch
+
         self.device = device
+        if device == "cpu":
+            torch.set_num_threads(threads)
 
     def run(self, jobs: Iterable[ChildJob]) -> Iterator[ChildOutcome]:
         for job in jobs:
@@ -38,7 +41,7 @@ class LocalExecutor:
 class ProcessExecutor:
     name = "process"
 
-    def __init__(self, devices: list):
+    def __init__(self, devices: list, threads: int = 1):
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
@@ -46,8 +49,6 @@ class ProcessExecutor:
         queue = ctx.Queue()
         for d in devices:
             queue.put(d)
-        cores = os.cpu_count() or 1
-        threads = max(1, cores // len(devices)) if all(d == "cpu" for d in devices) else 1
         self.pool = ProcessPoolExecutor(max_workers=len(devices), mp_context=ctx, initializer=init_worker,
                                         initargs=(queue, threads))
         self.devices = devices
@@ -111,7 +112,7 @@ def _ray_train_child(job: ChildJob) -> ChildOutcome:
     return train_child(job)
 
 
-def make_executor(kind: str, devices: list, workers: int, ray_address: str | None = None):
+def make_executor(kind: str, devices: list, workers: int, ray_address: str | None = None, threads: int = 1):
     """The executor for the options; fails before anything starts when it cannot run."""
     if kind == "ray":
         return RayExecutor(ray_address, devices[0] if devices else "cpu", workers)
@@ -121,5 +122,5 @@ def make_executor(kind: str, devices: list, workers: int, ray_address: str | Non
     if len(slots) == 1 and workers > 1:
         slots = slots * workers
     if len(slots) > 1 or kind == "process":
-        return ProcessExecutor(slots)
-    return LocalExecutor(slots[0])
+        return ProcessExecutor(slots, threads)
+    return LocalExecutor(slots[0], threads)

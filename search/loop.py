@@ -79,7 +79,7 @@ def resolve_defaults(config: SearchConfig) -> SearchConfig:
         config.wider_actions = 10 if config.space == "densenet" else 4
     if config.devices is None:
         config.devices = ["cpu"]
-    for key in ("steps", "children", "epochs", "start_epochs", "workers", "batch_size"):
+    for key in ("steps", "children", "epochs", "start_epochs", "workers", "batch_size", "threads"):
         if getattr(config, key) < 1:
             raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(config, key)}")
     for key in ("wider_actions", "deeper_actions"):
@@ -203,7 +203,7 @@ class Search:
         for key, value in (overrides or {}).items():
             if value is None:
                 continue
-            if key in ("steps", "quiet", "workers", "devices", "executor", "ray_address", "data_dir"):
+            if key in ("steps", "quiet", "workers", "threads", "devices", "executor", "ray_address", "data_dir"):
                 values[key] = value  # what may change between sessions without changing the search
         config = resolve_defaults(SearchConfig(**values))
         search = cls(config, run_dir, store, on_event)
@@ -226,7 +226,8 @@ class Search:
             kind = self.config.executor
             if kind == "local" and (self.config.workers > 1 or len(self.config.devices) > 1):
                 kind = "process"
-            self.executor = make_executor(kind, self.config.devices, self.config.workers, self.config.ray_address)
+            self.executor = make_executor(kind, self.config.devices, self.config.workers, self.config.ray_address,
+                                          self.config.threads)
         return self.executor
 
     def _best_child(self):

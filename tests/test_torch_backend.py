@@ -474,6 +474,38 @@ def test_from_module_reports_an_example_input_the_module_cannot_run_on():
         from_module(nn.Sequential(nn.ReLU()), (torch.randn(1, 2), torch.randn(1, 2)))
 
 
+@pytest.mark.parametrize("model, example, pattern", [
+    (nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"), (1, 1, 5, 5), r"padding_mode='reflect'"),
+    (nn.Conv2d(1, 2, 2, padding="same"), (1, 1, 5, 5), r"padding='same' with an even kernel"),
+    (nn.MaxPool2d(2, dilation=2), (1, 1, 6, 6), r"dilation=2"),
+    (nn.MaxPool2d(2, return_indices=True), (1, 1, 4, 4), r"return_indices=True"),
+    (nn.AdaptiveAvgPool2d(3), (1, 1, 4, 4), r"output size \(3, 3\) does not divide the input size \(4, 4\)"),
+    (nn.Softmax(dim=0), (2, 3), r"softmax over dim=0 of a rank-2 value"),
+    (nn.Dropout2d(0.1), (1, 2, 3, 3), r"\(Dropout2d\)"),
+    (nn.Linear(3, 2), (3,), r"example must be a batched tensor"),
+])
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+def test_from_module_refuses_layer_settings_the_ir_lacks(model, example, pattern):
+    with pytest.raises(TorchImportError, match=pattern) as info:
+        from_module(model, torch.randn(example))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("forward, pattern", [
+    (lambda self, x: torch.add(x, x, alpha=2), r"alpha=2"),
+    (lambda self, x: F.softmax(x, dim=1, dtype=torch.float64), r"dtype=torch.float64"),
+    (lambda self, x: (x, 3), r"output 'output_1' is the constant 3"),
+    (lambda self, x: x.size(0), r"'size' \(a size, not a tensor\)"),
+])
+def test_from_module_refuses_function_calls_the_ir_lacks(forward, pattern):
+    class M(nn.Module):
+        pass
+
+    M.forward = forward
+    with pytest.raises(TorchImportError, match=pattern):
+        from_module(M(), torch.randn(2, 4))
+
+
 def test_from_module_refuses_batchnorm_without_running_statistics():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False))
     with pytest.raises(TorchImportError, match=r"'1' \(BatchNorm2d\).*track_running_stats=False"):
@@ -486,6 +518,12 @@ def test_from_module_treats_a_subclass_keeping_the_layer_forward_as_that_layer()
 
     graph = _assert_roundtrip(nn.Sequential(TaggedConv(1, 2, 3), nn.Identity()), torch.randn(1, 1, 5, 5))
     assert [n.op for n in graph.nodes] == ["input", "conv2d"]
+
+
+def test_from_module_lowers_a_lone_layer_as_one_node():
+    graph = _assert_roundtrip(nn.Conv2d(1, 2, 3), torch.randn(1, 1, 5, 5))
+    assert [(n.name, n.op) for n in graph.nodes] == [("x", "input"), ("conv2d", "conv2d")]
+    assert graph.name == "Conv2d"
 
 
 # -- codegen -----------------------------------------------------------------------------------
@@ -569,3 +607,13 @@ def test_from_module_round_trips_an_exported_model(tmp_path):
     assert [(n.name, n.op) for n in again.layers()] == [(n.name, n.op) for n in graph.layers()]
     assert [n.op for n in again.nodes].count("add") == 2  # a + b + c traces as two adds
     _assert_module_matches_interpreter(graph, to_module(again))
+
+
+def test_importing_the_package_imports_no_backend_module_until_a_name_is_used():
+    import subprocess
+    import sys
+
+    code = ("import sys, easc.backends.torch as b; "
+            "assert not any(m.startswith('easc.backends.torch.') for m in sys.modules), sorted(sys.modules); "
+            "assert callable(b.export_torch_source) and 'easc.backends.torch.codegen' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -21,10 +21,11 @@ the same IR, text form included.
 | add            | Add (two inputs), Sum (more)                                |
 | softmax        | Softmax axis=1                                              |
 
-Output shapes: ONNX shape inference (onnx 1.23) sizes a `ceil_mode=1` pool by the plain ceiling
-formula, while onnxruntime and torch drop a last window that would start in the right padding. Where
-the two disagree for an output, the output's non-batch dimensions are left undeclared, so that the
-model still passes `onnx.checker.check_model(full_check=True)`; onnxruntime computes the IR's shape.
+Pools with ceil=true: ONNX shape inference (onnx 1.23) sizes a `ceil_mode=1` pool by the plain
+ceiling formula, while onnxruntime and torch drop a last window that would start in the right
+padding; `_pool_attrs` writes such pools in an equivalent form ONNX sizes correctly. Output shapes
+are declared as the IR computes them unless ONNX's inference disagrees (then only the batch
+dimension is declared), so that the model passes `onnx.checker.check_model(full_check=True)`.
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from easc.ir import BATCH, Graph, IRError, atomic_write_bytes
 
+from .importer import CEIL_KEY, ORIGIN_KEY
+
 MIN_OPSET = 13
 """Dropout takes its ratio as an input from opset 12, Softmax means one axis from opset 13."""
-
-ORIGIN_KEY = "easc.origin"
 
 
 class OnnxExportError(IRError):
@@ -109,7 +110,8 @@ def export_model(graph: Graph, opset: int = 17) -> onnx.ModelProto:
         if node.op == "input":
             continue
         try:
-            made = _lower(node, [value_of[i] for i in node.inputs], value_of[node.name], add_init)
+            made = _lower(node, [by_name[i].type for i in node.inputs], [value_of[i] for i in node.inputs],
+                          value_of[node.name], add_init)
         except KeyError as e:
             raise OnnxExportError(f"node {node.name!r} ({node.op}): no export rule ({e})") from None
         if node.origin:
@@ -160,7 +162,43 @@ def _inferred_sample_shapes(model: onnx.ModelProto) -> dict:
     return out
 
 
-def _lower(node, inputs: list, output: str, add_init) -> onnx.NodeProto:
+def _pool_attrs(node, in_type) -> tuple:
+    """ONNX attributes of a pooling node, and whether they stand for the IR's ceil=true.
+
+    ONNX shape inference sizes ceil_mode=1 by the plain ceiling, keeping a last window that starts
+    in the right padding; torch, onnxruntime and the IR drop it. Written naively, such a pool gets a
+    shape from ONNX that differs from what runs, and a Flatten + Gemm after it fails
+    `check_model(full_check=True)` (torch's own exporter writes such files). So:
+    - if ceil adds no window on either axis (the usual case where the two disagree), the pool is
+      exactly the floor-mode pool: write ceil_mode=0;
+    - if the plain ceiling is right on both axes, write ceil_mode=1;
+    - otherwise write ceil_mode=0 with the overhang as extra end padding (exact for max pooling and
+      for average pooling that does not count padding).
+    The first and last forms carry `easc.ceil_mode=1` so that importing gives back ceil=true.
+    """
+    a = node.attrs
+    (ph, pw) = a["padding"]
+    attrs = dict(kernel_shape=list(a["kernel"]), strides=list(a["stride"]), pads=[ph, pw, ph, pw], ceil_mode=0)
+    if not a["ceil"]:
+        return attrs, False
+    sizes, outs = in_type.shape[2:], node.type.shape[2:]
+    spans = [size + 2 * p - k for size, k, p in zip(sizes, a["kernel"], a["padding"])]
+    floor = [span // s + 1 for span, s in zip(spans, a["stride"])]
+    plain_ceil = [-(-span // s) + 1 for span, s in zip(spans, a["stride"])]
+    if list(outs) == floor:
+        return attrs, True
+    if list(outs) == plain_ceil:
+        return dict(attrs, ceil_mode=1), False
+    if node.op == "avgpool2d" and a["count_include_pad"]:
+        raise OnnxExportError(f"node {node.name!r} (avgpool2d): ceil=true on input {in_type} cannot be written "
+                              "so that ONNX shape inference agrees with onnxruntime (ceil adds a window on one "
+                              "axis only, and padding is counted; count_include_pad=false would work)")
+    extra = [max(0, (o - 1) * s + k - (size + 2 * p))
+             for o, s, k, size, p in zip(outs, a["stride"], a["kernel"], sizes, a["padding"])]
+    return dict(attrs, pads=[ph, pw, ph + extra[0], pw + extra[1]]), True
+
+
+def _lower(node, in_types: list, inputs: list, output: str, add_init) -> onnx.NodeProto:
     """The ONNX node computing `node` from the ONNX values `inputs` into `output`."""
     a, w, name = node.attrs, node.weights, node.name
 
@@ -181,12 +219,14 @@ def _lower(node, inputs: list, output: str, add_init) -> onnx.NodeProto:
     if op == "relu":
         return make("Relu", inputs)
     if op in ("maxpool2d", "avgpool2d"):
-        (ph, pw) = a["padding"]
-        attrs = dict(kernel_shape=list(a["kernel"]), strides=list(a["stride"]), pads=[ph, pw, ph, pw],
-                     ceil_mode=int(a["ceil"]))
+        attrs, ceil_marker = _pool_attrs(node, in_types[0])
         if op == "avgpool2d":
-            return make("AveragePool", inputs, count_include_pad=int(a["count_include_pad"]), **attrs)
-        return make("MaxPool", inputs, **attrs)
+            made = make("AveragePool", inputs, count_include_pad=int(a["count_include_pad"]), **attrs)
+        else:
+            made = make("MaxPool", inputs, **attrs)
+        if ceil_marker:
+            made.metadata_props.add(key=CEIL_KEY, value="1")
+        return made
     if op == "global_avgpool":
         return make("GlobalAveragePool", inputs)
     if op == "flatten":

@@ -47,6 +47,13 @@ SUPPORTED_OPS = (
 """ONNX operators the importer maps onto the IR. Any operator whose inputs are all constants is
 evaluated at import time instead (shape arithmetic, weight transposes, ...)."""
 
+ORIGIN_KEY = "easc.origin"
+"""Node metadata written by easc's exporter: the node a pass-inserted node came from."""
+
+CEIL_KEY = "easc.ceil_mode"
+"""Node metadata written by easc's exporter on a pool with ceil=true that it wrote as ceil_mode=0
+(see exporter._pool_attrs): its end pads may exceed the begin pads by ceil's overhang."""
+
 MIN_OPSET = 9
 """Older opsets differ in attributes this importer does not read (e.g. BatchNormalization's `spatial`)."""
 
@@ -112,6 +119,7 @@ class _Importer:
         self.inferred = self._infer_shapes()
         self.tainted: set[str] = set()  # ONNX values whose inferred shape ONNX gets wrong (ceil pools)
         self.origin = ""  # of the node being lowered
+        self.ir_names: set = set()  # every name _unique_names hands out
 
     # -- helpers -------------------------------------------------------------------------------
     def fail(self, message: str) -> OnnxImportError:
@@ -285,6 +293,7 @@ class _Importer:
             if inp.name in initializers:
                 continue  # IR version < 4 lists initializers among the inputs too
             self._input(inp)
+        self.ir_names = set(self._unique_names())
         for node, name in zip(g.node, self._unique_names()):
             self._node(node, name)
         outputs = {}
@@ -336,7 +345,7 @@ class _Importer:
             raise self.fail(f"{where}: input '{missing[0]}' is not produced by any earlier node")
         standard = node.domain in ("", "ai.onnx")
         # easc's exporter records where a pass-inserted node came from (exporter.ORIGIN_KEY).
-        self.origin = next((p.value for p in node.metadata_props if p.key == "easc.origin"), "")
+        self.origin = next((p.value for p in node.metadata_props if p.key == ORIGIN_KEY), "")
         if any(i in self.tainted for i in present):
             self.tainted.update(o for o in node.output if o)
         if not any(isinstance(self.env[i], _Act) for i in present):
@@ -606,8 +615,14 @@ class _Importer:
         stride = tuple(attrs.get("strides", (1, 1)))
         if tuple(attrs.get("dilations", (1, 1))) != (1, 1):
             raise self.fail(f"{where}: dilated pooling (dilations={list(attrs['dilations'])}) is not supported")
-        padding = self.pads(node, attrs, xt.shape[2:], kernel, stride, (1, 1), where)
-        ceil = bool(attrs.get("ceil_mode", 0))
+        easc_ceil = any(p.key == CEIL_KEY and p.value == "1" for p in node.metadata_props)
+        if easc_ceil and not attrs.get("ceil_mode", 0) and len(attrs.get("pads", ())) == 4:
+            pads = list(attrs["pads"])
+            padding, ceil = (int(pads[0]), int(pads[1])), True
+        else:
+            easc_ceil = False
+            padding = self.pads(node, attrs, xt.shape[2:], kernel, stride, (1, 1), where)
+            ceil = bool(attrs.get("ceil_mode", 0))
         ir_attrs = dict(kernel=kernel, stride=stride, padding=padding, ceil=ceil)
         if op == "avgpool2d":
             ir_attrs["count_include_pad"] = bool(attrs.get("count_include_pad", 0))
@@ -619,9 +634,15 @@ class _Importer:
                         for size, k, s, p in zip(xt.shape[2:], kernel, stride, padding)]
             except Exception:
                 real = plain
-            if plain != real:
+            if plain != real and not easc_ceil:
                 self.tainted.add(node.output[0])
         self._simple(node, name, where, op, ir_attrs, None, [x])
+        if easc_ceil:  # the file's floor-mode pool with its end pads must be the IR's ceil-mode pool
+            pads = attrs["pads"]
+            written = [(size + pads[i] + pads[i + 2] - k) // s + 1
+                       for i, (size, k, s) in enumerate(zip(xt.shape[2:], kernel, stride))]
+            if written != list(self.ir_type(name).shape[2:]):
+                raise self.fail(f"{where}: its {CEIL_KEY} metadata does not match its pads {list(pads)}")
 
     def _op_MaxPool(self, node, name, where):
         self._pool(node, name, where, "maxpool2d")
@@ -648,7 +669,7 @@ class _Importer:
         self.bind(node.output[0], flat, where)
 
     def _fresh(self, base: str) -> str:
-        taken = set(self.index) | {n.name for n in self.model.graph.node}
+        taken = set(self.index) | self.ir_names
         name, k = base, 2
         while name in taken:
             name, k = f"{base}_{k}", k + 1

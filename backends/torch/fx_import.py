@@ -19,7 +19,9 @@ layers below as leaves), runs the example through the trace once to learn every 
 | add            | `+`, torch.add, x.add() (alpha 1, two tensors of one shape)                            |
 | softmax        | F.softmax / torch.softmax / x.softmax / nn.Softmax over axis 1 of a rank-2 value        |
 
-nn.Identity and x.contiguous() are no-ops and make no node. Anything else raises `TorchImportError`
+nn.Identity and x.contiguous() are no-ops and make no node; `x.size(0)` / `x.shape[0]` only feed a
+flatten. A lone layer given as the module (`from_module(nn.Conv2d(1, 2, 3), x)`) becomes one node named
+after its class (`conv2d`), fed by an input `x`. Anything else raises `TorchImportError`
 with one line naming the module type or function and where it sits in the traced graph.
 
 Semantics are eval semantics, whatever mode the module is in: batchnorm lowers with its running
@@ -203,7 +205,8 @@ class _Lowering:
             if other_root is not root or self.order[other] >= here:
                 continue
             for user in other.users:
-                if self.order[user] > here:
+                reads_shape_only = user.target == "size" or user.target is getattr
+                if self.order[user] > here and not reads_shape_only:
                     self.fail(f"it overwrites {other.name!r} in place and node {self.order[user]} {user.name!r} "
                               f"reads it afterwards; use the out-of-place form")
 
@@ -499,6 +502,16 @@ class _Lowering:
         return Graph(self.nodes, outputs, self.name)
 
 
+class _Holder(nn.Module):
+    def __init__(self, name: str, layer: nn.Module):
+        super().__init__()
+        self.layer_name = name
+        self.add_module(name, layer)
+
+    def forward(self, x):
+        return getattr(self, self.layer_name)(x)
+
+
 def _propagate_shapes(gm: fx.GraphModule, module: nn.Module, examples: tuple, name: str) -> None:
     """Record each node's output shape in `node.meta['tensor_meta']`, leaving `module` as it was."""
     import contextlib
@@ -544,8 +557,13 @@ def from_module(module: nn.Module, example_input, name: str | None = None) -> Gr
     """
     examples = (example_input,) if isinstance(example_input, torch.Tensor) else tuple(example_input)
     graph_name = name or type(module).__name__
+    tracer = _Tracer()
+    if tracer.is_leaf_module(module, ""):
+        # fx never treats the root as a leaf: it would trace nn.Conv2d down to F.conv2d and its
+        # weight. A lone layer is lowered as the one child of a holder, named after its class.
+        module = _Holder(type(module).__name__.lower(), module)
     try:
-        traced = _Tracer().trace(module)
+        traced = tracer.trace(module)
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise TorchImportError(f"cannot trace {graph_name} with torch.fx: {first}") from None

@@ -27,7 +27,6 @@ from __future__ import annotations
 import keyword
 import operator
 import re
-from typing import Mapping
 
 import numpy as np
 import torch

@@ -1,0 +1,113 @@
+"""The DenseNet search space (PAPER.md, "DenseNet space"): growth rates widened, dense layers inserted.
+
+The controller is the plain space's, unchanged; only the tokens and the passes differ.
+
+Tokens (in graph order): each layer of a dense block (recognised by `easc.passes.dense.dense_blocks`) is a
+conv token `conv-{growth}-{kernel}` named after its growth conv; every pooling node (the transitions' pools,
+a stem pool, the final global pool) is a pool token, so blocks of tokens are the dense blocks; the last
+linear layer is the output fc token, any hidden linear an fc token. Stem and transition convs make no token:
+the space does not act on them.
+
+Net2Wider on a dense layer: `dense_widen(layer, next growth)` (the growth list, 4..48 step 2 by default;
+DenseNet-BC's bottleneck widens with it to 4 x growth); a hidden fc: `widen`, as in the plain space.
+Net2Deeper (block, layer): `dense_deepen(after_layer=layer)`, a new dense layer of the same shape whose
+output joins every later consumer with zero weights, its batchnorms calibrated on a batch of training
+images; in an fc block, `deepen` as in the plain space. The sampled kernel is ignored (dense layers keep
+their 3x3 conv; the space's kernel list is (3,), so the controller has nothing to choose there).
+
+Every action goes through `apply_pass` (verifier + numeric check); a pass that refuses is recorded as
+skipped, as in `PlainSpace`. Defaults per network: 10 Net2Wider then 5 Net2Deeper actions (PAPER.md).
+"""
+
+from __future__ import annotations
+
+from easc.ir import Graph
+from easc.passes.base import PassError
+from easc.passes.dense import LAYER_DESCRIPTION, dense_layers
+from easc.passes.pipeline import apply_pass
+
+from .encode import POOL_OPS, unit_end
+from .tokens import LayerToken, SearchSpace, next_width
+
+GROWTH_RATES = tuple(range(4, 49, 2))
+"""EAS's DenseNet space: growth rates 4..48 in steps of 2."""
+
+SMALL_INPUT = 16  # images up to 16x16 (digits) use the small fc list
+
+
+class DenseNetSpace:
+    """Encodes DenseNets as tokens and applies the controller's decisions with the dense passes."""
+
+    name = "densenet"
+    default_wider_actions = 10
+
+    def __init__(self, space: SearchSpace):
+        self.space = space
+
+    @classmethod
+    def from_config(cls, config, input_shape) -> "DenseNetSpace":
+        small = max(tuple(input_shape)[1:]) <= SMALL_INPUT
+        fc = SearchSpace.small().fc_widths if small else SearchSpace.paper().fc_widths
+        return cls(SearchSpace(conv_widths=tuple(config.growth_rates or GROWTH_RATES),
+                               fc_widths=tuple(config.fc_widths or fc), kernels=(3,)))
+
+    def tokens(self, graph: Graph) -> list:
+        dense = dense_layers(graph)
+        if not dense:
+            raise PassError(f"the DenseNet space found no dense block in {graph.name} ({LAYER_DESCRIPTION}); "
+                            f"use --space plain for other networks")
+        linears = [n.name for n in graph.nodes if n.op == "linear"]
+        outputs = set(graph.outputs.values())
+        tokens = []
+        for node in graph.nodes:
+            if node.name in dense:
+                tokens.append(LayerToken("conv", dense[node.name].growth, int(node.attrs["kernel"][0]), node.name))
+            elif node.op in POOL_OPS:
+                tokens.append(LayerToken("pool", 0, 0, node.name))
+            elif node.op == "linear":
+                is_out = node.name in outputs or node.name == linears[-1]
+                tokens.append(LayerToken("fc", node.width, 0, node.name, is_output=is_out))
+        return tokens
+
+    def apply_wider(self, graph: Graph, decision, rng, probes, calibration_batch=None):
+        """(new graph, action records) for a Net2Wider decision."""
+        records = []
+        by_name = {t.name: t for t in decision.tokens}
+        for name in decision.names:
+            token = by_name[name]
+            width = next_width(token, self.space)
+            if width is None or graph.node(name).width >= width:
+                continue
+            if token.kind == "conv":
+                kwargs, record = dict(layer=name, growth=width), {"pass": "dense_widen", "layer": name, "growth": width}
+                pass_name = "dense_widen"
+            else:
+                kwargs, record = dict(layer=name, width=width), {"pass": "widen", "layer": name, "width": width}
+                pass_name = "widen"
+            try:
+                result = apply_pass(graph, pass_name, rng=rng, probes=probes, **kwargs)
+            except PassError as e:
+                records.append({**record, "skipped": str(e)})
+                continue
+            graph = result.graph
+            records.append({**result.record, "max_diff": result.max_diff})
+        return graph, records
+
+    def apply_deeper(self, graph: Graph, decision, rng, probes, calibration_batch=None):
+        """(new graph, action records) for a Net2Deeper decision."""
+        if decision.kind == "conv":
+            try:
+                result = apply_pass(graph, "dense_deepen", rng=rng, probes=probes, after_layer=decision.name,
+                                    calibration=calibration_batch)
+            except PassError as e:
+                return graph, [{"pass": "dense_deepen", "after": decision.name, "skipped": str(e)}]
+            return result.graph, [{**result.record, "max_diff": result.max_diff}]
+        from easc.passes.deepen import calibration_stats
+
+        after = unit_end(graph, decision.name)
+        calibration = None if calibration_batch is None else calibration_stats(graph, after, calibration_batch)
+        try:
+            result = apply_pass(graph, "deepen", rng=rng, probes=probes, after=after, calibration=calibration)
+        except PassError as e:
+            return graph, [{"pass": "deepen", "after": after, "skipped": str(e)}]
+        return result.graph, [{**result.record, "max_diff": result.max_diff}]
