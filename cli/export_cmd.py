@@ -37,7 +37,8 @@ def command(source, fmt, best, child, output):
 
         if out.exists() and not out.is_dir():
             fail(f"{out}: exists and is not a folder (--format torch writes a folder)")
-        out.mkdir(parents=True, exist_ok=True)
+        # export_torch_source creates the folder only after the generated code has been checked, so a
+        # model that cannot be exported leaves no empty folder behind.
         export_torch_source(graph, out)
         click.echo(f"wrote {out / 'model.py'} and {out / 'weights.safetensors'}")
         return

@@ -31,7 +31,8 @@ def write_plots(data: dict, run_dir: Path, compare: dict | None = None) -> list:
     ax.set_xlabel("controller step")
     ax.set_ylabel("validation accuracy")
     ax.set_title("validation accuracy per step")
-    ax.legend()
+    if ax.get_lines():  # a run still training its start net has no step yet
+        ax.legend()
     fig.tight_layout()
     path = run_dir / "accuracy_per_step.png"
     fig.savefig(path, dpi=100)
@@ -71,7 +72,11 @@ def command(run, as_json, compare, top, no_plots):
         click.echo(json.dumps(shown, indent=2))
     else:
         click.echo(f"run {run} ({data['strategy']}): {data['children']} children, {data['failed']} failed")
-        click.echo(f"start net: val acc {_fmt(data['start']['val_acc'])}, {data['start']['params']:,} params")
+        start = data["start"]
+        if start["params"] is None:  # read while the search starts, or after it stopped before its first child
+            click.echo("start net: not trained yet")
+        else:
+            click.echo(f"start net: val acc {_fmt(start['val_acc'])}, {start['params']:,} params")
         click.echo("")
         click.echo(f"{'rank':>4}  {'child':>5}  {'val acc':>7}  {'params':>10}  {'depth':>5}  widths / lineage")
         for rank, row in enumerate(data["leaderboard"], 1):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import click
 
@@ -33,7 +34,7 @@ def command(model, dataset, data_dir, download, epochs, batch_size, lr, weight_d
     from easc.backends.formats import check_save_path, load_model, save_model
     from easc.backends.torch import to_module, write_back
     from easc.backends.torch.data import load_dataset
-    from easc.backends.torch.train import TrainConfig, resolve_device, train_module
+    from easc.backends.torch.train import TrainConfig, TrainConfigError, resolve_device, train_module
 
     settings = {}
     if config:
@@ -70,7 +71,10 @@ def command(model, dataset, data_dir, download, epochs, batch_size, lr, weight_d
     out_node = graph.node(next(iter(graph.outputs.values())))
     if out_node.type.rank != 2 or out_node.type.channels != data.num_classes:
         fail(f"{model}: output {out_node.name!r} is {out_node.type} but {dataset} has {data.num_classes} classes")
-    cfg = TrainConfig(seed=seed, device=device, quiet=True, **settings)
+    try:
+        cfg = TrainConfig(seed=seed, device=device, quiet=True, **settings)
+    except TrainConfigError as e:  # "TrainConfig.lr = -1.0: ..." -> "--lr = -1.0: ...": name the flag the user typed
+        fail(re.sub(r"TrainConfig\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(e)))
     module = to_module(graph)
 
     def on_epoch(epoch, loss, val_acc):

@@ -66,6 +66,8 @@ def _widen_specs(value: str, graph, factor: float) -> list:
 @click.pass_context
 def command(ctx, model, widen, factor, deepen, kernel, skip, widen_kernel, noise, seed, output):
     """Apply verified function-preserving passes to MODEL and write the result to OUTPUT."""
+    import math
+
     import numpy as np
 
     from easc.backends.formats import check_save_path, load_model, save_model
@@ -82,6 +84,9 @@ def command(ctx, model, widen, factor, deepen, kernel, skip, widen_kernel, noise
                                  {"widen": widen, "deepen": deepen, "skip": skip, "widen_kernel": widen_kernel})
     if not requests:
         fail("nothing to do: give --widen, --deepen, --skip or --widen-kernel")
+    if any(kind == "widen" for kind, _ in requests) and not (math.isfinite(factor) and factor > 1):
+        # checked here, not per layer: ceil(width * inf) would raise, and 0.5 would read as "width 4 < 8"
+        fail(f"--factor must be a finite number greater than 1, got {factor:g}")
     rng = np.random.default_rng(seed)
     probes = probe_inputs(graph, PROBE_BATCH, seed)
     oracle = run_onnx
@@ -125,7 +130,7 @@ def command(ctx, model, widen, factor, deepen, kernel, skip, widen_kernel, noise
         elif kind == "widen_kernel":
             layer, _, k = value.partition("=")
             if k and not k.isdigit():
-                fail(f"--widen-kernel {value!r}: kernel {k!r} is not a whole number")
+                fail(f"--widen-kernel {value!r}: kernel {k!r} is not a positive whole number")
             run("widen_kernel", layer=layer, kernel=int(k) if k else None)
     diff, scale = max_output_difference(original, graph, probes, oracle)
     save_model(graph, output)

@@ -36,8 +36,8 @@ and its output joins every concat after layer j:
   output right after O_j.
 
 Either way every value that held O_j's channels, apart from N's own input, now holds N's k channels right
-after them, and nothing else changes. Those channels are followed forward (`trace_channels` on the rewired graph) to every
-consumer conv / linear, whose weights get *zero* input columns there:
+after them, and nothing else changes. Those channels are followed forward (`trace_channels` on the rewired
+graph) to every consumer conv / linear, whose weights get *zero* input columns there:
 
     W' = W with zero columns inserted at N's channels   =>   W' [x; n] = W x       (exact for any n)
 
@@ -45,9 +45,9 @@ and to every batchnorm on the way, which gets parameters for them. The pass refu
 would reach a graph output (its shape would change) or an op that cannot take extra channels, such as a
 residual add whose other input does not carry them. N itself is initialised to learn: convs He-normal
 (`easc.ir.init_weights`), batchnorms neutral (mean 0, var 1, scale 1, bias 0), and the later batchnorms on
-N's channels likewise. With a calibration batch each of those batchnorms instead
-gets running mean / var measured at its input on the batch (scale 1, bias 0), so N's first training steps
-see normalised activations; the function is exact either way, because the consumers' new weights are 0.
+N's channels likewise. With a calibration batch each of those batchnorms instead gets running mean / var
+measured at its input on the batch (its first CALIBRATION_LIMIT samples; scale 1, bias 0), so N's first
+training steps see normalised activations; the function is exact either way, because the consumers' new weights are 0.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from easc.ir import Graph, Node, make_node, run_all
+from easc.ir.interpret import eval_node
 from easc.ir.ops import ShapeError, infer_type
 
 from .base import PassError, PassResult, default_rng
@@ -66,6 +67,11 @@ from .widen import widen
 
 BOTTLENECK_FACTOR = 4
 """DenseNet-BC: a bottleneck of 4 x growth channels in front of each 3x3 conv."""
+
+CALIBRATION_LIMIT = 32
+"""Samples of a calibration batch that dense_deepen measures on. Per-channel statistics over 32 images and
+all their spatial positions are within a few percent of the batch's, and they only set where training of
+the new channels starts (the function is exact regardless); the forward pass costs what the batch costs."""
 
 LAYER_DESCRIPTION = ("a dense layer is batchnorm -> relu [-> conv 1x1 -> batchnorm -> relu] -> conv whose "
                      "output is concatenated onto its input")
@@ -208,8 +214,7 @@ def _find(graph: Graph, layer: str, what: str) -> tuple:
     if not names:
         raise PassError(f"{what} {layer}: the graph has no dense block ({LAYER_DESCRIPTION})")
     shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
-    kind = "node" if layer in graph else "no node"
-    why = f"{layer} is a {graph.node(layer).op}" if layer in graph else f"there is {kind} named {layer!r}"
+    why = f"{layer} is a {graph.node(layer).op}" if layer in graph else f"there is no node named {layer!r}"
     raise PassError(f"{what} {layer}: not a layer of a dense block ({why}; dense layers: {shown})")
 
 
@@ -309,12 +314,10 @@ def _feeds(graph: Graph, batch, after: str) -> dict:
     return {inputs[0]: batch}
 
 
-def _stats_at(graph: Graph, feeds: dict, value: str) -> tuple:
-    """Per-channel (mean, population var) of `value` on the batch, running only the nodes up to it."""
-    upto = graph.position(value) + 1
-    values = run_all(Graph(graph.nodes[:upto], {value: value}, graph.name), feeds)[value]
-    axes = (0,) if values.ndim == 2 else (0, 2, 3)
-    return values.mean(axis=axes), values.var(axis=axes)
+def _stats(x: np.ndarray) -> tuple:
+    """Per-channel (mean, population variance) over the batch and, for NCHW, the spatial positions."""
+    axes = (0,) if x.ndim == 2 else (0, 2, 3)
+    return x.mean(axis=axes), x.var(axis=axes)
 
 
 def _calibrated(bn: Node, mean, var, mask=None) -> Node:
@@ -329,13 +332,80 @@ def _replace_node(graph: Graph, node: Node) -> Graph:
     return graph.replace(nodes=[node if n.name == node.name else n for n in graph.nodes])
 
 
+def _calibrate(graph: Graph, feeds: dict, source: str, layer: list, flow) -> Graph:
+    """Measure the new layer's batchnorms, and the new channels of every later one, on the batch.
+
+    One forward pass of the network up to `source` (the new layer's input) on at most CALIBRATION_LIMIT
+    samples; then the new layer node by node, each batchnorm measured on what reaches it; then N's channels
+    alone along the channel flow: they meet no other channel before a conv / linear consumer, so the slice
+    of each value that holds them follows from the slice before it, at the cost of a k-channel network.
+    Copies of N's channels (a concat reading them twice) are identical, so the first copy stands for all.
+    """
+    feeds = {k: np.asarray(v)[:CALIBRATION_LIMIT] for k, v in feeds.items()}
+    upto = graph.position(source) + 1
+    x = run_all(Graph(graph.nodes[:upto], {source: source}, graph.name), feeds)[source]
+    new = {}
+    for name in (n.name for n in layer):
+        node = graph.node(name)
+        if node.op == "batchnorm":
+            node = _calibrated(node, *_stats(x))
+            graph = _replace_node(graph, node)
+        x = new[name] = eval_node(node, [x])
+    for value in flow.segments:  # graph order
+        if value in new:
+            continue
+        node = graph.node(value)
+        args = [new[i] for i in node.inputs if i in new]
+        if node.op == "concat":
+            new[value] = args[0]
+        elif node.op == "add":
+            new[value] = sum(args)
+        elif node.op == "flatten":
+            new[value] = args[0].reshape(len(args[0]), -1)
+        elif node.op == "batchnorm":
+            mask = _channel_mask(flow, value, node.type.channels)
+            copies = len(flow.segments[value])
+            node = _calibrated(node, *(np.tile(a, copies) for a in _stats(args[0])), mask)
+            graph = _replace_node(graph, node)
+            first = np.flatnonzero(mask)[:args[0].shape[1]]
+            new[value] = eval_node(node.replace(weights={k: w[first] for k, w in node.weights.items()}), args[:1])
+        else:  # relu, pooling, dropout: channel by channel
+            new[value] = eval_node(node, args[:1])
+    return graph
+
+
+def _extend_readers(rewired: Graph, flow) -> tuple:
+    """Zero input weights in every consumer, and neutral batchnorm parameters, for the new channels.
+
+    Returns (graph, names of the batchnorms that grew, change lines).
+    """
+    nodes, grown, changes = [], [], []
+    neutral = {"scale": 1.0, "bias": 0.0, "mean": 0.0, "var": 1.0}
+    for node in rewired.nodes:
+        if node.name in flow.consumers:
+            mask = _channel_mask(flow, node.inputs[0], rewired.node(node.inputs[0]).type.channels)
+            weight = _insert_columns(node.weights["weight"], mask, 1, 0.0)
+            node = node.replace(weights=dict(node.weights, weight=weight))
+            changes.append(f"{node.name}: zero input weights for the {int(mask.sum())} new "
+                           f"{'channels' if node.op == 'conv2d' else 'columns'} "
+                           f"({weight.shape[1] - int(mask.sum())} -> {weight.shape[1]})")
+        elif node.op == "batchnorm" and node.name in flow.segments:
+            mask = _channel_mask(flow, node.name, node.type.channels)
+            node = node.replace(weights={key: _insert_columns(w, mask, 0, neutral[key])
+                                         for key, w in node.weights.items()})
+            grown.append(node.name)
+        nodes.append(node)
+    return rewired.replace(nodes=nodes), grown, changes
+
+
 def dense_deepen(graph: Graph, after_layer: str, *, rng: np.random.Generator | None = None,
                  calibration=None) -> PassResult:
     """Insert a new dense layer right after `after_layer` in its block, keeping the function (module doc).
 
     rng:         draws the new layer's He-normal conv weights.
     calibration: optional batch of training inputs (an array for a one-input graph, else {input: array});
-                 the new batchnorms' running statistics are measured on it (else mean 0, var 1).
+                 the new batchnorms' running statistics are measured on it (else mean 0, var 1), on at
+                 most CALIBRATION_LIMIT of its samples.
     """
     block, dl = _find(graph, after_layer, "dense_deepen")
     rng = default_rng(rng)
@@ -410,37 +480,12 @@ def dense_deepen(graph: Graph, after_layer: str, *, rng: np.random.Generator | N
         raise PassError(f"{where}: the new layer's output cannot join the block: {e}") from None
 
     k = dl.growth
-    fixed = []
-    grown_bns = []
-    for node in rewired.nodes:
-        if node.name in flow.consumers:
-            mask = _channel_mask(flow, node.inputs[0], types[node.inputs[0]].channels)
-            weight = _insert_columns(node.weights["weight"], mask, 1, 0.0)
-            node = node.replace(weights=dict(node.weights, weight=weight))
-            changes.append(f"{node.name}: zero input weights for the {k} new channels "
-                           f"({weight.shape[1] - int(mask.sum())} -> {weight.shape[1]})")
-        elif node.op == "batchnorm" and node.name in flow.segments:
-            mask = _channel_mask(flow, node.name, node.type.channels)
-            neutral = {"scale": 1.0, "bias": 0.0, "mean": 0.0, "var": 1.0}
-            node = node.replace(weights={key: _insert_columns(w, mask, 0, neutral[key])
-                                         for key, w in node.weights.items()})
-            grown_bns.append((node.name, mask))
-        fixed.append(node)
-    result_graph = graph.replace(nodes=fixed)
+    result_graph, grown_bns, extended = _extend_readers(rewired, flow)
+    changes += extended
 
     new_bns = [n.name for n in layer_nodes if n.op == "batchnorm"]
     if calibration is not None:
-        feeds = _feeds(graph, calibration, after_layer)
-        for bn in new_bns:
-            mean, var = _stats_at(result_graph, feeds, result_graph.node(bn).inputs[0])
-            result_graph = _replace_node(result_graph, _calibrated(result_graph.node(bn), mean, var))
-        values = run_all(result_graph, feeds)
-        for bn, mask in grown_bns:
-            node = result_graph.node(bn)
-            x = values[node.inputs[0]]
-            axes = (0,) if x.ndim == 2 else (0, 2, 3)
-            result_graph = _replace_node(result_graph, _calibrated(node, x.mean(axis=axes)[mask],
-                                                                   x.var(axis=axes)[mask], mask))
+        result_graph = _calibrate(result_graph, _feeds(graph, calibration, after_layer), source, layer_nodes, flow)
         how = "running mean / var measured on the calibration batch, scale 1, bias 0"
     else:
         how = "neutral (mean 0, var 1, scale 1, bias 0)"
@@ -451,7 +496,7 @@ def dense_deepen(graph: Graph, after_layer: str, *, rng: np.random.Generator | N
     joins = (f"{joined}: concat({v_star}, {out}); {', '.join(r for r in graph.consumers(v_star))} now read it"
              if nested else f"{out} joins every concat that read {dl.output}, right after it")
     changes = [head, joins] + changes
-    changes.append(f"batchnorms {', '.join(new_bns + [b for b, _ in grown_bns])} on the new channels: {how}")
+    changes.append(f"batchnorms {', '.join(new_bns + grown_bns)} on the new channels: {how}")
     record = {"pass": "dense_deepen", "after": after_layer, "layer": stem, "growth": k,
               "calibrated": calibration is not None}
     return PassResult(result_graph, changes, record)

@@ -30,6 +30,7 @@ class SearchConfig:
     children: int = 10
     wider_actions: int | None = None  # None: the space's default (4 plain, 10 densenet)
     deeper_actions: int = 5
+    inherit: bool = True  # children start from their parent's weights; False: re-initialised (a baseline)
     epochs: int | None = None  # child training epochs; None: the data set's default
     start_epochs: int | None = None  # training of the start net; None: as epochs
     batch_size: int = 64

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator
 
+from .config import ConfigError
 from .worker import ChildJob, ChildOutcome, init_worker, train_child
 
 
-class ExecutorError(ValueError):
-    """An executor that cannot start (unknown kind, Ray missing, bad device list)."""
+class ExecutorError(ConfigError):
+    """An executor that cannot start (unknown kind, Ray missing or unreachable, bad device list).
+
+    A ConfigError: the options cannot run, so the CLI says so in one line with exit code 2.
+    """
 
 
 class LocalExecutor:
@@ -41,22 +45,47 @@ class LocalExecutor:
 class ProcessExecutor:
     name = "process"
 
-    def __init__(self, devices: list, threads: int = 1):
+    def __init__(self, devices: list, threads: int = 1, data_spec: dict | None = None):
+        self.devices = devices
+        self.threads = threads
+        self.data_spec = data_spec
+        self.pool = self._new_pool()
+
+    def _new_pool(self):
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
-        for d in devices:
+        for d in self.devices:
             queue.put(d)
-        self.pool = ProcessPoolExecutor(max_workers=len(devices), mp_context=ctx, initializer=init_worker,
-                                        initargs=(queue, threads))
-        self.devices = devices
+        pool = ProcessPoolExecutor(max_workers=len(self.devices), mp_context=ctx, initializer=init_worker,
+                                   initargs=(queue, self.threads))
+        # A spawn pool starts a worker only when a task finds none idle, and a worker's first child pays for
+        # importing torch and loading the data set (seconds). Without this, the second worker would start in
+        # the middle of step 1, after the start net trained on the first, and stall that step. One warm-up
+        # task per slot, all submitted now, starts every worker at once and loads the data in each; the
+        # futures are not waited for (a warm-up that fails leaves the failure to the first child).
+        for _ in self.devices:
+            pool.submit(_warm_up, self.data_spec)
+        return pool
+
+    def _submit_all(self, jobs: list) -> dict:
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return {self.pool.submit(train_child, job): job for job in jobs}
+        except BrokenProcessPool:
+            # A worker died in an earlier run (its children failed then); the stdlib pool stays unusable after
+            # that, so the next step gets a fresh pool instead of the whole search stopping.
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = self._new_pool()
+            return {self.pool.submit(train_child, job): job for job in jobs}
 
     def run(self, jobs: Iterable[ChildJob]) -> Iterator[ChildOutcome]:
         from concurrent.futures import as_completed
 
-        futures = {self.pool.submit(train_child, job): job for job in jobs}
+        futures = self._submit_all(list(jobs))
         for future in as_completed(futures):
             try:
                 yield future.result()
@@ -78,11 +107,17 @@ class RayExecutor:
             raise ExecutorError("--executor ray needs Ray: pip install 'easc[ray]'") from None
         self.ray = ray
         if not ray.is_initialized():
-            if address:
-                ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-            else:
-                ray.init(num_cpus=max(1, workers), include_dashboard=False, ignore_reinit_error=True,
-                         log_to_driver=False)
+            try:
+                if address:
+                    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+                else:
+                    ray.init(num_cpus=max(1, workers), include_dashboard=False, ignore_reinit_error=True,
+                             log_to_driver=False)
+            except Exception as e:  # noqa: BLE001 - ConnectionError, RuntimeError, ValueError: all mean "cannot run"
+                where = f"connect to the Ray cluster at {address}" if address else "start a local Ray instance"
+                text = str(e).strip().splitlines()
+                raise ExecutorError(f"--executor ray: cannot {where} "
+                                    f"({type(e).__name__}: {text[0] if text else ''})") from None
         gpus = 1 if device.startswith("cuda") else 0
         self.remote = ray.remote(num_gpus=gpus, num_cpus=1, max_retries=0)(_ray_train_child)
         self.device = "cuda" if gpus else "cpu"
@@ -105,6 +140,16 @@ class RayExecutor:
         pass
 
 
+def _warm_up(data_spec: dict | None) -> None:
+    """Import what training a child needs and load the data set, so a new worker's first child does not pay."""
+    import easc.backends.torch.module  # noqa: F401
+    import easc.backends.torch.train  # noqa: F401
+    from .worker import dataset_for
+
+    if data_spec is not None:
+        dataset_for(data_spec)
+
+
 def _ray_train_child(job: ChildJob) -> ChildOutcome:
     import torch
 
@@ -112,8 +157,10 @@ def _ray_train_child(job: ChildJob) -> ChildOutcome:
     return train_child(job)
 
 
-def make_executor(kind: str, devices: list, workers: int, ray_address: str | None = None, threads: int = 1):
-    """The executor for the options; fails before anything starts when it cannot run."""
+def make_executor(kind: str, devices: list, workers: int, ray_address: str | None = None, threads: int = 1,
+                  data_spec: dict | None = None):
+    """The executor for the options; fails before anything starts when it cannot run. `data_spec` (the jobs'
+    data set) lets worker processes load it as they start."""
     if kind == "ray":
         return RayExecutor(ray_address, devices[0] if devices else "cpu", workers)
     if kind not in ("local", "process"):
@@ -122,5 +169,5 @@ def make_executor(kind: str, devices: list, workers: int, ray_address: str | Non
     if len(slots) == 1 and workers > 1:
         slots = slots * workers
     if len(slots) > 1 or kind == "process":
-        return ProcessExecutor(slots, threads)
+        return ProcessExecutor(slots, threads, data_spec)
     return LocalExecutor(slots[0], threads)

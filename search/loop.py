@@ -12,6 +12,8 @@ One run, in a run folder:
                the executor trains the rest (in parallel where it can); val accuracy is the reward
                R = tan(acc pi / 2); failed children get R = 0; REINFORCE updates the policy
                the step's figures and the policy's state are committed together
+               (`inherit = false` re-initialises each child's weights before training: the
+               from-scratch baseline that benchmarks/bench_reuse.py compares against)
 
 Resume: everything above lives in the experiment store (`store.py`) and `children/` (the `.easir` file
 of every trained child, written before the child is marked done). `resume` restores the policy as it
@@ -28,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from easc.ir import Graph, IRError, atomic_write_bytes, graph_to_bytes, load_graph, probe_inputs, structural_hash
+from easc.ir import (Graph, IRError, atomic_write_bytes, graph_to_bytes, init_weights, load_graph, probe_inputs,
+                     structural_hash)
 from easc.passes.base import FunctionNotPreservedError
 
 from .config import ConfigError, SearchConfig
@@ -47,6 +50,9 @@ DATASET_DEFAULTS = {  # steps, child epochs: the embedded digits default must fi
     "synthetic": {"steps": 2, "epochs": 2},
 }
 PAPER_DEFAULTS = {"steps": 45, "epochs": 20}
+# What may change between sessions of one run without changing the search it records.
+RESUMABLE_OPTIONS = ("steps", "quiet", "workers", "threads", "devices", "executor", "ray_address", "data_dir",
+                     "download")
 
 
 @dataclass
@@ -62,8 +68,11 @@ class SearchSummary:
     events: list = field(default_factory=list)
 
 
-class SearchError(ValueError):
-    """A search that cannot start; one line naming the option or folder at fault."""
+class SearchError(ConfigError):
+    """A search that cannot start; one line naming the option or folder at fault.
+
+    A ConfigError, so the CLI reports it as one line with exit code 2 like every other bad option.
+    """
 
 
 def resolve_defaults(config: SearchConfig) -> SearchConfig:
@@ -132,6 +141,18 @@ def load_start(config: SearchConfig, data) -> Graph:
     return graph
 
 
+def reinitialised(graph: Graph, rng: np.random.Generator) -> Graph:
+    """The same architecture with fresh weights, as a new build would have them (`init_weights`).
+
+    For `inherit = false`: the baseline that trains every child from scratch, to measure what weight
+    reuse buys (benchmarks/bench_reuse.py). The child is still produced by verified passes; only its
+    weights are thrown away before training.
+    """
+    nodes = [n.replace(weights=init_weights(n.op, {k: w.shape for k, w in n.weights.items()}, n.attrs, rng))
+             if n.weights else n for n in graph.nodes]
+    return graph.replace(nodes=nodes)
+
+
 def calibration_images(data, seed: int) -> np.ndarray:
     g = np.random.default_rng(seed)
     n = min(CALIBRATION_IMAGES, len(data.x_train))
@@ -143,8 +164,14 @@ class Search:
     """One search run. `Search.start(config, out)` for a new run, `Search.resume(out)` to continue one."""
 
     def __init__(self, config: SearchConfig, run_dir: Path, store: ExperimentStore, on_event=None):
+        import torch
+
         from easc.backends.torch.train import resolve_device
 
+        # The driver's own tensor work (sampling, checking each pass on probes, the controller's update) is
+        # small, and with workers training on every core more threads only contend: on 2 cores, a 4-child step
+        # with 2 worker processes took 12 s with torch's default threads in the driver and 3 s with one.
+        torch.set_num_threads(config.threads)
         self.config = config
         self.run_dir = run_dir
         self.store = store
@@ -163,6 +190,9 @@ class Search:
             self.policy = make_policy(config.strategy, self.space.space, config.seed)
         self.calibration = calibration_images(self.data, config.seed)
         self.executor = None
+        # Made now, not at the first child: an executor that cannot run (Ray missing or unreachable) must fail
+        # before `start` creates the run folder or `resume` touches the store.
+        self._executor()
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -178,12 +208,13 @@ class Search:
         # Everything that can fail on bad options is checked before the run folder is created.
         created = not run_dir.exists()
         search = cls(config, run_dir, None, on_event)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CHILDREN_DIR).mkdir(exist_ok=True)
         try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / CHILDREN_DIR).mkdir(exist_ok=True)
             store = ExperimentStore(run_dir)
             store.record_config(config.to_dict(), strategy=config.strategy)
         except BaseException:
+            search.close()
             if created:
                 import shutil
 
@@ -196,17 +227,26 @@ class Search:
     def resume(cls, out, overrides: dict | None = None, on_event=None) -> "Search":
         run_dir = Path(out)
         store = ExperimentStore.open_existing(run_dir)
-        saved = store.config()
-        if saved is None:
-            raise StoreError(f"{run_dir}: the run folder has no saved configuration")
-        values = dict(saved)
-        for key, value in (overrides or {}).items():
-            if value is None:
-                continue
-            if key in ("steps", "quiet", "workers", "threads", "devices", "executor", "ray_address", "data_dir"):
-                values[key] = value  # what may change between sessions without changing the search
-        config = resolve_defaults(SearchConfig(**values))
-        search = cls(config, run_dir, store, on_event)
+        try:
+            saved = store.config()
+            if saved is None:
+                raise StoreError(f"{run_dir}: the run folder has no saved configuration")
+            values = dict(saved)
+            for key, value in (overrides or {}).items():
+                if value is None:
+                    continue
+                if key in RESUMABLE_OPTIONS:
+                    values[key] = value
+                elif value != saved.get(key):
+                    # Silently ignoring it would run a different search than the user asked for.
+                    raise ConfigError(f"--{key.replace('_', '-')} {value}: cannot change when resuming {run_dir} "
+                                      f"(recorded: {saved.get(key)}); only "
+                                      f"{', '.join('--' + k.replace('_', '-') for k in RESUMABLE_OPTIONS)} can")
+            config = resolve_defaults(SearchConfig(**values))
+            search = cls(config, run_dir, store, on_event)
+        except BaseException:
+            store.close()
+            raise
         lost = store.mark_in_flight_lost()
         if lost:
             search.on_event("lost", count=lost)
@@ -227,7 +267,7 @@ class Search:
             if kind == "local" and (self.config.workers > 1 or len(self.config.devices) > 1):
                 kind = "process"
             self.executor = make_executor(kind, self.config.devices, self.config.workers, self.config.ray_address,
-                                          self.config.threads)
+                                          self.config.threads, self.data_spec)
         return self.executor
 
     def _best_child(self):
@@ -325,6 +365,8 @@ class Search:
                 child_id = self.store.add_child(**common)
                 hashes_this_step[h] = child_id
                 seed = int(np.random.default_rng([self.config.seed, step, index, 7]).integers(2**31))
+                if not self.config.inherit:
+                    graph = reinitialised(graph, np.random.default_rng([self.config.seed, step, index, 11]))
                 to_train.append((child_id, graph, self.config.epochs, seed))
             child_ids.append(child_id)
             episodes_decisions.append(decisions)
@@ -361,15 +403,20 @@ class Search:
             for step in range(last + 1, self.config.steps + 1):
                 self.run_step(step)
         finally:
-            if self.executor is not None:
-                self.executor.close()
+            self._close_executor()
         best = self._best_child()
         children = self.store.children()
         return SearchSummary(str(self.run_dir), self.store.last_completed_step() or 0, start.val_acc,
                              best.id if best else None, best.val_acc if best else None, len(children),
                              sum(c.status == "failed" for c in children), time.perf_counter() - t0)
 
+    def _close_executor(self):
+        if self.executor is not None:
+            self.executor.close()
+            self.executor = None  # a later run() makes a new one
+
     def close(self):
+        self._close_executor()
         if self.store is not None:
             self.store.close()
 

@@ -33,7 +33,9 @@ def lineage(store: ExperimentStore, child_id: int) -> list:
 def report_data(run_dir, top: int = 10) -> dict:
     with _open(run_dir) as store:
         children = store.children()
-        start = next((c for c in children if c.parent_id is None and c.step == 0), None)
+        # The trained start net: a driver stopped while training it leaves a 'lost' row before the 'done' one.
+        starts = [c for c in children if c.parent_id is None and c.step == 0]
+        start = next((c for c in starts if c.status == "done"), starts[0] if starts else None)
         board = store.leaderboard(top)
         best = board[0] if board else None
         info = store.run_info()

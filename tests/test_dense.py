@@ -268,8 +268,11 @@ def test_dense_deepen_with_a_calibration_batch_measures_every_new_batchnorm():
 def test_dense_deepen_in_a_lowered_torch_densenet_gives_the_new_layer_its_own_concat():
     graph = torch_densenet(drop=0.1)
     after = "features.denseblock2.denselayer1.conv2"
-    result = _run_pass_and_check(graph, dense_deepen, after_layer=after)
+    batch = np.random.default_rng(2).standard_normal((8, 1, 8, 8)).astype(np.float32)
+    result = _run_pass_and_check(graph, dense_deepen, after_layer=after, calibration=batch)
     new, stem = result.graph, f"deepen_{after}"
+    x = run_all(new, {"x": batch})["cat_6"][:, 12:16]  # the new channels, as the head's batchnorm sees them
+    np.testing.assert_allclose(new.node("features.norm5").weights["var"][12:16], x.var(axis=(0, 2, 3)), rtol=1e-5)
     assert new.node(f"{stem}_input").inputs == ("features.transition1.pool", "dropout_2")
     assert new.node(f"{stem}_dropout").attrs["p"] == 0.1
     for concat in ("cat_4", "cat_5", "cat_6"):  # every later concat reads the new output right after layer 1's

@@ -2,7 +2,7 @@
 
 `from_module(module, example_input)` traces `module` (`torch.fx.symbolic_trace`, with the torch.nn
 layers below as leaves), runs the example through the trace once to learn every value's shape
-(`torch.fx.passes.shape_prop.ShapeProp`), and lowers each fx node to one IR node:
+(`torch.fx.passes.shape_prop.ShapeProp`), and lowers each fx node to at most one IR node:
 
 | IR op          | torch                                                                                 |
 |----------------|---------------------------------------------------------------------------------------|

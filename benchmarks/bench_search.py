@@ -1,0 +1,132 @@
+"""Search throughput on CPU: children trained per minute with one worker against a pool of two.
+
+Each repeat runs the same small digits search (same seed, so the same children, bit for bit) once with
+`--workers 1` (the in-process local executor) and once with `--workers 2` (a process pool of two spawned
+workers, one torch thread each). The order alternates between repeats (1 2, 2 1, ...) so that drift of a
+shared machine falls on both.
+
+Figures, from the run's experiment store:
+- `children/min`: children trained in steps >= 1 per minute of the steps' wall time, measured from the end
+  of the start net's training to the end of the last step. Pool start-up (spawning workers, importing
+  torch, loading the data) happens while the start net trains, so it is left out: this is the rate a long
+  search settles at.
+- `wall s`: the whole `run()`, start-up included: what a short search costs.
+- `train share`: time spent training children (the sum of their training times) over the steps' wall time
+  with one worker. The rest is the driver's serial work (sampling, verifying each pass on probe inputs,
+  bookkeeping), which a pool cannot overlap with training in this design (Amdahl): it bounds the speed-up.
+`ratio` is median(2 workers) / median(1 worker) of children/min; `paired` the median of per-repeat ratios.
+
+    python benchmarks/bench_search.py [--repeats 3] [--steps 2] [--children 6] [--epochs 3]
+
+Prints a table and writes benchmarks/results/bench_search.json. Two cores are enough to see the effect;
+run it on an otherwise idle machine, since other jobs take cores from the pool first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_search.json"
+WORKERS = (1, 2)
+
+
+def _seconds_between(a: str, b: str) -> float:
+    return (datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds()
+
+
+def one_search(workers: int, args, folder: Path) -> dict:
+    from easc.search.config import SearchConfig
+    from easc.search.loop import Search
+    from easc.search.store import ExperimentStore
+
+    config = SearchConfig(dataset="digits", steps=args.steps, children=args.children, epochs=args.epochs,
+                          start_epochs=1, wider_actions=args.wider_actions, deeper_actions=args.deeper_actions,
+                          seed=args.seed, workers=workers, threads=1, quiet=True)
+    out = folder / f"workers{workers}"
+    t0 = time.perf_counter()
+    search = Search.start(config, out)
+    try:
+        summary = search.run()
+    finally:
+        search.close()
+    wall = time.perf_counter() - t0
+    with ExperimentStore.open_existing(out) as store:
+        children = store.children()
+        steps = store.steps()
+    start = children[0]
+    trained = [c for c in children if c.step >= 1 and c.status == "done"]
+    steady = _seconds_between(start.finished, steps[-1].finished)
+    return {"workers": workers, "wall_seconds": wall, "steady_seconds": steady, "trained": len(trained),
+            "cached": sum(c.status == "cached" for c in children), "failed": summary.failed,
+            "children_per_min": 60 * len(trained) / steady,
+            "train_share": sum(c.train_seconds for c in trained) / steady,
+            "best_val_acc": summary.best_val_acc}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--children", type=int, default=6, help="per step; even, so two workers share evenly")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--wider-actions", type=int, default=2)
+    p.add_argument("--deeper-actions", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+    runs = {w: [] for w in WORKERS}
+    with tempfile.TemporaryDirectory(prefix="bench_search_") as tmp:
+        # Imports and the data set's first load are paid here, not by whichever run comes first.
+        one_search(1, argparse.Namespace(**{**vars(args), "steps": 1, "children": 1, "epochs": 1}),
+                   Path(tmp) / "warm-up")
+        for r in range(args.repeats):
+            order = WORKERS if r % 2 == 0 else WORKERS[::-1]
+            for w in order:
+                result = one_search(w, args, Path(tmp) / f"repeat{r}")
+                runs[w].append(result)
+                print(f"repeat {r + 1}/{args.repeats}, {w} worker(s): {result['children_per_min']:.1f} children/min, "
+                      f"{result['wall_seconds']:.1f} s", flush=True)
+
+    def median(w, key):
+        return statistics.median(run[key] for run in runs[w])
+
+    # The same seed gives the same search whatever the executor: a check that the figures compare like with like.
+    same = len({run["best_val_acc"] for w in WORKERS for run in runs[w]}) == 1
+    ratio = median(2, "children_per_min") / median(1, "children_per_min")
+    paired = statistics.median(b["children_per_min"] / a["children_per_min"] for a, b in zip(runs[1], runs[2]))
+
+    print()
+    print(f"search throughput on CPU: digits, {args.steps} step(s) x {args.children} children, {args.epochs} "
+          f"epoch(s), {args.wider_actions} wider + {args.deeper_actions} deeper actions, {args.repeats} repeat(s), "
+          f"{os.cpu_count()} cores")
+    print(f"{'workers':>7} | {'children/min':>12} | {'wall s':>7} | {'train share':>11} | {'trained':>7}")
+    print("-" * 57)
+    for w in WORKERS:
+        print(f"{w:>7} | {median(w, 'children_per_min'):>12.1f} | {median(w, 'wall_seconds'):>7.1f} | "
+              f"{median(w, 'train_share'):>11.0%} | {runs[w][0]['trained']:>7}")
+    print(f"ratio (2 / 1 workers): {ratio:.2f}, paired {paired:.2f}; same runs under both executors: {same}")
+
+    report = {"benchmark": "bench_search", "device": "cpu", "python": platform.python_version(),
+              "machine": platform.machine(), "cores": os.cpu_count(),
+              "settings": {k: v for k, v in vars(args).items() if k != "out"},
+              "median": {str(w): {k: median(w, k) for k in ("children_per_min", "wall_seconds", "steady_seconds",
+                                                           "train_share")} for w in WORKERS},
+              "ratio": ratio, "paired_ratio": paired, "same_runs": same,
+              "runs": {str(w): runs[w] for w in WORKERS}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""The benchmark scripts run: each one's --smoke mode finishes and writes the JSON that run_all.py reads.
+
+Benchmarks print figures; nothing here asserts a figure (STYLE.md: no timed assertions in tests). These
+tests only keep the scripts from rotting as the library changes under them. Ray is left out (--no-ray):
+starting a Ray instance costs more than all the rest together.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_report(path: Path, name: str) -> dict:
+    report = json.loads(path.read_text())
+    assert report["benchmark"] == name
+    assert report["mode"] == "smoke"
+    assert report["headline"] and all(set(row) == {"metric", "value"} for row in report["headline"])
+    return report
+
+
+def test_bench_reuse_smoke_runs_both_arms_and_writes_json_and_plot(tmp_path):
+    out = tmp_path / "bench_reuse.json"
+    load("bench_reuse").main(["--smoke", "--out", str(out)])
+    report = check_report(out, "bench_reuse")
+    (digits,) = report["results"]
+    arms = {a["arm"]: a for a in digits["arms"]}
+    assert {"reuse", "scratch x1"} <= set(arms)
+    assert arms["reuse"]["inherit"] is True and arms["scratch x1"]["inherit"] is False
+    assert arms["reuse"]["child_epochs"] > 0 and arms["scratch x1"]["child_epochs"] > 0
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_bench_rl_vs_random_smoke_reports_both_experiments_per_step(tmp_path):
+    out = tmp_path / "bench_rl_vs_random.json"
+    load("bench_rl_vs_random").main(["--smoke", "--out", str(out)])
+    report = check_report(out, "bench_rl_vs_random")
+    for experiment in ("real_digits", "synthetic_reward"):
+        for strategy in ("rl", "random"):
+            steps = report[experiment]["summary"][strategy]["per_step"]
+            assert steps and {"mean_val_acc", "mean_val_acc_sd", "best_so_far"} <= set(steps[0])
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_bench_executors_smoke_times_in_process_and_worker_pools(tmp_path):
+    out = tmp_path / "bench_executors.json"
+    load("bench_executors").main(["--smoke", "--no-ray", "--out", str(out)])
+    report = check_report(out, "bench_executors")
+    assert set(report["results"]) == {"in-process (local)", "process pool x1", "process pool x2"}
+    assert all(r["failed"] == 0 and r["children_per_minute"] > 0 for r in report["results"].values())
+    assert any("ray" in s for s in report["skipped"])
+
+
+def test_run_all_summarises_results_into_json_and_a_markdown_table(tmp_path):
+    run_all = load("run_all")
+    ours = {"benchmark": "bench_x", "headline": [{"metric": "speed", "value": "2.0x"}]}
+    backend = {"benchmark": "bench_backend", "results": [
+        {"input": [1, 8, 8], "paired_ratio": 1.01, "images_per_s": {"to_module": 2000.0, "nn.Sequential": 1980.0}}]}
+    entries = [
+        {"name": "bench_x", "status": "ok", "seconds": 1.0, "headline": run_all.headline("bench_x", ours)},
+        {"name": "bench_backend", "status": "ok", "seconds": 1.0, "headline": run_all.headline("bench_backend", backend)},
+        {"name": "bench_other", "status": "ok", "seconds": 1.0,
+         "headline": run_all.headline("bench_other", {"benchmark": "bench_other", "speedup": 1.5, "nested": {}})},
+        run_all.run_one("bench_not_written_yet", "quick", None),
+    ]
+    assert entries[3]["status"] == "skipped" and "not found" in entries[3]["message"]
+    summary = {"mode": "quick", "machine": run_all.machine_info(), "seconds": 4.0, "benchmarks": entries}
+    json_path, md_path = run_all.write_summary(summary, tmp_path)
+    assert json.loads(json_path.read_text())["machine"]["cores"] >= 1
+    table = md_path.read_text()
+    assert "| bench_x | speed | 2.0x |" in table
+    assert "to_module / nn.Sequential" in table and "| bench_other | speedup | 1.5 |" in table
+    assert "| bench_not_written_yet | skipped |" in table
+
+
+@pytest.mark.parametrize("name", ["bench_reuse", "bench_rl_vs_random", "bench_executors", "run_all"])
+def test_every_benchmark_script_documents_how_to_run_it(name):
+    module = load(name)
+    assert "python benchmarks/" in module.__doc__
