@@ -5,12 +5,15 @@ compiles the graph to plain Python that calls the same layers. Measured: images 
 full training step (forward, cross-entropy, backward, SGD step) at batch 64, for a small CNN
 (3 conv-bn-relu blocks, a max pool, global average pooling, a linear classifier) on digits-sized
 1x8x8 inputs and CIFAR-sized 3x32x32 inputs. Both models start from the same weights and see the
-same batches. `ratio` is median(to_module) / median(nn.Sequential); `paired` is the median of the
-per-repeat ratios, less sensitive to slow drift; `best` compares the fastest repeats (timeit's
-estimator), the least disturbed by other jobs on a shared machine. Repeats alternate which model runs first (A B, B A, ...) so that drift of a shared
-machine (frequency, other jobs) falls on both; the figures are medians over repeats.
+same batches.
 
-    python benchmarks/bench_backend.py [--device cuda] [--repeats 11] [--steps 25] [--threads 1]
+Many short repeats (default 40 x 5 steps) rather than a few long ones, alternating which model
+runs first (A B, B A, ...): on a shared machine a burst of another job then spoils a few repeats,
+not the medians, and slow drift falls on both models. Columns: `ratio` is median(to_module) /
+median(nn.Sequential) in images/s; `paired` the median of the per-repeat ratios; `best` the ratio
+of the fastest repeats (timeit's estimator, the least disturbed by other jobs).
+
+    python benchmarks/bench_backend.py [--device cuda] [--repeats 40] [--steps 5] [--threads 1]
 
 Prints a table and writes benchmarks/results/bench_backend.json.
 """
@@ -116,8 +119,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", help="cpu or cuda (cuda[:k])")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=25, help="training steps per timed repeat")
-    p.add_argument("--repeats", type=int, default=11)
+    p.add_argument("--steps", type=int, default=5, help="training steps per timed repeat")
+    p.add_argument("--repeats", type=int, default=40)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)

@@ -32,7 +32,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "bench_executors.json"
 
 PRESETS = {
     "smoke": {"children": 2, "epochs": 1, "repeats": 1},
-    "quick": {"children": 8, "epochs": 2, "repeats": 2},
+    "quick": {"children": 12, "epochs": 3, "repeats": 3},
     "full": {"children": 16, "epochs": 3, "repeats": 3},
 }
 

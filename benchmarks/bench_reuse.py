@@ -141,19 +141,15 @@ def arm_summary(name: str, multiple: int, runs: list) -> dict:
             "failed": sum(r["failed"] for r in runs)}
 
 
-def warm_up(dataset, data_dir, seeds) -> None:
-    """Import the search and load the data once, so that no arm's CPU seconds include them."""
-    from easc.search import loop  # noqa: F401
-    from easc.search.worker import dataset_for
-
-    for seed in seeds:  # the split depends on the seed; the cache keeps the last one
-        dataset_for({"name": dataset, "data_dir": data_dir, "seed": seed, "download": False})
+def warm_up(dataset, data_dir, device, threads, workdir) -> None:
+    """A throwaway one-child search, so that no arm's CPU seconds include imports and first-call costs."""
+    run_search(dataset, data_dir, 0, 1, 1, 1, True, device, threads, Path(workdir) / "warm-up")
 
 
 def bench_dataset(dataset, data_dir, sizes, device, threads, workdir, log=print) -> dict:
     seeds = list(range(sizes["seeds"]))
     E = sizes["epochs"]
-    warm_up(dataset, data_dir, seeds[:1])
+    warm_up(dataset, data_dir, device, threads, workdir)
 
     def arm(inherit, epochs):
         runs = []

@@ -1,7 +1,7 @@
 """Run every benchmark, one after another, and write one combined table.
 
     python benchmarks/run_all.py --quick      # all of them at a small size: under 20 minutes on 2 CPU cores
-    python benchmarks/run_all.py              # the scripts' default sizes (an hour or more on a CPU)
+    python benchmarks/run_all.py              # the scripts' default sizes: much longer
     python benchmarks/run_all.py --only bench_reuse,bench_executors
 
 Each benchmark is its own script, run in its own process (so one's threads, workers or Ray instance do not
@@ -22,8 +22,10 @@ import datetime as dt
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -70,27 +72,38 @@ def machine_info() -> dict:
             "python": platform.python_version(), "platform": platform.platform()}
 
 
+_HELP: dict = {}
+
+
 def has_flag(script: Path, flag: str) -> bool:
     """Whether `script --help` lists `flag` (each script is asked, not assumed)."""
-    try:
-        out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
-    except subprocess.TimeoutExpired:
-        return False
-    return out.returncode == 0 and flag in out.stdout
+    if script not in _HELP:
+        try:
+            out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True,
+                                 timeout=120)
+            _HELP[script] = out.stdout if out.returncode == 0 else ""
+        except subprocess.TimeoutExpired:
+            _HELP[script] = ""
+    return flag in _HELP[script].split()  # "--quick" but not "--quick-x"
 
 
-def arguments(name: str, script: Path, mode: str) -> list:
-    if mode == "full":
-        return []
-    flag = f"--{mode}"
-    if has_flag(script, flag):
-        return [flag]
-    if mode == "smoke" and has_flag(script, "--quick"):
-        return ["--quick"]
-    return list(QUICK_ARGS.get(name, []))
+def arguments(name: str, script: Path, mode: str, result_path: Path) -> list:
+    args = []
+    if mode != "full":
+        if has_flag(script, f"--{mode}"):
+            args.append(f"--{mode}")
+        elif mode == "smoke" and has_flag(script, "--quick"):
+            args.append("--quick")
+        else:
+            args += QUICK_ARGS.get(name, [])
+    if result_path != RESULTS / f"{name}.json":
+        if not has_flag(script, "--out"):
+            raise ValueError(f"{script.name} has no --out flag, so its results cannot go elsewhere")
+        args += ["--out", str(result_path)]
+    return args
 
 
-def run_one(name: str, mode: str, timeout: float | None) -> dict:
+def run_one(name: str, mode: str, timeout: float | None, results: Path = RESULTS) -> dict:
     script = HERE / f"{name}.py"
     entry = {"name": name, "description": DESCRIPTIONS.get(name, ""), "status": "skipped", "seconds": 0.0,
              "args": [], "headline": []}
@@ -98,27 +111,44 @@ def run_one(name: str, mode: str, timeout: float | None) -> dict:
         entry["message"] = f"{script.name} not found"
         print(f"== {name}: skipped, {entry['message']}", flush=True)
         return entry
-    args = arguments(name, script, mode)
+    result_path = results / f"{name}.json"
+    log_path = results / f"{name}.log"
+    try:
+        args = arguments(name, script, mode, result_path)
+    except ValueError as e:
+        entry.update(status="failed", message=str(e))
+        print(f"== {name}: failed, {e}", flush=True)
+        return entry
     entry["args"] = args
-    result_path = RESULTS / f"{name}.json"
-    log_path = RESULTS / f"{name}.log"
     print(f"== {name} {' '.join(args)}", flush=True)
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), MPLBACKEND="Agg")
     started = time.time()
+    timed_out = threading.Event()
     with open(log_path, "w") as log:
+        # Its own process group, so that a timeout also ends the workers it spawned (pools, Ray).
         proc = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env=env, cwd=HERE.parent)
+                                text=True, env=env, cwd=HERE.parent, start_new_session=True)
+
+        def stop():
+            timed_out.set()
+            os.killpg(proc.pid, signal.SIGKILL)
+
+        timer = threading.Timer(timeout, stop) if timeout else None
+        if timer:
+            timer.start()
         try:
             for line in proc.stdout:
                 sys.stdout.write(line)
                 log.write(line)
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
             proc.wait()
+        finally:
+            if timer:
+                timer.cancel()
     entry["seconds"] = round(time.time() - started, 1)
-    if proc.returncode != 0:
-        entry.update(status="failed", message=f"exit code {proc.returncode}; see {log_path.relative_to(HERE.parent)}")
+    if timed_out.is_set():
+        entry.update(status="failed", message=f"stopped after the --timeout of {timeout:.0f} s")
+    elif proc.returncode != 0:
+        entry.update(status="failed", message=f"exit code {proc.returncode}; see {log_path}")
     elif not result_path.exists() or result_path.stat().st_mtime < started:
         entry.update(status="failed", message=f"wrote no fresh {result_path.name}")
     else:
@@ -126,7 +156,7 @@ def run_one(name: str, mode: str, timeout: float | None) -> dict:
     if entry["status"] == "ok":
         try:
             entry["headline"] = headline(name, json.loads(result_path.read_text()))
-            entry["result"] = str(result_path.relative_to(HERE.parent))
+            entry["result"] = str(result_path)
         except (ValueError, KeyError, TypeError) as e:
             entry.update(status="failed", message=f"{result_path.name}: unreadable ({type(e).__name__}: {e})")
     print(f"== {name}: {entry['status']} in {entry['seconds']:.0f} s"
@@ -237,6 +267,8 @@ def main(argv=None) -> int:
     mode.add_argument("--smoke", action="store_true", help="each script's smoke mode where it has one")
     p.add_argument("--only", default=None, help="comma-separated benchmark names (default: all)")
     p.add_argument("--timeout", type=float, default=None, help="seconds allowed per benchmark")
+    p.add_argument("--results", type=Path, default=RESULTS,
+                   help="folder for the JSON, logs and summary [default: benchmarks/results]")
     args = p.parse_args(argv)
     mode_name = "smoke" if args.smoke else "quick" if args.quick else "full"
     names = list(BENCHMARKS)
@@ -245,13 +277,14 @@ def main(argv=None) -> int:
         unknown = [n for n in names if not (HERE / f"{n}.py").exists() and n not in BENCHMARKS]
         if unknown:
             p.error(f"--only: unknown benchmark {unknown[0]!r} (known: {', '.join(BENCHMARKS)})")
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results = args.results.resolve()
+    results.mkdir(parents=True, exist_ok=True)
     machine = machine_info()
     t0 = time.time()
-    entries = [run_one(name, mode_name, args.timeout) for name in names]
+    entries = [run_one(name, mode_name, args.timeout, results) for name in names]
     summary = {"mode": mode_name, "machine": machine, "seconds": round(time.time() - t0, 1), "benchmarks": entries}
     print_table(summary)
-    json_path, md_path = write_summary(summary)
+    json_path, md_path = write_summary(summary, results)
     print(f"\nwrote {json_path} and {md_path}")
     return 0 if all(e["status"] != "failed" for e in entries) else 1
 

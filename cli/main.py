@@ -100,17 +100,10 @@ def main():
 
 
 def _register():
-    from . import export_cmd, inspect_cmd, train_cmd, transform_cmd
+    from . import export_cmd, inspect_cmd, report_cmd, search_cmd, train_cmd, transform_cmd
 
-    for module in (inspect_cmd, transform_cmd, train_cmd, export_cmd):
+    for module in (inspect_cmd, transform_cmd, train_cmd, export_cmd, search_cmd, report_cmd):
         main.add_command(module.command)
-    try:
-        from . import report_cmd, search_cmd
-
-        main.add_command(search_cmd.command)
-        main.add_command(report_cmd.command)
-    except ImportError:
-        pass
 
 
 if __name__ == "__main__":

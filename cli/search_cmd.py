@@ -27,6 +27,8 @@ def _devices(value):
 @click.option("--wider-actions", type=int, default=None, help="Net2Wider actions per network [default: 4].")
 @click.option("--deeper-actions", type=int, default=None, help="Net2Deeper actions per network [default: 5].")
 @click.option("--epochs", type=int, default=None, help="Child training epochs [default: 6 on digits, 20 otherwise].")
+@click.option("--widen-noise", type=float, default=None,
+              help="Relative noise on widened copies, breaking their symmetry [default: 0.01; 0: exact].")
 @click.option("--seed", type=int, default=None, help="[default: 0]")
 @click.option("--workers", type=int, default=None, help="Worker processes training children [default: 1].")
 @click.option("--threads", type=int, default=None, help="Torch CPU threads per worker [default: 1].")
@@ -36,7 +38,7 @@ def _devices(value):
 @click.option("--ray-address", default=None, help="Ray cluster address (auto, or host:port).")
 @click.option("--quiet", is_flag=True, default=None, help="No progress output.")
 def command(config, dataset, data_dir, download, out, resume, strategy, space, start, steps, children,
-            wider_actions, deeper_actions, epochs, seed, workers, threads, device, devices, executor, ray_address, quiet):
+            wider_actions, deeper_actions, epochs, widen_noise, seed, workers, threads, device, devices, executor, ray_address, quiet):
     """Search architectures by growing a trained network with verified transformations."""
     from easc.search.config import build_config, load_config
     from easc.search.loop import Search, summary_json
@@ -47,7 +49,7 @@ def command(config, dataset, data_dir, download, out, resume, strategy, space, s
         raise click.UsageError("give --device or --devices, not both")
     overrides = dict(dataset=dataset, data_dir=data_dir, download=download, strategy=strategy, space=space,
                      start=start, steps=steps, children=children, wider_actions=wider_actions,
-                     deeper_actions=deeper_actions, epochs=epochs, seed=seed, workers=workers, threads=threads,
+                     deeper_actions=deeper_actions, epochs=epochs, widen_noise=widen_noise, seed=seed, workers=workers, threads=threads,
                      devices=_devices(devices) or ([device] if device else None), executor=executor,
                      ray_address=ray_address, quiet=quiet)
     progress = SearchProgress(quiet=bool(quiet))

@@ -40,6 +40,7 @@ class SearchConfig:
     fc_widths: list | None = None
     growth_rates: list | None = None  # densenet space
     kernels: list = field(default_factory=lambda: [1, 3, 5])
+    widen_noise: float = 0.01  # relative noise on widened copies (breaks their symmetry; 0: exact widening)
     controller_lr: float = 2e-3
     entropy: float = 1e-5
     seed: int = 0

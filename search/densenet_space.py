@@ -32,7 +32,11 @@ from .tokens import LayerToken, SearchSpace, next_width
 GROWTH_RATES = tuple(range(4, 49, 2))
 """EAS's DenseNet space: growth rates 4..48 in steps of 2."""
 
-SMALL_INPUT = 16  # images up to 16x16 (digits) use the small fc list
+SMALL_GROWTH_RATES = tuple(range(4, 17, 2))
+"""Growth rates for small images (digits, 8x8): the same steps, capped at 16 so that a CPU search stays
+in minutes (ten Net2Wider actions per network otherwise grow a tiny DenseNet a hundredfold)."""
+
+SMALL_INPUT = 16  # images up to 16x16 (digits) use the small growth and fc lists
 
 
 class DenseNetSpace:
@@ -41,15 +45,18 @@ class DenseNetSpace:
     name = "densenet"
     default_wider_actions = 10
 
-    def __init__(self, space: SearchSpace):
+    def __init__(self, space: SearchSpace, widen_noise: float = 0.0):
         self.space = space
+        self.widen_noise = widen_noise  # see PlainSpace: breaks the symmetry of copied units
 
     @classmethod
     def from_config(cls, config, input_shape) -> "DenseNetSpace":
         small = max(tuple(input_shape)[1:]) <= SMALL_INPUT
         fc = SearchSpace.small().fc_widths if small else SearchSpace.paper().fc_widths
-        return cls(SearchSpace(conv_widths=tuple(config.growth_rates or GROWTH_RATES),
-                               fc_widths=tuple(config.fc_widths or fc), kernels=(3,)))
+        growth = SMALL_GROWTH_RATES if small else GROWTH_RATES
+        return cls(SearchSpace(conv_widths=tuple(config.growth_rates or growth),
+                               fc_widths=tuple(config.fc_widths or fc), kernels=(3,)),
+                   widen_noise=config.widen_noise)
 
     def tokens(self, graph: Graph) -> list:
         dense = dense_layers(graph)
@@ -85,7 +92,7 @@ class DenseNetSpace:
                 kwargs, record = dict(layer=name, width=width), {"pass": "widen", "layer": name, "width": width}
                 pass_name = "widen"
             try:
-                result = apply_pass(graph, pass_name, rng=rng, probes=probes, **kwargs)
+                result = apply_pass(graph, pass_name, rng=rng, probes=probes, noise=self.widen_noise, **kwargs)
             except PassError as e:
                 records.append({**record, "skipped": str(e)})
                 continue

@@ -36,8 +36,13 @@ class PlainSpace:
     name = "plain"
     default_wider_actions = 4
 
-    def __init__(self, space: SearchSpace):
+    def __init__(self, space: SearchSpace, widen_noise: float = 0.0):
         self.space = space
+        # Noise on the new copies' outgoing weights (PAPER.md: about 1% of the weights' std). Without it
+        # a copied unit keeps exactly its original's weights and gradients through all later training,
+        # so widening would add parameters but no capacity. The price: the child is preserved only
+        # approximately, within the tolerance `widen` states for that noise, which the check enforces.
+        self.widen_noise = widen_noise
 
     def tokens(self, graph: Graph) -> list:
         return graph_tokens(graph)
@@ -52,7 +57,8 @@ class PlainSpace:
             if width is None or graph.node(name).width >= width:
                 continue
             try:
-                result = apply_pass(graph, "widen", rng=rng, probes=probes, layer=name, width=width)
+                result = apply_pass(graph, "widen", rng=rng, probes=probes, layer=name, width=width,
+                                    noise=self.widen_noise)
             except PassError as e:
                 records.append({"pass": "widen", "layer": name, "width": width, "skipped": str(e)})
                 continue

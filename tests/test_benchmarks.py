@@ -91,3 +91,22 @@ def test_run_all_summarises_results_into_json_and_a_markdown_table(tmp_path):
 def test_every_benchmark_script_documents_how_to_run_it(name):
     module = load(name)
     assert "python benchmarks/" in module.__doc__
+
+
+def test_reinitialised_children_keep_the_architecture_and_get_fresh_seeded_weights():
+    # The hook bench_reuse.py's from-scratch arms rely on (SearchConfig.inherit = False).
+    import numpy as np
+
+    from easc.ir import structural_hash
+    from easc.search.loop import reinitialised
+    from easc.search.start_nets import build_start_net
+
+    parent = build_start_net("digits-small", (1, 8, 8), 10, seed=0)
+    fresh = reinitialised(parent, np.random.default_rng(1))
+    again = reinitialised(parent, np.random.default_rng(1))
+    assert structural_hash(fresh) == structural_hash(parent)
+    convs = [n.name for n in parent.nodes if n.op == "conv2d"]
+    assert not np.array_equal(fresh.node(convs[0]).weights["weight"], parent.node(convs[0]).weights["weight"])
+    assert all(np.array_equal(a.weights[k], b.weights[k]) for a, b in zip(fresh.nodes, again.nodes) for k in a.weights)
+    bn = next(n for n in fresh.nodes if n.op == "batchnorm")
+    assert np.all(bn.weights["mean"] == 0) and np.all(bn.weights["var"] == 1)

@@ -10,7 +10,7 @@ from easc.passes.base import PRESERVATION_RTOL, PassError, max_output_difference
 from easc.passes.dense import dense_layers
 from easc.search.config import SearchConfig
 from easc.search.controller import RandomPolicy, ReinforcePolicy, WiderDecision
-from easc.search.densenet_space import GROWTH_RATES, DenseNetSpace
+from easc.search.densenet_space import GROWTH_RATES, SMALL_GROWTH_RATES, DenseNetSpace
 from easc.search.densenet_start import DENSENET_START_NETS, densenet_bc, densenet_digits
 from easc.search.loop import default_start, make_space, resolve_defaults
 from easc.search.start_nets import build_start_net, digits_small
@@ -19,6 +19,7 @@ from strategies import randomise_weights
 
 
 def space(**config):
+    config.setdefault("widen_noise", 0.0)  # exact widening, so the tests can check preservation tightly
     return DenseNetSpace.from_config(SearchConfig(space="densenet", **config), (1, 8, 8))
 
 
@@ -33,7 +34,9 @@ def _preserved(parent, child, probes):
 
 # -- configuration and tokens ---------------------------------------------------------------------
 def test_the_space_takes_growth_rates_from_the_config_and_defaults_to_4_to_48_step_2():
-    assert space().space.conv_widths == GROWTH_RATES == tuple(range(4, 49, 2))
+    assert DenseNetSpace.from_config(SearchConfig(space="densenet"), (3, 32, 32)).space.conv_widths \
+        == GROWTH_RATES == tuple(range(4, 49, 2))
+    assert space().space.conv_widths == SMALL_GROWTH_RATES == tuple(range(4, 17, 2))  # 8x8 digits: capped
     assert space().space.kernels == (3,)
     assert space(growth_rates=[6, 8, 12]).space.conv_widths == (6, 8, 12)
     assert DenseNetSpace.default_wider_actions == 10
