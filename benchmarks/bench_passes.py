@@ -49,6 +49,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402  (after OMP_NUM_THREADS, which numpy's BLAS reads at import)
 
 from easc.backends.onnx import run_onnx  # noqa: E402
+from easc.ir.builder import randomise_weights  # noqa: E402
 from easc.ir import Graph, GraphBuilder, probe_inputs, run, verify  # noqa: E402
 from easc.passes.base import (PRESERVATION_RTOL, PROBE_BATCH, PassError, max_output_difference,  # noqa: E402
                               signature)
@@ -105,10 +106,27 @@ def _structure(before: Graph, after: Graph) -> None:
         raise AssertionError("signature changed")
 
 
+TRAIN_IMAGES = 1078  # digits' training split: one epoch of child training in the embedded default search
+
+
+def epoch_ms(graph: Graph) -> float:
+    """Milliseconds of one training epoch of `graph` (batch 64, SGD) on TRAIN_IMAGES synthetic images of INPUT."""
+    from easc.backends.torch import to_module
+    from easc.backends.torch.data import load_dataset
+    from easc.backends.torch.train import TrainConfig, train_module
+
+    data = load_dataset("synthetic", shape=INPUT, num_classes=CLASSES, n=TRAIN_IMAGES * 10 // 6)
+    config = TrainConfig(epochs=1, quiet=True)
+    train_module(to_module(graph), data, config, evaluate_test=False)  # warm-up: first call pays set-up
+    times = [_ms(lambda: train_module(to_module(graph), data, config, evaluate_test=False))[0] for _ in range(3)]
+    return statistics.median(times)
+
+
 def bench_depth(depths, repeats: int) -> list:
     rows = []
     for depth in depths:
         graph = plain_net(depth)
+        epoch = epoch_ms(graph)
         probes = probe_inputs(graph, PROBE_BATCH, 0)
         for name, (fn, kwargs) in depth_cases(depth).items():
             times = {"pass": [], "verify": [], "interp": [], "ort": []}
@@ -123,11 +141,14 @@ def bench_depth(depths, repeats: int) -> list:
                         times[key].append(t)
             row = {"depth": depth, "nodes": len(graph.nodes), "pass": name,
                    **{f"{k}_ms": round(statistics.median(v), 3) for k, v in times.items()},
-                   "rel_error_ort": diff / (1 + scale)}
+                   "rel_error_ort": diff / (1 + scale), "epoch_ms": round(epoch, 1)}
+            # What the search pays per pass (pass + verifier + interpreter check) against one epoch of training.
+            row["share_of_epoch"] = (row["pass_ms"] + row["verify_ms"] + row["interp_ms"]) / epoch
             rows.append(row)
             print(f"  depth {depth:>3} ({row['nodes']:>3} nodes)  {name:<12}  pass {row['pass_ms']:8.2f}  "
                   f"verify {row['verify_ms']:8.2f}  interp check {row['interp_ms']:8.2f}  "
-                  f"onnxruntime check {row['ort_ms']:8.2f}   (ms)", flush=True)
+                  f"onnxruntime check {row['ort_ms']:8.2f}   (ms); one training epoch {epoch:8.0f} ms, "
+                  f"pass + checks = {100 * row['share_of_epoch']:.2f}% of it", flush=True)
     return rows
 
 
@@ -199,22 +220,7 @@ def random_graph(rng: np.random.Generator) -> Graph:
         b.output("logits", logits)
     if rng.random() < 0.2:
         b.output("features", features)
-    return _randomise_weights(b.build(), rng)
-
-
-def _randomise_weights(graph: Graph, rng: np.random.Generator) -> Graph:
-    """Non-trivial biases and batchnorm statistics (the builder's are zero / neutral), as in strategies.py."""
-    nodes = []
-    for n in graph.nodes:
-        w = dict(n.weights)
-        if n.op == "batchnorm":
-            c = n.type.channels
-            w = dict(scale=rng.uniform(0.5, 1.5, c), bias=rng.normal(0, 0.2, c),
-                     mean=rng.normal(0, 0.2, c), var=rng.uniform(0.5, 1.5, c))
-        elif "bias" in w:
-            w["bias"] = rng.normal(0, 0.1, w["bias"].shape)
-        nodes.append(n.replace(weights={k: np.asarray(v, np.float32) for k, v in w.items()}) if w else n)
-    return graph.replace(nodes=nodes)
+    return randomise_weights(b.build(), rng)
 
 
 def random_application(graph: Graph, rng: np.random.Generator):

@@ -155,3 +155,21 @@ class GraphBuilder:
         graph = Graph(self.nodes, self.outputs, self.name)
         verify(graph)
         return graph
+
+
+def randomise_weights(graph, rng: np.random.Generator):
+    """The graph with non-trivial biases and batchnorm statistics (fresh ones are zero / neutral).
+
+    For checking passes: a pass that mishandles a bias or a running mean is invisible on fresh weights.
+    """
+    nodes = []
+    for n in graph.nodes:
+        w = dict(n.weights)
+        if n.op == "batchnorm":
+            c = n.type.channels
+            w = dict(scale=rng.uniform(0.5, 1.5, c), bias=rng.normal(0, 0.2, c),
+                     mean=rng.normal(0, 0.2, c), var=rng.uniform(0.5, 1.5, c))
+        elif "bias" in w:
+            w["bias"] = rng.normal(0, 0.1, w["bias"].shape)
+        nodes.append(n.replace(weights={k: np.asarray(v, np.float32) for k, v in w.items()}) if w else n)
+    return graph.replace(nodes=nodes)

@@ -26,8 +26,9 @@ from easc.passes.base import PassError
 from easc.passes.dense import LAYER_DESCRIPTION, dense_layers
 from easc.passes.pipeline import apply_pass
 
-from .encode import POOL_OPS, unit_end
-from .tokens import LayerToken, SearchSpace, next_width
+from .encode import POOL_OPS
+from .plain_space import PlainSpace
+from .tokens import LayerToken, SearchSpace
 
 GROWTH_RATES = tuple(range(4, 49, 2))
 """EAS's DenseNet space: growth rates 4..48 in steps of 2."""
@@ -39,15 +40,11 @@ in minutes (ten Net2Wider actions per network otherwise grow a tiny DenseNet a h
 SMALL_INPUT = 16  # images up to 16x16 (digits) use the small growth and fc lists
 
 
-class DenseNetSpace:
+class DenseNetSpace(PlainSpace):
     """Encodes DenseNets as tokens and applies the controller's decisions with the dense passes."""
 
     name = "densenet"
     default_wider_actions = 10
-
-    def __init__(self, space: SearchSpace, widen_noise: float = 0.0):
-        self.space = space
-        self.widen_noise = widen_noise  # see PlainSpace: breaks the symmetry of copied units
 
     @classmethod
     def from_config(cls, config, input_shape) -> "DenseNetSpace":
@@ -76,29 +73,10 @@ class DenseNetSpace:
                 tokens.append(LayerToken("fc", node.width, 0, node.name, is_output=is_out))
         return tokens
 
-    def apply_wider(self, graph: Graph, decision, rng, probes, calibration_batch=None):
-        """(new graph, action records) for a Net2Wider decision."""
-        records = []
-        by_name = {t.name: t for t in decision.tokens}
-        for name in decision.names:
-            token = by_name[name]
-            width = next_width(token, self.space)
-            if width is None or graph.node(name).width >= width:
-                continue
-            if token.kind == "conv":
-                kwargs, record = dict(layer=name, growth=width), {"pass": "dense_widen", "layer": name, "growth": width}
-                pass_name = "dense_widen"
-            else:
-                kwargs, record = dict(layer=name, width=width), {"pass": "widen", "layer": name, "width": width}
-                pass_name = "widen"
-            try:
-                result = apply_pass(graph, pass_name, rng=rng, probes=probes, noise=self.widen_noise, **kwargs)
-            except PassError as e:
-                records.append({**record, "skipped": str(e)})
-                continue
-            graph = result.graph
-            records.append({**result.record, "max_diff": result.max_diff})
-        return graph, records
+    def wider_pass(self, token, width) -> tuple:
+        if token.kind == "conv":  # a dense layer: its growth (and its bottleneck with it)
+            return "dense_widen", {"layer": token.name, "growth": width}
+        return "widen", {"layer": token.name, "width": width}
 
     def apply_deeper(self, graph: Graph, decision, rng, probes, calibration_batch=None):
         """(new graph, action records) for a Net2Deeper decision."""
@@ -109,12 +87,4 @@ class DenseNetSpace:
             except PassError as e:
                 return graph, [{"pass": "dense_deepen", "after": decision.name, "skipped": str(e)}]
             return result.graph, [{**result.record, "max_diff": result.max_diff}]
-        from easc.passes.deepen import calibration_stats
-
-        after = unit_end(graph, decision.name)
-        calibration = None if calibration_batch is None else calibration_stats(graph, after, calibration_batch)
-        try:
-            result = apply_pass(graph, "deepen", rng=rng, probes=probes, after=after, calibration=calibration)
-        except PassError as e:
-            return graph, [{"pass": "deepen", "after": after, "skipped": str(e)}]
-        return result.graph, [{**result.record, "max_diff": result.max_diff}]
+        return super().apply_deeper(graph, decision, rng, probes, calibration_batch)

@@ -47,6 +47,10 @@ class PlainSpace:
     def tokens(self, graph: Graph) -> list:
         return graph_tokens(graph)
 
+    def wider_pass(self, token, width) -> tuple:
+        """(pass name, its arguments) that take `token`'s layer to `width` (subclasses pick other passes)."""
+        return "widen", {"layer": token.name, "width": width}
+
     def apply_wider(self, graph: Graph, decision, rng, probes, calibration_batch=None):
         """(new graph, action records) for a Net2Wider decision."""
         records = []
@@ -56,17 +60,18 @@ class PlainSpace:
             width = next_width(token, self.space)
             if width is None or graph.node(name).width >= width:
                 continue
+            pass_name, kwargs = self.wider_pass(token, width)
             try:
-                result = apply_pass(graph, "widen", rng=rng, probes=probes, layer=name, width=width,
-                                    noise=self.widen_noise)
+                result = apply_pass(graph, pass_name, rng=rng, probes=probes, noise=self.widen_noise, **kwargs)
             except PassError as e:
-                records.append({"pass": "widen", "layer": name, "width": width, "skipped": str(e)})
+                records.append({"pass": pass_name, **kwargs, "skipped": str(e)})
                 continue
             graph = result.graph
             records.append({**result.record, "max_diff": result.max_diff})
         return graph, records
 
     def apply_deeper(self, graph: Graph, decision, rng, probes, calibration_batch=None):
+        """(new graph, action records): Net2Deeper after the chosen layer's unit (conv/linear-bn-relu)."""
         from easc.passes.deepen import calibration_stats
 
         after = unit_end(graph, decision.name)

@@ -13,6 +13,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from easc.ir import Graph, GraphBuilder
+from easc.ir.builder import randomise_weights  # noqa: F401 - re-exported for the tests
 
 BLOCKS = ("conv", "conv_bn_relu", "pool", "residual", "dense", "branches", "dropout", "relu")
 
@@ -70,21 +71,6 @@ def _block(draw, b: GraphBuilder, cur: str, same_size: list) -> tuple:
         return cur, same_size + [cur]
     cur = b.relu(cur)
     return cur, same_size + [cur]
-
-
-def randomise_weights(graph: Graph, rng: np.random.Generator) -> Graph:
-    """Non-trivial biases and batchnorm statistics (the builder's are zero / neutral)."""
-    nodes = []
-    for n in graph.nodes:
-        w = dict(n.weights)
-        if n.op == "batchnorm":
-            c = n.type.channels
-            w = dict(scale=rng.uniform(0.5, 1.5, c), bias=rng.normal(0, 0.2, c),
-                     mean=rng.normal(0, 0.2, c), var=rng.uniform(0.5, 1.5, c))
-        elif "bias" in w:
-            w["bias"] = rng.normal(0, 0.1, w["bias"].shape)
-        nodes.append(n.replace(weights=w) if w else n)
-    return graph.replace(nodes=nodes)
 
 
 @st.composite

@@ -396,7 +396,7 @@ def test_nothing_is_downloaded_unless_download_is_true(tmp_path, monkeypatch):
 
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
     for name in ("cifar10", "cifar100", "svhn"):
-        with pytest.raises(DatasetError, match="or pass download=True"):
+        with pytest.raises(DatasetError, match=r"or pass --download \(download=True from Python\)"):
             load_dataset(name, tmp_path / name)
 
 

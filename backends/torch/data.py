@@ -415,7 +415,7 @@ def _missing_files_error(name: str, folder: Path, expected: str, missing: list[s
     where = f"folder {folder} does not exist" if not folder.is_dir() else f"no usable data in {folder}"
     return DatasetError(
         f"{name}: {where}: expected {expected} (missing: {', '.join(missing)}); "
-        f"get {url} and extract it there, or pass download=True"
+        f"get {url} and extract it there, or pass --download (download=True from Python)"
     )
 
 
