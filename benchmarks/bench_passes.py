@@ -122,6 +122,43 @@ def epoch_ms(graph: Graph) -> float:
     return statistics.median(times)
 
 
+CIFAR_TRAIN_IMAGES = 45000  # CIFAR-10's 50,000 training images less the 5,000 held out for the reward
+
+
+def cifar_scale_share(repeats: int) -> dict:
+    """The same share at CIFAR-10 scale: the paper's start net (eas-paper, 3x32x32), one search action's
+    pass + verifier + interpreter check (2 probes, as the search runs it) against one real epoch of
+    training on 45,000 synthetic 3x32x32 images (one timed epoch: it takes about a minute on one core)."""
+    from easc.backends.torch import to_module
+    from easc.backends.torch.data import load_dataset
+    from easc.backends.torch.train import TrainConfig, train_module
+    from easc.search.start_nets import eas_paper
+
+    graph = eas_paper()
+    probes = probe_inputs(graph, 2, 0)
+    cases = {"widen": (widen, dict(layer="conv_2", width=64)), "deepen": (deepen, dict(after="relu_2", kernel=3))}
+    costs = {}
+    for name, (fn, kwargs) in cases.items():
+        times = []
+        for r in range(repeats + 1):
+            t0 = time.perf_counter()
+            result = fn(graph, rng=np.random.default_rng(r), **kwargs)
+            _structure(graph, result.graph)
+            max_output_difference(graph, result.graph, probes, run)
+            if r:
+                times.append((time.perf_counter() - t0) * 1e3)
+        costs[name] = statistics.median(times)
+    data = load_dataset("synthetic", shape=(3, 32, 32), num_classes=10, n=CIFAR_TRAIN_IMAGES * 10 // 6)
+    module = to_module(graph)
+    epoch = _ms(lambda: train_module(module, data, TrainConfig(epochs=1, quiet=True), evaluate_test=False))[0]
+    row = {"net": "eas-paper", "train_images": len(data.x_train), "epoch_ms": round(epoch, 1),
+           **{f"{k}_ms": round(v, 2) for k, v in costs.items()},
+           **{f"{k}_share_of_epoch": v / epoch for k, v in costs.items()}}
+    print(f"  CIFAR-10 scale (eas-paper, {row['train_images']:,} images of 3x32x32): one epoch {epoch / 1e3:.1f} s; "
+          + ", ".join(f"{k} + checks {v:.0f} ms = {100 * v / epoch:.3f}%" for k, v in costs.items()), flush=True)
+    return row
+
+
 def bench_depth(depths, repeats: int) -> list:
     rows = []
     for depth in depths:
@@ -338,6 +375,8 @@ def main(argv=None):
 
     print(f"pass + verification cost against depth (median of {repeats}, ms):", flush=True)
     depth_rows = bench_depth(DEPTHS, repeats)
+    print("\nthe same share at CIFAR-10 scale:", flush=True)
+    cifar_row = cifar_scale_share(repeats)
     print(f"\nrandom pass applications ({applications}):", flush=True)
     err = bench_errors(applications, args.seed)
     _print_errors(err)
@@ -355,6 +394,7 @@ def main(argv=None):
         "net": {"layer": "conv 3x3 -> batchnorm -> relu", "width": WIDTH, "input": list(INPUT),
                 "probe_batch": PROBE_BATCH},
         "depth": depth_rows,
+        "cifar_scale": cifar_row,
         "error": err,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
