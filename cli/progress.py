@@ -58,6 +58,11 @@ class SearchProgress:
             what = f"val acc {acc:.4f}" if acc is not None else f"FAILED ({info.get('error')})"
             if self.progress is not None or info.get("status") != "done":
                 self._say(f"  child {info['child']}: {what} in {info['seconds']:.1f}s")
+        elif kind == "child_epoch":  # in-process training: the child in flight and its running accuracy
+            if self.progress is not None and self.child_task is not None:
+                self.progress.update(self.child_task, description=(
+                    f"child {info['child']} epoch {info['epoch']}/{info['epochs']} val {info['val_acc']:.3f}"
+                    f" (best {self.best or 0:.4f})"))
         elif kind == "step_done":
             mean, best = info.get("mean_val_acc"), info.get("best_val_acc")
             self._say(f"step {info['step']} done: mean val acc {mean if mean is None else round(mean, 4)}, "

@@ -33,10 +33,12 @@ class LocalExecutor:
         if device == "cpu":
             torch.set_num_threads(threads)
 
-    def run(self, jobs: Iterable[ChildJob]) -> Iterator[ChildOutcome]:
+    def run(self, jobs: Iterable[ChildJob], on_epoch=None) -> Iterator[ChildOutcome]:
+        """Train one job after the other; `on_epoch(child_id, epoch, loss, val_acc)` reports progress."""
         for job in jobs:
             job.device = job.device or self.device
-            yield train_child(job)
+            report = None if on_epoch is None else (lambda e, loss, acc, cid=job.child_id: on_epoch(cid, e, loss, acc))
+            yield train_child(job, on_epoch=report)
 
     def close(self):
         pass
@@ -82,7 +84,8 @@ class ProcessExecutor:
             self.pool = self._new_pool()
             return {self.pool.submit(train_child, job): job for job in jobs}
 
-    def run(self, jobs: Iterable[ChildJob]) -> Iterator[ChildOutcome]:
+    def run(self, jobs: Iterable[ChildJob], on_epoch=None) -> Iterator[ChildOutcome]:
+        # Children train in other processes: progress arrives per finished child, not per epoch.
         from concurrent.futures import as_completed
 
         futures = self._submit_all(list(jobs))
@@ -122,7 +125,8 @@ class RayExecutor:
         self.remote = ray.remote(num_gpus=gpus, num_cpus=1, max_retries=0)(_ray_train_child)
         self.device = "cuda" if gpus else "cpu"
 
-    def run(self, jobs: Iterable[ChildJob]) -> Iterator[ChildOutcome]:
+    def run(self, jobs: Iterable[ChildJob], on_epoch=None) -> Iterator[ChildOutcome]:
+        # Children train in other processes: progress arrives per finished child, not per epoch.
         pending = {}
         for job in jobs:
             job.device = self.device  # Ray sets CUDA_VISIBLE_DEVICES to the task's one GPU

@@ -302,7 +302,11 @@ class Search:
             self.store.start_child(child_id)
             jobs.append(ChildJob(child_id, graph_to_bytes(graph), self.data_spec, self._train_config(epochs, seed)))
         outcomes = {}
-        for outcome in self._executor().run(jobs):
+        def on_epoch(child_id, epoch, loss, val_acc):
+            self.on_event("child_epoch", child=child_id, epoch=epoch, epochs=epochs_of[child_id], val_acc=val_acc)
+
+        epochs_of = {child_id: epochs for child_id, _, epochs, _ in items}
+        for outcome in self._executor().run(jobs, on_epoch=on_epoch):
             outcomes[outcome.child_id] = outcome
             if outcome.status == "done":
                 path = self._weights_path(outcome.child_id)
