@@ -147,32 +147,8 @@ def real_experiment(sizes, threads, workdir, jobs=1, log=print) -> dict:
 
 # ---------------------------------------------------------------------------------------- synthetic reward
 
-def demo_tokens():
-    """Like the released demo net, smaller: three conv blocks, global pool, one hidden fc, the classifier."""
-    from easc.search.tokens import LayerToken
-
-    conv = lambda name: LayerToken("conv", 8, 3, name)  # noqa: E731
-    pool = lambda name: LayerToken("pool", 0, 0, name)  # noqa: E731
-    return [conv("conv_1"), pool("pool_1"), conv("conv_2"), pool("pool_2"), conv("conv_3"), pool("gap"),
-            LayerToken("fc", 16, 0, "fc_1"), LayerToken("fc", 10, 0, "fc_2", is_output=True)]
-
-
-def synthetic_accuracy(tokens, space) -> float:
-    """A known function of the architecture standing in for validation accuracy (as in tests/test_controller.py).
-
-    +1 per new 3x3 conv, -1/2 per new conv of another kernel, 0 per new fc layer (depth score, over the 5
-    deeper actions), and list steps the first conv was widened by (width score, over the 4 wider actions):
-    s = 0.6 depth + 0.4 width in [-0.3, 1]; accuracy = 0.5 + 0.4 s.
-    """
-    convs = [t for t in tokens if t.kind == "conv"]
-    new_k3 = sum(t.kernel == 3 for t in convs) - 3  # the demo net starts with three 3x3 convs
-    new_other = sum(t.kernel != 3 for t in convs)
-    depth_score = (new_k3 - 0.5 * new_other) / 5
-    width_score = (space.conv_widths.index(convs[0].width) - space.conv_widths.index(8)) / 4
-    return 0.5 + 0.4 * (0.6 * depth_score + 0.4 * width_score)
-
-
 def synthetic_run(strategy, seed, steps, networks) -> dict:
+    from easc.search.synthetic import demo_tokens, synthetic_accuracy
     from easc.search.controller import Episode, RandomPolicy, ReinforcePolicy, simulate_episode
     from easc.search.tokens import SearchSpace
 

@@ -28,6 +28,7 @@ from easc.search.controller import (
     simulate_episode,
     update_baseline,
 )
+from easc.search.synthetic import synthetic_accuracy as _synthetic_accuracy
 from easc.search.tokens import (
     LayerToken,
     SearchSpace,
@@ -460,19 +461,7 @@ NETWORKS_PER_STEP = 10
 
 
 def synthetic_accuracy(tokens) -> float:
-    """A known function of the architecture standing in for validation accuracy (no training).
-
-    It prefers new conv layers with kernel 3 (+1 each) over kernels 1 and 5 (-1/2 each) and over deepening the
-    fc stack (0), and a wider first conv layer (list steps above its start width of 8). From the demo net
-    with 4 wider + 5 deeper actions the score s ranges over [-0.3, 1] (best: always widen conv_1, always
-    deepen a conv with kernel 3); random choices average s ~ 0.2. Accuracy = 0.5 + 0.4 s.
-    """
-    convs = [t for t in tokens if t.kind == "conv"]
-    new_k3 = sum(t.kernel == 3 for t in convs) - 3  # the demo net starts with three 3x3 convs
-    new_other = sum(t.kernel != 3 for t in convs)
-    depth_score = (new_k3 - 0.5 * new_other) / 5
-    width_score = (SPACE.conv_widths.index(convs[0].width) - SPACE.conv_widths.index(8)) / 4
-    return 0.5 + 0.4 * (0.6 * depth_score + 0.4 * width_score)
+    return _synthetic_accuracy(tokens, SPACE)
 
 
 def run_search(policy, steps=STEPS, networks_per_step=NETWORKS_PER_STEP) -> list[float]:
