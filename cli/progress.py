@@ -43,6 +43,9 @@ class SearchProgress:
     def event(self, kind: str, **info):
         if kind == "step_start":
             if self.progress is not None:
+                if self.step_task is None:  # controller steps completed, over the whole search
+                    self.step_task = self.progress.add_task("steps", total=info.get("steps"))
+                self.progress.update(self.step_task, completed=max(info["step"] - 1, 0))
                 if self.child_task is not None:
                     self.progress.remove_task(self.child_task)
                 self.child_task = self.progress.add_task(f"step {info['step']} children", total=info["children"])
@@ -64,6 +67,8 @@ class SearchProgress:
                     f"child {info['child']} epoch {info['epoch']}/{info['epochs']} val {info['val_acc']:.3f}"
                     f" (best {self.best or 0:.4f})"))
         elif kind == "step_done":
+            if self.progress is not None and self.step_task is not None:
+                self.progress.update(self.step_task, completed=info["step"])
             mean, best = info.get("mean_val_acc"), info.get("best_val_acc")
             self._say(f"step {info['step']} done: mean val acc {mean if mean is None else round(mean, 4)}, "
                       f"best {best if best is None else round(best, 4)}")

@@ -288,7 +288,7 @@ class Search:
         graph = self.start_graph
         child_id = self.store.add_child(step=0, parent_id=None, actions=[], hash=structural_hash(graph),
                                         widths=widths_of(graph), depth=graph.depth, params=graph.params)
-        self.on_event("step_start", step=0, children=1)
+        self.on_event("step_start", step=0, children=1, steps=self.config.steps)
         outcomes = self._train([(child_id, graph, self.config.start_epochs, self.config.seed)])
         outcome = outcomes[child_id]
         if outcome.status != "done":
@@ -341,8 +341,8 @@ class Search:
     def run_step(self, step: int):
         parent_rec = self._best_child()
         parent = load_graph(self.run_dir / parent_rec.weights_path)
-        self.on_event("step_start", step=step, children=self.config.children, parent=parent_rec.id,
-                      parent_acc=parent_rec.val_acc)
+        self.on_event("step_start", step=step, steps=self.config.steps, children=self.config.children,
+                      parent=parent_rec.id, parent_acc=parent_rec.val_acc)
         episodes_decisions, child_ids, to_train, same_as = [], [], [], {}
         hashes_this_step = {}
         for index in range(self.config.children):
