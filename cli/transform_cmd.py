@@ -73,7 +73,7 @@ def command(ctx, model, widen, factor, deepen, kernel, skip, widen_kernel, noise
     from easc.backends.formats import check_save_path, load_model, save_model
     from easc.backends.onnx import run_onnx
     from easc.ir import probe_inputs
-    from easc.passes.base import PROBE_BATCH, max_output_difference
+    from easc.passes.base import PROBE_BATCH, ProbeSet, max_output_difference
     from easc.passes.dense import dense_layers
     from easc.passes.pipeline import apply_pass, widen_all
 
@@ -88,7 +88,7 @@ def command(ctx, model, widen, factor, deepen, kernel, skip, widen_kernel, noise
         # checked here, not per layer: ceil(width * inf) would raise, and 0.5 would read as "width 4 < 8"
         fail(f"--factor must be a finite number greater than 1, got {factor:g}")
     rng = np.random.default_rng(seed)
-    probes = probe_inputs(graph, PROBE_BATCH, seed)
+    probes = ProbeSet(probe_inputs(graph, PROBE_BATCH, seed))  # each graph's outputs computed once
     oracle = run_onnx
 
     def report(result):

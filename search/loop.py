@@ -33,7 +33,7 @@ import numpy as np
 
 from easc.ir import (Graph, IRError, atomic_write_bytes, graph_to_bytes, init_weights, load_graph, probe_inputs,
                      structural_hash)
-from easc.passes.base import FunctionNotPreservedError
+from easc.passes.base import FunctionNotPreservedError, ProbeSet
 
 from .config import ConfigError, SearchConfig
 from .controller import Episode, ReinforcePolicy, make_policy, reward_from_accuracy
@@ -323,7 +323,7 @@ class Search:
     def _sample_child(self, parent: Graph, step: int, index: int):
         """Apply one sampled network's decisions to `parent`: (child graph, decisions, action records)."""
         rng = child_rng(self.config.seed, step, index)
-        probes = probe_inputs(parent, PROBES, seed=step * 1000 + index)
+        probes = ProbeSet(probe_inputs(parent, PROBES, seed=step * 1000 + index))  # outputs reused along the chain
         graph, decisions, records = parent, [], []
         for kind, count in (("wider", self.config.wider_actions), ("deeper", self.config.deeper_actions)):
             for _ in range(count):
