@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .main import fail
+from .common import fail
 
 FORMATS = ("onnx", "torch", "ir")
 

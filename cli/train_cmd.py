@@ -7,7 +7,7 @@ import re
 
 import click
 
-from .main import fail
+from .common import fail
 
 
 @click.command("train")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from .main import EascCommand, fail
+from .common import EascCommand, fail
 
 PASS_OPTIONS = {"--widen": "widen", "--deepen": "deepen", "--skip": "skip", "--widen-kernel": "widen_kernel"}
 
@@ -53,7 +53,7 @@ def _widen_specs(value: str, graph, factor: float) -> list:
 @click.option("--widen", multiple=True, is_flag=False, flag_value="*", metavar="[LAYER[=WIDTH],...]",
               help="Net2Wider. Alone: every widenable layer x FACTOR. LAYER: that layer x FACTOR. LAYER=W: to W.")
 @click.option("--factor", type=float, default=2.0, show_default=True, help="Width multiplier for --widen.")
-@click.option("--deepen", multiple=True, metavar="NODE", help="Net2Deeper: insert an identity layer after NODE.")
+@click.option("--deepen", multiple=True, metavar="NODE", help="Net2Deeper: insert an identity layer after NODE (in a dense block: a new dense layer after it).")
 @click.option("--kernel", type=int, default=3, show_default=True, help="Kernel size of layers --deepen inserts.")
 @click.option("--skip", multiple=True, metavar="SRC:DST",
               help="Dense path: concatenate SRC's output onto DST's input (zero weights).")

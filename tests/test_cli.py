@@ -474,3 +474,9 @@ def test_export_of_an_unreadable_model_creates_no_output_folder(model_dir, tmp_p
     outdir = tmp_path / "exported"
     _usage_error(easc("export", model_dir / "notes.onnx", "--format", "torch", "-o", outdir), "not an ONNX model")
     assert not outdir.exists()
+
+
+def test_any_command_module_can_be_imported_first_without_a_circular_import():
+    for module in ("transform_cmd", "train_cmd", "export_cmd", "search_cmd", "report_cmd", "inspect_cmd"):
+        proc = subprocess.run([sys.executable, "-c", f"import easc.cli.{module}"], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr.splitlines()[-1:]
