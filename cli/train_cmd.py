@@ -12,7 +12,8 @@ from .common import fail
 
 @click.command("train")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--dataset", default="digits", show_default=True, help="digits, cifar10, cifar100, svhn, synthetic.")
+@click.option("--dataset", default=None, help="digits, cifar10, cifar100, svhn, synthetic [default: the "
+              "recipe's, else digits].")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder with the data set's files.")
 @click.option("--download", is_flag=True, help="Allow downloading the data set into --data-dir.")
 @click.option("--epochs", type=int, default=None, help="Training epochs [default: 20, or the config's].")
@@ -41,12 +42,11 @@ def command(model, dataset, data_dir, download, epochs, batch_size, lr, weight_d
         from easc.search.config import load_config, training_settings
 
         settings = training_settings(load_config(config), final=final)
-        dataset = settings.pop("dataset", dataset)
-        data_dir = data_dir or settings.pop("data_dir", None)
+        recipe_dataset, recipe_data_dir = settings.pop("dataset"), settings.pop("data_dir")
+        dataset, data_dir = dataset or recipe_dataset, data_dir or recipe_data_dir  # flags override the recipe
     elif final:
         fail("--final needs --config (the final-training schedule lives in the recipe)")
-    settings.pop("dataset", None)
-    settings.pop("data_dir", None)
+    dataset = dataset or "digits"
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay}
     settings.update({k: v for k, v in overrides.items() if v is not None})
     for key in ("epochs", "batch_size"):

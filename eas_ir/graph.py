@@ -8,14 +8,13 @@ stay intact). Weight arrays are stored read-only to make an accidental in-place 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace as _dc_replace
 from types import MappingProxyType
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .ops import LAYER_OPS, OPS
+from .ops import LAYER_OPS
 from .types import TensorType
 
 
@@ -218,10 +217,3 @@ class UnknownNodeError(IRError, KeyError):
     def __str__(self) -> str:  # KeyError would quote the message
         return self.args[0]
 
-
-def count_params(weights: Mapping[str, np.ndarray]) -> int:
-    return sum(math.prod(w.shape) for w in weights.values())
-
-
-def op_spec(node: Node):
-    return OPS[node.op]

@@ -47,12 +47,6 @@ def digits_small(input_shape=(1, 8, 8), num_classes=10, seed=0) -> Graph:
 START_NETS = {"eas-small": eas_small, "eas-paper": eas_paper, "digits-small": digits_small}
 
 
-def start_net_names() -> list:
-    from .densenet_start import DENSENET_START_NETS
-
-    return sorted(START_NETS) + sorted(DENSENET_START_NETS)
-
-
 def build_start_net(name: str, input_shape, num_classes: int, seed: int = 0) -> Graph:
     """A built-in start net for the data's input shape and class count (ValueError for unknown names)."""
     from .densenet_start import DENSENET_START_NETS

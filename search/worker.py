@@ -9,7 +9,6 @@ so the search goes on.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -83,6 +82,5 @@ def init_worker(device_queue, threads: int) -> None:
     """Process-pool initializer: take one device for this worker's lifetime and size torch's threads."""
     import torch
 
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     torch.set_num_threads(threads)
     _WORKER_DEVICE["device"] = device_queue.get() if device_queue is not None else "cpu"

@@ -7,13 +7,19 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def pytest_configure(config):
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Every test on one torch thread, restored after it: CI's two cores are shared, and the suite's tiny
+    tensors gain nothing from more threads (with contention they lose a lot)."""
     try:
         import torch
-
-        torch.set_num_threads(1)
     except ImportError:  # torch-free parts of the suite still run
-        pass
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def pytest_collection_modifyitems(config, items):

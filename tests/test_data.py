@@ -34,14 +34,6 @@ SVHN_TRAIN, SVHN_TEST = 40, 8
 PIXEL_ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # The test machine's cores are shared; tiny tensors gain nothing from more threads.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 # --------------------------------------------------------------------------------------------------------
 # Fixture writers, in the real formats

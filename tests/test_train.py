@@ -29,14 +29,6 @@ from easc.backends.torch.train import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # The test machine's cores are shared; these nets are too small to gain from more threads.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def digits() -> DataSplits:

@@ -106,24 +106,24 @@ def _tensor(array) -> torch.Tensor:
     return torch.tensor(np.asarray(array, dtype=np.float32))
 
 
+def _with_weight_and_bias(layer: nn.Module, w) -> nn.Module:
+    """`layer` (a conv or linear) with its weight, and bias if it has one, copied from the IR arrays `w`."""
+    with torch.no_grad():
+        layer.weight.copy_(_tensor(w["weight"]))
+        if layer.bias is not None:
+            layer.bias.copy_(_tensor(w["bias"]))
+    return layer
+
+
 def build_layer(node, in_type) -> nn.Module:
     """The `nn.Module` computing `node` (an op of MODULE_OPS), weights copied from the node."""
     a, w = node.attrs, node.weights
     if node.op == "conv2d":
         layer = nn.Conv2d(in_type.channels, a["out"], a["kernel"], stride=a["stride"], padding=a["padding"],
                           dilation=a["dilation"], groups=a["groups"], bias=a["bias"])
-        with torch.no_grad():
-            layer.weight.copy_(_tensor(w["weight"]))
-            if a["bias"]:
-                layer.bias.copy_(_tensor(w["bias"]))
-        return layer
+        return _with_weight_and_bias(layer, w)
     if node.op == "linear":
-        layer = nn.Linear(in_type.channels, a["out"], bias=a["bias"])
-        with torch.no_grad():
-            layer.weight.copy_(_tensor(w["weight"]))
-            if a["bias"]:
-                layer.bias.copy_(_tensor(w["bias"]))
-        return layer
+        return _with_weight_and_bias(nn.Linear(in_type.channels, a["out"], bias=a["bias"]), w)
     if node.op == "batchnorm":
         cls = nn.BatchNorm2d if in_type.rank == 4 else nn.BatchNorm1d
         layer = cls(in_type.channels, eps=a["eps"], momentum=a["momentum"])
