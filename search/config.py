@@ -201,20 +201,21 @@ def _show(value) -> str:
     return str(value)
 
 
-def check_value(key: str, value, where: str, schema: dict = SEARCH_SCHEMA) -> None:
-    """Raise ConfigError unless `value` is allowed for `key`; `where` names its origin ("FILE [search]" or a flag)."""
-    problem = schema[key](value)
-    if problem:
-        raise ConfigError(f"{where}: {key} = {_show(value)} must be {problem}")
+def validate(values: dict, origin: str | None = None, schema: dict = SEARCH_SCHEMA, table: str = "search") -> dict:
+    """Check every key and value of `values` against `schema`.
 
-
-def validate(values: dict, where, schema: dict = SEARCH_SCHEMA, table: str = "search") -> dict:
-    """Check every key and value of `values` against `schema`; `where(key)` says where a key came from."""
+    `origin` is the file the values come from (errors read "FILE: [search] lr = nan must be ..."); None
+    means command-line flags ("--lr nan: must be ...").
+    """
     for key, value in values.items():
         if key not in schema:
-            raise ConfigError(f"{where(key)}: unknown key {key!r} in [{table}] "
-                              f"(keys: {', '.join(sorted(schema))})")
-        check_value(key, value, where(key), schema)
+            where = origin or "options"
+            raise ConfigError(f"{where}: unknown key {key!r} in [{table}] (keys: {', '.join(sorted(schema))})")
+        problem = schema[key](value)
+        if problem:
+            if origin is None:
+                raise ConfigError(f"{flag(key)} {_show(value)}: must be {problem}")
+            raise ConfigError(f"{origin}: [{table}] {key} = {_show(value)} must be {problem}")
     return values
 
 
@@ -247,8 +248,8 @@ def load_config(path) -> dict:
     for table in ("search", "final"):
         if table in data and not isinstance(data[table], dict):
             raise ConfigError(f"{path}: {table} = {_show(data[table])} must be a table ([{table}])")
-    search = validate(dict(data.get("search", {})), lambda key: f"{path} [search]")
-    final = validate(dict(data.get("final", {})), lambda key: f"{path} [final]", FINAL_SCHEMA, "final")
+    search = validate(dict(data.get("search", {})), str(path))
+    final = validate(dict(data.get("final", {})), str(path), FINAL_SCHEMA, "final")
     return {"search": _normalise(search), "final": _normalise(final), "path": str(path)}
 
 
@@ -256,17 +257,17 @@ def build_config(file_tables: dict | None, overrides: dict) -> SearchConfig:
     """Defaults, then the recipe's [search] table, then the command line's explicit options, all checked."""
     path = (file_tables or {}).get("path", "config")
     values = dict((file_tables or {}).get("search", {}))
-    validate(values, lambda key: f"{path} [search]")
+    validate(values, path)
     given = {k: v for k, v in overrides.items() if v is not None}
-    validate(given, lambda key: flag(key))
+    validate(given)
     values.update(given)
     return SearchConfig(**_normalise(values))
 
 
-def check_config(config: SearchConfig, where: str = "search options") -> SearchConfig:
+def check_config(config: SearchConfig, where: str | None = None) -> SearchConfig:
     """Every field of an assembled config against the schema (a config built in Python, or read back on resume)."""
     values = _normalise(config.to_dict())
-    validate(values, lambda key: f"{where}: {flag(key)}")
+    validate(values, where)
     for key, value in values.items():
         setattr(config, key, value)
     return config

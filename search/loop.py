@@ -48,7 +48,7 @@ from easc.ir import (Graph, IRError, atomic_write_bytes, graph_to_bytes, init_we
                      structural_hash)
 from easc.passes.base import FunctionNotPreservedError, ProbeSet
 
-from .config import ConfigError, SearchConfig, check_config, flag, validate
+from .config import ConfigError, SearchConfig, check_config, validate
 from .controller import Episode, ReinforcePolicy, make_policy, reward_from_accuracy
 from .executors import make_executor
 from .killpoints import kill_point
@@ -93,7 +93,7 @@ class SearchError(ConfigError):
     """
 
 
-def resolve_defaults(config: SearchConfig, where: str = "search options") -> SearchConfig:
+def resolve_defaults(config: SearchConfig, where: str | None = None) -> SearchConfig:
     """Check every option against the schema, then fill those whose default depends on the data set or space."""
     check_config(config, where)
     table = DATASET_DEFAULTS.get(config.dataset, PAPER_DEFAULTS)
@@ -262,7 +262,7 @@ class Search:
     def resume(cls, out, overrides: dict | None = None, on_event=None) -> "Search":
         run_dir = Path(out)
         given = {k: v for k, v in (overrides or {}).items() if v is not None}
-        validate(given, flag)  # a bad flag is refused before the run folder is opened
+        validate(given)  # a bad flag is refused before the run folder is opened
         store = ExperimentStore.open_existing(run_dir)
         try:
             saved = store.config()
