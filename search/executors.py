@@ -74,11 +74,25 @@ class ProcessExecutor:
         self.threads = threads
         self.data_spec = data_spec
         self.futures = {}
+        self.backlog = []  # submitted, not yet handed to the pool (see _dispatch)
         self.pool = self._new_pool()
 
     @property
     def in_flight(self) -> int:
-        return len(self.futures)
+        return len(self.futures) + len(self.backlog)
+
+    def _dispatch(self) -> None:
+        """Hand jobs to the pool, the largest first, keeping one queued beyond the workers.
+
+        A step ends when its last child does, so the children left for the end should be the short ones
+        (longest-processing-time-first scheduling); the size of a child's file (its parameters) stands in for
+        its training time. One job queued beyond the workers lets a worker that finishes start the next child
+        at once, without waiting for the driver to notice.
+        """
+        while self.backlog and len(self.futures) < len(self.devices) + 1:
+            job = max(self.backlog, key=lambda j: len(j.graph))
+            self.backlog.remove(job)
+            self.futures[self._submit_to_pool(job)] = job
 
     def _new_pool(self):
         import multiprocessing as mp
@@ -101,17 +115,20 @@ class ProcessExecutor:
 
     def submit(self, job: ChildJob, on_epoch=None) -> None:
         # Children train in other processes: progress arrives per finished child, not per epoch.
+        self.backlog.append(job)
+        self._dispatch()
+
+    def _submit_to_pool(self, job: ChildJob):
         from concurrent.futures.process import BrokenProcessPool
 
         try:
-            future = self.pool.submit(train_child, job)
+            return self.pool.submit(train_child, job)
         except BrokenProcessPool:
             # A worker died earlier (its children failed then); the stdlib pool stays unusable after that, so
             # the next child gets a fresh pool instead of the whole search stopping.
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.pool = self._new_pool()
-            future = self.pool.submit(train_child, job)
-        self.futures[future] = job
+            return self.pool.submit(train_child, job)
 
     def poll(self, block: bool = False) -> list:
         from concurrent.futures import FIRST_COMPLETED, wait
@@ -119,9 +136,11 @@ class ProcessExecutor:
         if not self.futures:
             return []
         done, _ = wait(list(self.futures), timeout=None if block else 0, return_when=FIRST_COMPLETED)
+        finished = {f: self.futures.pop(f) for f in done}  # the freed workers get their next child at once,
+        self._dispatch()  # before the driver stores this one
         outcomes = []
-        for future in sorted(done, key=lambda f: self.futures[f].child_id):
-            job = self.futures.pop(future)
+        for future in sorted(done, key=lambda f: finished[f].child_id):
+            job = finished[future]
             try:
                 outcomes.append(future.result())
             except Exception as e:  # a worker process died (e.g. killed by the OS)
@@ -134,6 +153,7 @@ class ProcessExecutor:
 
     def close(self):
         self.futures.clear()
+        self.backlog.clear()
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 

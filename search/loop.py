@@ -59,7 +59,7 @@ from .tokens import deepen_points
 from .worker import ChildJob, dataset_for
 
 CHILDREN_DIR = "children"
-CALIBRATION_IMAGES = 128  # enough for per-channel mean / var of a new batchnorm; cheap in numpy
+CALIBRATION_IMAGES = 64  # per-channel mean / var of a new batchnorm: 64 x H x W samples per conv channel; cheap in numpy
 PROBES = 2  # probe images per pass check in the search (the CLI uses more)
 
 DATASET_DEFAULTS = {  # steps, child epochs: the embedded digits default must finish in minutes on 2 cores
