@@ -428,8 +428,13 @@ class Search:
                 graph = new
                 decisions.append(decision)
                 records.extend(recs)
-        graph = self.space.finish_episode(graph, rng, probes, records) if hasattr(self.space, "finish_episode") \
-            else graph
+        if hasattr(self.space, "finish_episode"):  # the DenseNet space's stem and transitions
+            finished = self.space.finish_episode(graph, rng, probes, records)
+            if self.config.max_params is None or finished.params <= self.config.max_params:
+                graph = finished
+            else:
+                records.append({"pass": "widen_transitions", "skipped": f"{finished.params} parameters would "
+                                f"exceed --max-params {self.config.max_params}"})
         return graph, decisions, records
 
     def _parent(self, step: int, stage: int):
@@ -454,6 +459,7 @@ class Search:
             self._collect(block)
             if not had and self._outcomes:
                 kill_point("child_done", step)
+
         for index in range(self.config.children):
             if index == self.config.children // 2:
                 kill_point("sampling", step)
