@@ -19,6 +19,7 @@ VERIFICATION_FAILED = 1
 RESOURCE_EXHAUSTED = 1
 INTERNAL_ERROR = 3
 INTERRUPTED = 130
+BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader went away (`| head`)
 # A full disk or quota, or a file-size limit (RLIMIT_FSIZE): the run stopped for lack of room, not bad input.
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 # click >= 8.2 signals "bare `easc`: show the help" with this UsageError subclass; older click has none (an
@@ -79,6 +80,16 @@ def exit_for(error: BaseException):
 
     if isinstance(error, KeyboardInterrupt):
         fail("interrupted", INTERRUPTED)
+    if isinstance(error, BrokenPipeError):
+        # The reader of our output went away: nothing to tell it. Point stdout at /dev/null so that the
+        # interpreter's final flush does not raise again, and leave as a process killed by SIGPIPE would.
+        import os
+
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        sys.exit(BROKEN_PIPE)
     if isinstance(error, FunctionNotPreservedError):
         fail(str(error), VERIFICATION_FAILED)
     store = sys.modules.get("easc.search.store")
