@@ -35,6 +35,8 @@ def load_model(path) -> Graph:
         raise ModelFileError(f"{path}: no such file")
     if path.is_dir():
         raise ModelFileError(f"{path}: is a folder, not a model file (.onnx or .easir)")
+    if not path.is_file():  # /dev/zero, a FIFO: reading it would never end
+        raise ModelFileError(f"{path}: is not a regular file")
     if path.suffix == ".easir" or _is_ir_file(path):
         return load_graph(path)
     from easc.backends.onnx import load_onnx

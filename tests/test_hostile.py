@@ -72,7 +72,7 @@ def run_worker(cases: list, tmp_path: Path) -> dict:
     crash_dir.mkdir()
     env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(crash_dir), PYTHONPATH=str(Path(__file__).parent))
     proc = subprocess.run([sys.executable, "-c", WORKER, str(spec), str(CASE_SECONDS)], capture_output=True,
-                          text=True, timeout=WORKER_SECONDS, preexec_fn=_limits, env=env, cwd=tmp_path)
+                          stdin=subprocess.DEVNULL, text=True, timeout=WORKER_SECONDS, preexec_fn=_limits, env=env, cwd=tmp_path)
     last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "{}"
     report = json.loads(last)
     assert "timeout" not in report, f"case {report.get('timeout')} ran over {CASE_SECONDS} s"
@@ -115,6 +115,14 @@ def test_every_hostile_file_fails_every_command_in_one_line_with_exit_2_and_writ
         for command, args in commands(model, out).items():
             cases.append({"id": f"{name} {command}", "args": args})
             outs[f"{name} {command}"] = out
+    fifo = tmp_path / "fifo.onnx"
+    os.mkfifo(fifo)
+    for device in ("/dev/zero", str(fifo)):  # endless, or blocking until a writer comes: never read
+        out = tmp_path / f"out{len(outs)}"
+        out.mkdir()
+        for command, args in commands(Path(device), out).items():
+            cases.append({"id": f"{device} {command}", "args": args})
+            outs[f"{device} {command}"] = out
     results = run_worker(cases, tmp_path)
     assert len(results) == len(cases)
     for case in cases:
