@@ -5,7 +5,7 @@ request for 8 GB, a `Loop` of 10^12 iterations never ends. The importer evaluate
 inputs are all constants, so it checks each one against two budgets before running it:
 
 - size: the elements a folded value may have, and all folded values together, at most
-  max(FOLD_MIN_ELEMENTS, FOLD_FACTOR x the elements the file stores in its initializers). Real
+  max(FOLD_MIN_ELEMENTS, FOLD_FACTOR x the elements the file stores in initializers and Constant nodes). Real
   exporters fold shape arithmetic (a few integers) and weight transposes (as large as the weights
   they come from), both well inside; a bomb in a small file is far outside.
 - steps: operators that carry subgraphs (Loop, Scan, If, ...) are not evaluated at all. Their cost
@@ -55,7 +55,11 @@ def _has_subgraph(node: onnx.NodeProto) -> bool:
 
 class FoldBudget:
     def __init__(self, model: onnx.ModelProto, opset: int):
+        # What the file stores: initializers, and tensors held by nodes (older exporters keep every weight
+        # in a Constant node, which the importer folds like any other constant).
         stored = sum(math.prod(t.dims) for t in model.graph.initializer)
+        stored += sum(math.prod(a.t.dims) for n in model.graph.node for a in n.attribute
+                      if a.type == onnx.AttributeProto.TENSOR)
         self.limit = max(FOLD_MIN_ELEMENTS, FOLD_FACTOR * stored)
         self.used = 0
         self.opset = opset
