@@ -150,10 +150,13 @@ class _Importer:
     def _infer_shapes(self) -> dict:
         """Sample shapes (dims after the batch) that ONNX shape inference gives each value, when static."""
         try:
-            inferred = onnx.shape_inference.infer_shapes(self.model, check_type=False, strict_mode=False)
             # Data propagation (which knows Reshape targets computed from shapes) costs time in the size of
             # the vectors it propagates, and 40 doubling Concats in a small file make that 2^40: run it only
             # when every vector the file computes is small (fold_budget.py holds the folding itself to budget).
+            # Those sizes come from a plain inference of the graph without its weights (cheap: the weights
+            # would be copied into the C++ inference for nothing).
+            inferred = onnx.shape_inference.infer_shapes(_without_weights(self.model), check_type=False,
+                                                         strict_mode=False)
             if _vector_elements(inferred) <= _DATA_PROP_ELEMENTS:
                 inferred = onnx.shape_inference.infer_shapes(self.model, check_type=False, strict_mode=False,
                                                              data_prop=True)
@@ -806,6 +809,19 @@ class _Importer:
 
 
 _DATA_PROP_ELEMENTS = 2**20  # ~0.1 s of propagation
+
+
+def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its initializers declared as inputs of their type: what shape inference needs."""
+    graph = model.graph
+    declared = [onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in graph.initializer]
+    known = {i.name for i in graph.input}
+    stripped = onnx.helper.make_graph(list(graph.node), graph.name,
+                                      list(graph.input) + [d for d in declared if d.name not in known],
+                                      list(graph.output))
+    out = onnx.helper.make_model(stripped, opset_imports=list(model.opset_import))
+    out.ir_version = model.ir_version
+    return out
 
 
 def _vector_elements(model: onnx.ModelProto) -> int:
