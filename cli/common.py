@@ -43,12 +43,10 @@ def fail(message: str, code: int = USAGE_ERROR):
 
 def user_errors():
     """The exception types that mean bad input (one-line message, exit 2)."""
-    from easc.ir import IRError
-
-    types = [IRError, OSError]
+    types = [OSError]
     # TrainingDivergedError is here too: a loss that overflows comes from the options (learning rate) or
     # the model the user gave, and its message already says what to change.
-    for module, name in (("easc.backends.torch.data", "DatasetError"), ("easc.backends.torch.train", "DeviceError"),
+    for module, name in (("easc.ir.graph", "IRError"), ("easc.backends.torch.data", "DatasetError"), ("easc.backends.torch.train", "DeviceError"),
                          ("easc.backends.torch.train", "TrainConfigError"),
                          ("easc.backends.torch.train", "TrainingDivergedError"),
                          ("easc.search.store", "StoreError"),
@@ -75,8 +73,14 @@ def _one_line(text: str, limit: int = 300) -> str:
 
 
 def exit_for(error: BaseException):
-    """Leave the CLI for an exception a command raised: one line on stderr and the exit code above."""
-    from easc.passes.base import FunctionNotPreservedError
+    """Leave the CLI for an exception a command raised: one line on stderr and the exit code above.
+
+    Nothing is imported here: the error may be a MemoryError, and only modules already loaded can have
+    raised their error types anyway."""
+    if isinstance(error, MemoryError):  # something was not bounded before it was allocated: a bug
+        internal_error(error)
+    passes = sys.modules.get("easc.passes.base")
+    FunctionNotPreservedError = getattr(passes, "FunctionNotPreservedError", ())
 
     if isinstance(error, KeyboardInterrupt):
         fail("interrupted", INTERRUPTED)

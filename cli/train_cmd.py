@@ -25,7 +25,7 @@ from .common import fail
 @click.option("--config", type=click.Path(dir_okay=False), default=None,
               help="A TOML recipe (configs/*.toml); flags override it.")
 @click.option("--final", is_flag=True, help="Use the config's final-training schedule ([final] table).")
-@click.option("--threads", type=int, default=1, show_default=True,
+@click.option("--threads", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="CPU threads for torch (small nets train fastest on one).")
 @click.option("--quiet", is_flag=True, help="No per-epoch lines.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Trained model (.onnx/.easir).")
