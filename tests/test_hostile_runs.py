@@ -117,14 +117,17 @@ def test_a_running_search_turns_away_a_second_search_and_a_resume_naming_its_pid
 # ------------------------------------------------------------------------------------- corrupt databases
 
 def test_a_page_of_garbage_in_the_database_is_one_line_exit_2_for_report_resume_and_export(run, tmp_path):
+    db = sqlite3.connect(run / STORE_FILE)
+    page_size = db.execute("PRAGMA page_size").fetchone()[0]
+    (root,) = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'children'").fetchone()
+    db.close()
     data = bytearray((run / STORE_FILE).read_bytes())
-    page = 4096
-    garbage = os.urandom(len(data) - page)
-    data[page:] = garbage  # every page but the header page: the tables' roots and rows are gone
+    start = (root - 1) * page_size  # pages are numbered from 1
+    data[start:start + page_size] = os.urandom(page_size)  # one page: the children table's root
     (run / STORE_FILE).write_bytes(bytes(data))
     for args in (["report", run, "--no-plots"], ["search", "--resume", run],
                  ["export", run, "--best", "--format", "onnx", "-o", tmp_path / "best.onnx"]):
-        one_line_error(easc(*args), 2, str(run))
+        one_line_error(easc(*args), 2, str(run), "search.sqlite is corrupt (database disk image is malformed)")
     assert not (tmp_path / "best.onnx").exists()
 
 
