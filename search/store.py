@@ -57,7 +57,7 @@ import torch
 
 from easc import __version__ as easc_version
 
-from .runlock import RunLock
+from .runlock import LOCK_FILE, RunLock
 
 __all__ = ["ExperimentStore", "StoreError", "StoreFullError", "ChildRecord", "StepRecord", "STORE_FILE",
            "CHILD_STATUSES", "CHILDREN_DIR"]
@@ -229,6 +229,8 @@ def _check_child_file(run_dir: Path, path, where: str) -> Path:
     """`RUN/path`, if it resolves (symlinks followed) inside RUN/children/; a corrupt-run error otherwise."""
     if not isinstance(path, str) or not path or Path(path).is_absolute():
         raise StoreError(f"{where}: weights path {path!r} is not a path inside {CHILDREN_DIR}/)")
+    if (run_dir / CHILDREN_DIR).is_symlink():
+        raise StoreError(f"{where}: {CHILDREN_DIR}/ is a symlink)")
     children = (run_dir / CHILDREN_DIR).resolve()
     full = (run_dir / path).resolve()
     if not full.is_relative_to(children) or full == children:
@@ -258,6 +260,11 @@ class ExperimentStore:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / STORE_FILE
         self._lock = None
+        # SQLite and the search follow symlinks: one planted as the database, its journal or children/ would
+        # have them write outside the run folder.
+        for name in (STORE_FILE, f"{STORE_FILE}-wal", f"{STORE_FILE}-shm", CHILDREN_DIR, LOCK_FILE):
+            if (self.run_dir / name).is_symlink():
+                raise StoreError(f"{self.run_dir}: {name} is a symlink; a run folder holds its own files")
         exists = self.path.is_file()
         if not exists and not create:
             raise StoreError(f"{self.run_dir}: not a run folder (no {STORE_FILE})")
@@ -270,7 +277,7 @@ class ExperimentStore:
             try:
                 self._lock = RunLock(self.run_dir)
             except OSError as e:
-                raise StoreError(f"{self.run_dir}: cannot lock the run folder ({e.strerror})") from None
+                raise StoreError(f"{self.run_dir}: cannot lock the run folder ({LOCK_FILE}: {e.strerror})") from None
             exists = self.path.is_file()  # another process may have created it before we got the lock
         try:
             # isolation_level=None: no implicit transactions; _transaction() says where each one begins and ends.

@@ -327,3 +327,20 @@ def test_a_reader_that_goes_away_ends_the_command_quietly_as_sigpipe_would(tmp_p
     proc.stdout.close()  # `easc inspect ... | head -0`: the reader is gone before easc writes
     code = proc.wait(timeout=WAIT_SECONDS)
     assert code == 141 and proc.stderr.read() == ""
+
+
+@pytest.mark.parametrize("name", ["search.lock", "search.sqlite-wal", "children"])
+def test_a_symlink_planted_in_a_run_folder_is_refused_and_its_target_left_alone(run, tmp_path, name):
+    target = tmp_path / "target"
+    if name == "children":
+        target.mkdir()
+        shutil.rmtree(run / "children")
+    else:
+        target.write_text("keep me")
+        (run / name).unlink(missing_ok=True)
+    os.symlink(target, run / name)
+    one_line_error(easc("search", "--resume", run, "--steps", "2"), 2, str(run), name)
+    if name == "children":
+        assert list(target.iterdir()) == []
+    else:
+        assert target.read_text() == "keep me"
