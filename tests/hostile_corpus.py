@@ -171,6 +171,9 @@ ONNX_CASES = {
     "external_missing.onnx": _external("nowhere.bin"),
     "bomb_constant_of_shape.onnx": _onnx("bomb_constant_of_shape.onnx", _relu_after(
         [helper.make_node("ConstantOfShape", ["s"], ["c"])], [_i64("s", [100000, 100000, 10])])),
+    # 1 GB: fits the worker's address space, so only the folding budget stands between it and the allocation.
+    "bomb_constant_of_shape_1gb.onnx": _onnx("bomb_constant_of_shape_1gb.onnx", _relu_after(
+        [helper.make_node("ConstantOfShape", ["s"], ["c"])], [_i64("s", [25000, 10000])])),
     "bomb_loop.onnx": _onnx("bomb_loop.onnx", _loop_bomb()),
     "bomb_range.onnx": _onnx("bomb_range.onnx", _relu_after(
         [helper.make_node("Range", ["a", "b", "d"], ["r"])], [_i64("a", 0), _i64("b", 10**12), _i64("d", 1)])),

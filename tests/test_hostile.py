@@ -3,7 +3,7 @@
 The corpus (tests/hostile_corpus.py) is generated: truncated and garbage files of each format, cycles,
 unknown ops, huge / zero / negative dimensions, NaN weights, external data outside the model's folder,
 bombs in constant folding, and names built to break out of generated code. Every file goes through
-`inspect`, `transform`, `train` and `export` (onnx, ir, torch) in a worker process that runs under a
+`inspect`, `transform`, `train`, `export` (onnx, ir, torch) and `search --start` in a worker process that runs under a
 memory limit (`resource.setrlimit(RLIMIT_AS)`) and a time limit per command (SIGALRM), so a bomb that
 got past the importer fails the test instead of taking the machine down. The worker runs the CLI
 in-process, many cases per process, so the corpus costs one torch import, not hundreds.
@@ -93,6 +93,8 @@ def commands(model: Path, out: Path) -> dict:
         "export-onnx": ["export", str(model), "--format", "onnx", "-o", str(out / "e.onnx")],
         "export-ir": ["export", str(model), "--format", "ir", "-o", str(out / "e.easir")],
         "export-torch": ["export", str(model), "--format", "torch", "-o", str(out / "torch")],
+        "search": ["search", "--start", str(model), "--dataset", "synthetic", "--steps", "1", "--children", "1",
+                   "--epochs", "1", "--quiet", "--out", str(out / "run")],
     }
 
 
