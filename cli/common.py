@@ -79,9 +79,6 @@ def exit_for(error: BaseException):
     raised their error types anyway."""
     if isinstance(error, MemoryError):  # something was not bounded before it was allocated: a bug
         internal_error(error)
-    passes = sys.modules.get("easc.passes.base")
-    FunctionNotPreservedError = getattr(passes, "FunctionNotPreservedError", ())
-
     if isinstance(error, KeyboardInterrupt):
         fail("interrupted", INTERRUPTED)
     if isinstance(error, BrokenPipeError):
@@ -94,7 +91,8 @@ def exit_for(error: BaseException):
         except (OSError, ValueError):
             pass
         sys.exit(BROKEN_PIPE)
-    if isinstance(error, FunctionNotPreservedError):
+    not_preserved = getattr(sys.modules.get("easc.passes.base"), "FunctionNotPreservedError", ())
+    if isinstance(error, not_preserved):
         fail(str(error), VERIFICATION_FAILED)
     store = sys.modules.get("easc.search.store")
     if store is not None and isinstance(error, store.StoreFullError):

@@ -297,8 +297,9 @@ class ExperimentStore:
         except sqlite3.Error as e:
             self._db.close()
             self._release()
-            if isinstance(_store_error(self.run_dir, e), StoreFullError):
-                raise _store_error(self.run_dir, e) from None
+            error = _store_error(self.run_dir, e)
+            if isinstance(error, StoreFullError):
+                raise error from None
             raise StoreError(f"{self.run_dir}: {STORE_FILE} is not a usable experiment store ({e})") from None
         except BaseException:
             self._db.close()
