@@ -88,7 +88,17 @@ def train_child(job: ChildJob, on_epoch=None) -> ChildOutcome:
 
 def init_worker(device_queue, threads: int) -> None:
     """Process-pool initializer: take one device for this worker's lifetime and size torch's threads."""
+    import os
+
+    # BLAS and OpenMP pools outside torch's (numpy's and scipy's OpenBLAS, a second libgomp) otherwise start one
+    # thread per core in every worker: two workers on two cores then run four threads and slow each other down.
+    # The variables cover libraries loaded later (scikit-learn's, with the data set); threadpool_limits those
+    # already loaded.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(threads)
+    threadpool_limits(limits=threads)
     _WORKER_DEVICE["device"] = device_queue.get() if device_queue is not None else "cpu"
