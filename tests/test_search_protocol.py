@@ -13,7 +13,7 @@ from easc.passes.base import PRESERVATION_RTOL, max_output_difference
 from easc.passes.dense import dense_layers
 from easc.search import worker
 from easc.search.config import SearchConfig
-from easc.search.controller import RandomPolicy, ReinforcePolicy, simulate_episode
+from easc.search.controller import RandomPolicy, ReinforcePolicy
 from easc.search.densenet_space import DenseNetSpace
 from easc.search.densenet_start import densenet_digits
 from easc.search.encode import graph_tokens
