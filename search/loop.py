@@ -225,6 +225,7 @@ class Search:
         self.calibration = calibration_images(self.data, config.seed)
         self.first_steps = stage_first_steps(config)
         self._probes = (None, None)  # (parent id, its ProbeSet): one probe set per parent
+        self._parent_graph = (None, None)  # (parent id, its graph)
         self.executor = None
         # Made now, not at the first child: an executor that cannot run (Ray missing or unreachable) must fail
         # before `start` creates the run folder or `resume` touches the store.
@@ -405,6 +406,16 @@ class Search:
             self._probes = (parent_id, ProbeSet(probe_inputs(parent, PROBES, seed=parent_id)))
         return self._probes[1]
 
+    def _parent_and_probes(self, parent_rec) -> tuple:
+        """The parent's graph, loaded once per parent (under --parent start, once per stage), and its probe set.
+
+        Keeping the same graph object keeps the probe set's memory of its outputs, which is keyed by the graph.
+        """
+        if self._parent_graph[0] != parent_rec.id:
+            self._parent_graph = (parent_rec.id, load_graph(self.run_dir / parent_rec.weights_path))
+        parent = self._parent_graph[1]
+        return parent, self._probe_set(parent_rec.id, parent)
+
     def _tokens(self, graph: Graph) -> list:
         tokens = self.space.tokens(graph)
         if self.config.max_params is not None:
@@ -456,8 +467,7 @@ class Search:
     def run_step(self, step: int):
         stage = self.stage_of(step)
         parent_rec = self._parent(step, stage)
-        parent = load_graph(self.run_dir / parent_rec.weights_path)
-        probes = self._probe_set(parent_rec.id, parent)
+        parent, probes = self._parent_and_probes(parent_rec)
         self.on_event("step_start", step=step, steps=self.config.steps, children=self.config.children,
                       parent=parent_rec.id, parent_acc=parent_rec.val_acc, stage=stage)
         episodes_decisions, child_ids, same_as, first_of_hash = [], [], {}, {}
