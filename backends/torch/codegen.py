@@ -190,14 +190,15 @@ def generate_source(graph: Graph) -> str:
     inputs = graph.inputs
     forward_lines, init_lines = _forward_lines(graph, names)
     in_doc = ", ".join(f"{names[n.name]} {_shape(n.type)}" for n in inputs)
-    out_doc = ", ".join(f"{public} {_shape(types[node])}" for public, node in graph.outputs.items())
+    # Output names are user text: in the docstrings they appear only through `_doc_text`.
+    out_doc = ", ".join(f"{_doc_text(public)} {_shape(types[node])}" for public, node in graph.outputs.items())
     returns = "a tuple " if len(graph.outputs) > 1 else ""
     input_shapes = ", ".join(f"{names[n.name]!r}: {n.type.sample_shape!r}" for n in inputs)
     output_names = ", ".join(repr(o) for o in graph.outputs) + ("," if len(graph.outputs) == 1 else "")
 
     ind2 = " " * 8
     lines = [
-        f'"""{cls}: a network exported by easc from the IR graph {graph.name!r}.',
+        f'"""{cls}: a network exported by easc from the IR graph {_doc_text(graph.name)}.',
         "",
         f"{len(graph.nodes)} nodes, depth {graph.depth}, {graph.params:,} parameters.",
         f"Inputs (float32, N = batch): {in_doc}. Outputs: {out_doc}.",
@@ -240,6 +241,18 @@ def generate_source(graph: Graph) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _doc_text(text: str) -> str:
+    """User text (a graph or output name) as it may appear inside a generated docstring.
+
+    Names come from model files and are hostile until proven otherwise: a name holding three double
+    quotes would close the docstring, and the rest would run whenever `model.py` is imported. The
+    text is written as its `ascii()` literal (quotes, backslashes, newlines and non-ASCII escaped)
+    with every double quote spelled `\\x22`, so the docstring cannot be closed or broken from
+    inside and no user character reaches the source unescaped.
+    """
+    return ascii(str(text)).replace('"', "\\x22")
 
 
 def _instantiate(source: str, cls: str) -> torch.nn.Module:
