@@ -40,6 +40,8 @@ import torch
 
 from easc.ir import Graph, atomic_write_bytes, probe_inputs, verify
 
+from easc.backends.optable import LOWERINGS
+
 from .module import TorchBackendError, class_name, python_names, to_module
 
 __all__ = ["TorchExport", "export_torch_source", "generate_source"]
@@ -57,56 +59,12 @@ class TorchExport(NamedTuple):
     class_name: str
 
 
-def _pair(value) -> str:
-    h, w = value
-    return str(h) if h == w else f"({h}, {w})"
-
-
 def _layer_source(node, in_type) -> str:
-    """The constructor call of the layer for `node`, default arguments omitted."""
-    a = node.attrs
-    if node.op == "conv2d":
-        args = [str(in_type.channels), str(a["out"]), f"kernel_size={_pair(a['kernel'])}"]
-        for key, default in (("stride", (1, 1)), ("padding", (0, 0)), ("dilation", (1, 1))):
-            if a[key] != default:
-                args.append(f"{key}={_pair(a[key])}")
-        if a["groups"] != 1:
-            args.append(f"groups={a['groups']}")
-        if not a["bias"]:
-            args.append("bias=False")
-        return f"nn.Conv2d({', '.join(args)})"
-    if node.op == "linear":
-        bias = "" if a["bias"] else ", bias=False"
-        return f"nn.Linear({in_type.channels}, {a['out']}{bias})"
-    if node.op == "batchnorm":
-        cls = "BatchNorm2d" if in_type.rank == 4 else "BatchNorm1d"
-        args = [str(in_type.channels)]
-        if a["eps"] != 1e-5:
-            args.append(f"eps={a['eps']!r}")
-        if a["momentum"] != 0.1:
-            args.append(f"momentum={a['momentum']!r}")
-        return f"nn.{cls}({', '.join(args)})"
-    if node.op == "relu":
-        return "nn.ReLU()"
-    if node.op in ("maxpool2d", "avgpool2d"):
-        cls = "MaxPool2d" if node.op == "maxpool2d" else "AvgPool2d"
-        args = [_pair(a["kernel"])]
-        if a["stride"] != a["kernel"]:
-            args.append(f"stride={_pair(a['stride'])}")
-        if a["padding"] != (0, 0):
-            args.append(f"padding={_pair(a['padding'])}")
-        if a["ceil"]:
-            args.append("ceil_mode=True")
-        if node.op == "avgpool2d" and not a["count_include_pad"]:
-            args.append("count_include_pad=False")
-        return f"nn.{cls}({', '.join(args)})"
-    if node.op == "global_avgpool":
-        return "nn.AdaptiveAvgPool2d(1)"
-    if node.op == "flatten":
-        return "nn.Flatten()"
-    if node.op == "dropout":
-        return f"nn.Dropout(p={a['p']!r})"
-    raise TorchBackendError(f"node {node.name!r}: op {node.op!r} has no layer to export")
+    """The constructor call of the layer for `node`, default arguments omitted (easc.backends.optable)."""
+    low = LOWERINGS.get(node.op)
+    if low is None or low.code is None:
+        raise TorchBackendError(f"node {node.name!r}: op {node.op!r} has no layer to export")
+    return low.code(node, in_type)
 
 
 def _shape(t) -> str:
@@ -167,12 +125,9 @@ def _forward_lines(graph: Graph, names: dict) -> tuple:
         live.add(target)
         if node.name not in last_use and node.name not in outputs:
             live.discard(target)  # dead code: nothing reads it
-        if node.op == "concat":
-            line = f"{target} = torch.cat([{', '.join(args)}], dim=1)  # {ident}"
-        elif node.op == "add":
-            line = f"{target} = {' + '.join(args)}  # {ident}"
-        elif node.op == "softmax":
-            line = f"{target} = torch.softmax({args[0]}, dim=1)  # {ident}"
+        low = LOWERINGS.get(node.op)
+        if low is not None and low.expr is not None:
+            line = f"{target} = {low.expr(node, args)}  # {ident}"
         else:
             init_lines.append(f"self.{ident} = {_layer_source(node, types[node.inputs[0]])}")
             line = f"{target} = self.{ident}({args[0]})"
