@@ -93,6 +93,13 @@ def widen_reason(graph: Graph, layer: str) -> str | None:
     return None
 
 
+def nearest_valid_width(graph: Graph, layer: str, width: int) -> int:
+    """The smallest width >= `width` that `widen` accepts for `layer`: through a grouped conv with G groups
+    the layer grows by a multiple of G (see `channels.py`)."""
+    n, groups = _layer(graph, layer).width, _flow(graph, layer).groups
+    return n + -(-(width - n) // groups) * groups
+
+
 def widenable_layers(graph: Graph) -> list:
     """The conv2d / linear layers `widen` accepts, in graph order (the CLI's default `--widen` targets)."""
     return [node.name for node in graph.layers() if widen_reason(graph, node.name) is None]

@@ -200,6 +200,7 @@ class _Lowering:
         self.taken: set = set()
         self.weighted_calls: dict = {}
         self.fx_node = None
+        self.fused: set = set()  # IR nodes a fused op absorbed (the sigmoid of x * sigmoid(x))
 
     # -- errors and names ---------------------------------------------------------------------
     def where(self) -> str:
@@ -384,7 +385,8 @@ class _Lowering:
             x, y = y, x  # the per-channel gate goes second
         gate = next((nd for nd in self.nodes if nd.name == y), None)
         if gate is not None and gate.op == "sigmoid" and gate.inputs == (x,):
-            return self.emit("silu", [x])  # x * sigmoid(x); the sigmoid stays only if read elsewhere
+            self.fused.add(y)  # x * sigmoid(x); the sigmoid stays only if something else reads it
+            return self.emit("silu", [x])
         self.emit("mul", [x, y])
 
     def pad(self, arg, pad, mode, value):
@@ -761,7 +763,9 @@ class _Lowering:
         if placeholders != len(self.examples):
             raise TorchImportError(f"cannot lower {self.name}: forward takes {placeholders} input(s) but "
                                    f"{len(self.examples)} example tensor(s) were given")
-        return Graph(self.nodes, outputs, self.name)
+        read = {i for n in self.nodes for i in n.inputs} | set(outputs.values())
+        nodes = [n for n in self.nodes if n.name not in self.fused or n.name in read]
+        return Graph(nodes, outputs, self.name)
 
 
 class _Holder(nn.Module):

@@ -1,0 +1,215 @@
+"""The ops of mobile networks: each one's semantics, its round trips, and the passes through it.
+
+clip (ReLU6), leaky_relu, sigmoid, silu, hardsigmoid, hardswish, pad, slice (a channel split),
+channel_shuffle and mul (a squeeze-excitation gate) must mean the same thing in the reference interpreter,
+in `to_module`, in the exported PyTorch source, in ONNX (written by easc and by both torch exporters) and
+after `from_module`; they round-trip through the text form and `.easir`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import logging
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from easc.backends.onnx import OnnxImportError, export_model, import_model, run_onnx
+from easc.backends.torch import export_torch_source, from_module, to_module
+from easc.ir import (GraphBuilder, graph_from_bytes, graph_to_bytes, parse_graph, print_graph, probe_inputs, run,
+                     value_ranges)
+from easc.passes.base import checked
+from easc.passes.deepen import deepen
+
+RTOL = 1e-5
+
+
+def modern_graph():
+    """Every mobile-network op on a small NCHW value, with a per-channel gate and a channel split."""
+    rng = np.random.default_rng(0)
+    b = GraphBuilder("modern", rng=rng)
+    x = b.input("x", (4, 7, 7))
+    h = b.add("clip", [b.batchnorm(b.conv2d(x, 6, 1))], {"min": 0.0, "max": 6.0})
+    h = b.add("hardswish", [b.conv2d(h, 6, 3, padding=1, groups=6)])
+    gate = b.add("sigmoid", [b.conv2d(b.add("silu", [b.conv2d(b.global_avgpool(h), 2, 1)]), 6, 1)])
+    h = b.add("mul", [h, gate])
+    h = b.add("channel_shuffle", [b.add("pad", [h], {"pads": (0, 1, 2, 1), "value": -0.5})], {"groups": 3})
+    a, c = b.add("slice", [h], {"start": 0, "end": 2}), b.add("slice", [h], {"start": 2, "end": 6})
+    c = b.add("leaky_relu", [b.conv2d(c, 4, 1)], {"slope": 0.2})
+    h = b.concat([a, b.add("hardsigmoid", [c]), b.add("clip", [c], {"min": -0.5, "max": 0.25})])
+    b.output("y", b.linear(b.flatten(b.global_avgpool(h)), 5))
+    from easc.ir.builder import randomise_weights
+
+    return randomise_weights(b.build(), np.random.default_rng(1))
+
+
+def _close(want, got, what):
+    err = float(np.abs(np.asarray(got, np.float64) - want).max())
+    assert err <= RTOL * (1 + float(np.abs(want).max())), f"{what}: max |diff| {err:.3g}"
+
+
+def _torch_out(module, feeds, graph):
+    with torch.no_grad():
+        return module.eval()(*[torch.from_numpy(feeds[n.name]) for n in graph.inputs]).numpy()
+
+
+def test_every_mobile_op_means_the_same_in_the_interpreter_torch_exported_code_and_onnx(tmp_path):
+    graph = modern_graph()
+    feeds = probe_inputs(graph, batch=3)
+    want = run(graph, feeds)["y"]
+    _close(want, _torch_out(to_module(graph), feeds, graph), "to_module")
+    result = export_torch_source(graph, tmp_path)  # checks the source against to_module before writing
+    spec = importlib.util.spec_from_file_location("modern_export", result.model_py)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    _close(want, _torch_out(mod.load(), feeds, graph), "exported source")
+    source = result.model_py.read_text()
+    for line in ("nn.ReLU6()", "nn.Hardswish()", "nn.ChannelShuffle(3)", "nn.ConstantPad2d((1, 1, 0, 2), -0.5)",
+                 "nn.LeakyReLU(0.2)", "nn.Hardtanh(-0.5, 0.25)", "[:, 0:2]", " * "):
+        assert line in source, line
+    for opset in (13, 17):
+        _close(want, run_onnx(export_model(graph, opset), feeds)["y"], f"onnxruntime, opset {opset}")
+
+
+def test_mobile_ops_round_trip_through_text_easir_and_onnx():
+    graph = modern_graph()
+    assert print_graph(parse_graph(print_graph(graph))) == print_graph(graph)
+    again = graph_from_bytes(graph_to_bytes(graph))
+    assert print_graph(again) == print_graph(graph)
+    for opset in (13, 17):
+        back = import_model(export_model(graph, opset))
+        assert print_graph(back).splitlines()[1:] == print_graph(graph).splitlines()[1:]
+        feeds = probe_inputs(graph)
+        _close(run(graph, feeds)["y"], run(back, feeds)["y"], "ONNX round trip")
+
+
+class Mobile(nn.Module):
+    """The forms people write: ReLU6, x * sigmoid(x), a gate, chunk, the view-transpose-view shuffle, F.pad."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.fc1, self.fc2 = nn.Conv2d(8, 2, 1), nn.Conv2d(2, 8, 1)
+        self.branch = nn.Conv2d(4, 4, 1)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = F.relu6(self.bn(self.conv(x)))
+        h = self.dw(h)
+        h = h * torch.sigmoid(h)
+        g = F.hardsigmoid(self.fc2(F.silu(self.fc1(h.mean((2, 3), keepdim=True)))))
+        h = F.hardswish(h * g)
+        a, b = h.chunk(2, dim=1)
+        h = torch.cat([a, F.leaky_relu(self.branch(b), 0.1)], 1)
+        n, c, hh, ww = h.size()
+        h = h.view(n, 2, c // 2, hh, ww).transpose(1, 2).contiguous().view(n, -1, hh, ww)
+        h = F.hardtanh(F.pad(h, (1, 0, 0, 1)), -1.0, 2.0)
+        return self.head(h.mean([2, 3]))
+
+
+def _mobile():
+    torch.manual_seed(0)
+    m = Mobile().eval()
+    with torch.no_grad():
+        m.bn.running_mean.uniform_(-0.3, 0.3)
+        m.bn.running_var.uniform_(0.5, 1.5)
+    return m
+
+
+def _export(model, x, dynamo):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        try:
+            if dynamo:
+                return torch.onnx.export(model, (x,), dynamo=True, verbose=False).model_proto
+            f = io.BytesIO()
+            torch.onnx.export(model, (x,), f, dynamo=False, opset_version=17)
+            return onnx.load_from_string(f.getvalue())
+        finally:
+            logging.disable(logging.NOTSET)
+
+
+@pytest.mark.parametrize("route", ["torchscript", pytest.param("dynamo", marks=pytest.mark.slow), "fx"])
+def test_mobile_forms_of_both_torch_exporters_and_from_module_lower_to_the_ir_ops(route):
+    model, x = _mobile(), torch.randn(2, 3, 8, 8)
+    graph = from_module(model, x) if route == "fx" else import_model(_export(model, x, route == "dynamo"))
+    ops = {n.op for n in graph.nodes}
+    assert {"clip", "silu", "mul", "hardsigmoid", "hardswish", "slice", "channel_shuffle", "pad",
+            "leaky_relu"} <= ops, ops
+    assert "sigmoid" not in ops  # x * sigmoid(x) became one silu
+    dw = next(n for n in graph.nodes if n.op == "conv2d" and n.attrs["groups"] == 8)
+    assert dw.width == 8
+    with torch.no_grad():
+        want = model(x).numpy()
+    _close(want, run(graph, {graph.inputs[0].name: x.numpy()})["output" if route == "fx" else graph.outputs and
+                                                                 next(iter(graph.outputs))], route)
+
+
+def test_an_operator_outside_the_set_is_refused_in_one_line_naming_it_the_node_and_the_set():
+    class Tanh(nn.Module):
+        def forward(self, x):
+            return torch.tanh(x)
+
+    model = _export(Tanh(), torch.randn(1, 3, 4, 4), dynamo=False)
+    with pytest.raises(OnnxImportError) as err:
+        import_model(model, "m.onnx")
+    message = str(err.value)
+    assert "\n" not in message and "operator 'Tanh' (node '" in message
+    assert "supported: " in message and "HardSwish" in message and "Clip" in message
+
+
+def test_range_analysis_bounds_activations_and_propagates_through_pooling_and_products():
+    g = parse_graph("""
+graph ranges
+  x = input() : f32[N,2,4,4]
+  relu6 = clip(x) {min=0.0, max=6.0} : f32[N,2,4,4]
+  pool = maxpool2d(relu6) {kernel=2} : f32[N,2,2,2]
+  hs = hardswish(x) : f32[N,2,4,4]
+  sig = sigmoid(x) : f32[N,2,4,4]
+  gated = mul(relu6, sig) : f32[N,2,4,4]
+  padded = pad(relu6) {pads=(1,1,1,1), value=-1.0} : f32[N,2,6,6]
+  total = add(relu6, relu6) : f32[N,2,4,4]
+  output y = total
+""")
+    r = value_ranges(g)
+    assert r["relu6"] == r["pool"] == (0.0, 6.0)
+    assert r["hs"][0] == -0.375 and r["hs"][1] == float("inf")
+    assert r["sig"] == (0.0, 1.0) and r["gated"] == (0.0, 6.0)
+    assert r["padded"] == (-1.0, 6.0) and r["total"] == (0.0, 12.0)
+
+
+MOBILE_BLOCK = """
+graph block
+  x = input() : f32[N,3,6,6]
+  conv_1 = conv2d(x) {out=4, kernel=1} : f32[N,4,6,6]
+  relu6_1 = clip(conv_1) {min=0.0, max=6.0} : f32[N,4,6,6]
+  pool_1 = maxpool2d(relu6_1) {kernel=2} : f32[N,4,3,3]
+  hs_1 = hardswish(pool_1) : f32[N,4,3,3]
+  conv_2 = conv2d(hs_1) {out=4, kernel=1} : f32[N,4,3,3]
+  flatten_1 = flatten(conv_2) : f32[N,36]
+  fc_1 = linear(flatten_1) {out=2} : f32[N,2]
+  output y = fc_1
+"""
+
+
+def test_deepen_after_relu6_adds_relu6_where_the_range_analysis_allows_it_and_nothing_after_hardswish():
+    g = parse_graph(MOBILE_BLOCK)
+    result = checked(g, deepen(g, "relu6_1"))
+    added = result.graph.node("deepen_relu6_1_clip")
+    assert (added.op, added.attrs["min"], added.attrs["max"]) == ("clip", 0.0, 6.0)
+    assert any("lies in [0, 6], where clip is the identity" in line for line in result.changes)
+    result = checked(g, deepen(g, "pool_1"))  # a pool of ReLU6 values is non-negative: relu
+    assert result.graph.node("deepen_pool_1_relu").op == "relu"
+    result = checked(g, deepen(g, "hs_1"))
+    assert "no activation: hardswish is the identity on no interval, so after hs_1 the block has none" \
+        in result.changes
+    assert [n.op for n in result.graph.nodes].count("hardswish") == 1
