@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from easc.ir import BATCH, Graph, IRError, Node, TensorType, make_node, verify
+from easc.ir import BATCH, Graph, GraphBuilder, IRError, Node, TensorType, make_node, verify
 from easc.backends.optable import LOWERINGS
 from easc.ir.ops import plain_ceil_output_size, pool_output_size
 
@@ -110,8 +110,7 @@ class _Importer:
         self.graph_name = name or model.graph.name or "graph"
         self.opset = self._opset()
         self.env: dict[str, _Act | _Const] = {}
-        self.nodes: list[Node] = []
-        self.index: dict[str, int] = {}  # IR node name -> position in self.nodes
+        self.builder = GraphBuilder(self.graph_name)  # the IR nodes, their names and the shape check
         self.uses: dict[str, int] = {}  # IR node name -> how many IR nodes read it so far
         self.layer_origin: dict[str, str] = {}  # IR node -> ONNX op that made it (bias folding)
         self.file_batch: int | None = None
@@ -120,7 +119,6 @@ class _Importer:
         self.inferred = self._infer_shapes()
         self.tainted: set[str] = set()  # ONNX values whose inferred shape ONNX gets wrong (ceil pools)
         self.origin = ""  # of the node being lowered
-        self.ir_names: set = set()  # every name _unique_names hands out
         self.fused: set = set()  # IR nodes a later node absorbed (sigmoid into silu): dropped if unread
 
     # -- helpers -------------------------------------------------------------------------------
@@ -189,22 +187,29 @@ class _Importer:
             taken.add(names[k])
         return names
 
-    def emit(self, name: str, op: str, inputs: list, attrs: dict, weights: dict | None, where: str) -> str:
-        types = [self.nodes[self.index[i]].type for i in inputs]
+    @property
+    def nodes(self) -> list:
+        return self.builder.nodes
+
+    def emit(self, name: str, op: str, inputs: list, attrs: dict, weights: dict | None, where: str,
+             output: str | None = None) -> str:
+        """Add IR node `name`; when it computes ONNX value `output` as is, the builder checks its shape
+        against ONNX shape inference (views are checked by `cross_check` when bound)."""
+        expect = None
+        if output is not None and output not in self.tainted:
+            expect = self.inferred.get(output)
         try:
-            node = make_node(name, op, inputs, types, attrs, weights, origin=self.origin)
+            self.builder.add(op, inputs, attrs, weights, name=name, origin=self.origin, expect=expect)
         except IRError as e:
             msg = str(e).split(": ", 1)[-1] if str(e).startswith("node ") else str(e)
             raise self.fail(f"{where}: {msg}") from None
-        self.index[name] = len(self.nodes)
-        self.nodes.append(node)
         self.uses[name] = 0
         for i in inputs:
             self.uses[i] += 1
         return name
 
     def ir_type(self, name: str) -> TensorType:
-        return self.nodes[self.index[name]].type
+        return self.builder.type_of(name)
 
     def act(self, value: str, where: str) -> str:
         """The IR node behind an activation input; views must have been resolved to real nodes."""
@@ -295,7 +300,7 @@ class _Importer:
             if inp.name in initializers:
                 continue  # IR version < 4 lists initializers among the inputs too
             self._input(inp)
-        self.ir_names = set(self._unique_names())
+        self.builder.reserved = set(self._unique_names())
         for node, name in zip(g.node, self._unique_names()):
             self._node(node, name)
         outputs = {}
@@ -308,7 +313,7 @@ class _Importer:
                 raise self.fail(f"{where} is a constant (it does not depend on the graph's inputs)")
             outputs[out.name] = self.act(out.name, where)
         self._prune_fused(outputs)
-        graph = Graph(self.nodes, outputs, self.graph_name)
+        graph = Graph(self.builder.nodes, outputs, self.graph_name)
         try:
             return verify(graph)
         except IRError as e:
@@ -334,8 +339,7 @@ class _Importer:
                                 "easc needs fixed sample shapes")
             sample.append(int(d.dim_value))
         node = Node(inp.name, "input", (), {}, TensorType((BATCH,) + tuple(sample)))
-        self.index[inp.name] = len(self.nodes)
-        self.nodes.append(node)
+        self.builder.input(inp.name, node.type.sample_shape)
         self.uses[inp.name] = 0
         self.env[inp.name] = _Act(inp.name, node.type.shape)
 
@@ -569,7 +573,7 @@ class _Importer:
     # -- layers --------------------------------------------------------------------------------
     def _simple(self, node, name, where, op, attrs=None, weights=None, inputs=None):
         ins = inputs if inputs is not None else [self.act(node.input[0], where)]
-        self.emit(name, op, ins, attrs or {}, weights, where)
+        self.emit(name, op, ins, attrs or {}, weights, where, output=node.output[0])
         self.bind(node.output[0], name, where)
 
     def _op_Conv(self, node, name, where):
@@ -671,16 +675,9 @@ class _Importer:
         if attrs.get("keepdims", 1):
             return self._simple(node, name, where, "global_avgpool", inputs=[x])
         self.emit(name, "global_avgpool", [x], {}, None, where)
-        flat = self._fresh(f"{name}/flatten")
+        flat = self.builder.fresh(f"{name}/flatten")
         self.emit(flat, "flatten", [name], {}, None, where)
         self.bind(node.output[0], flat, where)
-
-    def _fresh(self, base: str) -> str:
-        taken = set(self.index) | self.ir_names
-        name, k = base, 2
-        while name in taken:
-            name, k = f"{base}_{k}", k + 1
-        return name
 
     def _op_Gemm(self, node, name, where):
         attrs = self.attrs(node)
@@ -732,7 +729,7 @@ class _Importer:
         value, const = (node.input[0], node.input[1]) if isinstance(a, _Act) else (node.input[1], node.input[0])
         entry: _Act = self.env[value]
         layer = entry.node
-        target = self.nodes[self.index[layer]]
+        target = self.builder.node(layer)
         c = self.weight(const, where, "addend")
         foldable = (target.op in ("conv2d", "linear") and layer in self.layer_origin and entry.sole
                     and self.uses[layer] == 0 and self.consumers.get(value, 0) == 1
@@ -749,9 +746,8 @@ class _Importer:
         weights = dict(target.weights)
         weights["bias"] = (weights.get("bias", np.zeros_like(bias)) + bias).astype(np.float32)
         attrs = dict(target.attrs, bias=True)
-        ins = [self.nodes[self.index[i]].type for i in target.inputs]
-        self.nodes[self.index[layer]] = make_node(layer, target.op, target.inputs, ins, attrs, weights,
-                                                  origin=target.origin)
+        ins = [self.ir_type(i) for i in target.inputs]
+        self.builder.replace_node(make_node(layer, target.op, target.inputs, ins, attrs, weights, origin=target.origin))
         self.env[node.output[0]] = _Act(layer, entry.shape, self.consumers.get(node.output[0], 0) <= 1)
         self.cross_check(node.output[0], where)
 
@@ -825,7 +821,7 @@ class _Importer:
                             f"two activations: a gate, or x * sigmoid(x))")
         x, y = self.act(node.input[0], where), self.act(node.input[1], where)
         for value, other in ((x, y), (y, x)):  # x * sigmoid(x) is silu, x * hardsigmoid(x) hardswish
-            gate = self.nodes[self.index[other]]
+            gate = self.builder.node(other)
             fused = {"sigmoid": "silu", "hardsigmoid": "hardswish"}.get(gate.op)
             if fused and gate.inputs == (value,) and x != y:
                 self.fused.add(other)
@@ -842,8 +838,7 @@ class _Importer:
         read = {i for n in self.nodes for i in n.inputs} | set(outputs.values())
         dead = {n for n in self.fused if n not in read}
         if dead:
-            self.nodes = [n for n in self.nodes if n.name not in dead]
-            self.index = {n.name: k for k, n in enumerate(self.nodes)}
+            self.builder.nodes[:] = [n for n in self.builder.nodes if n.name not in dead]
 
     def _channel_range(self, x: str, start: int, end: int, step: int, where: str) -> tuple:
         c = self.ir_type(x).channels
@@ -901,7 +896,7 @@ class _Importer:
         start = 0
         for k, (out, size) in enumerate(zip(outs, sizes)):
             if out:
-                part = name if k == 0 else self._fresh(f"{name}_{k}")
+                part = name if k == 0 else self.builder.fresh(f"{name}_{k}")
                 self.emit(part, "slice", [x], {"start": start, "end": start + size}, None, where)
                 self.bind(out, part, where)
             start += size

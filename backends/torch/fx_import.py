@@ -52,9 +52,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from easc.ir import Graph, IRError, Node, verify
-from easc.ir.builder import make_node
-from easc.ir.types import batched
+from easc.ir import Graph, IRError, verify
+from easc.ir.builder import GraphBuilder
 
 __all__ = ["TorchImportError", "from_module"]
 
@@ -195,9 +194,7 @@ class _Lowering:
         self.order = {n: i for i, n in enumerate(gm.graph.nodes)}
         self.env: dict = {}  # fx node -> IR value name, or a _Size
         self.storage: dict = {}  # fx node -> the fx node whose tensor it aliases (for in-place checks)
-        self.nodes: list = []
-        self.types: dict = {}
-        self.taken: set = set()
+        self.builder = GraphBuilder(name)  # the IR nodes, their names and the shape check against torch
         self.weighted_calls: dict = {}
         self.fx_node = None
         self.fused: set = set()  # IR nodes a fused op absorbed (the sigmoid of x * sigmoid(x))
@@ -219,11 +216,7 @@ class _Lowering:
         raise TorchImportError(f"cannot lower {self.where()}: {reason}")
 
     def unique(self, base: str) -> str:
-        name, k = base, 2
-        while name in self.taken:
-            name, k = f"{base}_{k}", k + 1
-        self.taken.add(name)
-        return name
+        return self.builder.fresh(base)
 
     # -- values -------------------------------------------------------------------------------
     def tensor(self, arg) -> str:
@@ -234,21 +227,28 @@ class _Lowering:
             self.fail(f"argument {what} is not a tensor value")
         return value
 
+    @property
+    def nodes(self) -> list:
+        return self.builder.nodes
+
+    @property
+    def types(self) -> dict:
+        return self.builder.types
+
+    def add_node(self, op: str, inputs: list, attrs: dict | None = None, weights: dict | None = None,
+                 name: str | None = None, expect=None) -> str:
+        """Add an IR node through the builder (`expect`: the sample shape torch computed for it)."""
+        try:
+            return self.builder.add(op, inputs, attrs, weights, name=self.unique(name), expect=expect)
+        except IRError as e:
+            self.fail(str(e).split(": ", 1)[-1] if str(e).startswith("node ") else str(e))
+
     def emit(self, op: str, inputs: list, attrs: dict | None = None, weights: dict | None = None,
              alias_of: fx.Node | None = None) -> None:
         n = self.fx_node
-        base = n.target if n.op == "call_module" else n.name
-        name = self.unique(base)
-        try:
-            node = make_node(name, op, inputs, [self.types[i] for i in inputs], attrs, weights)
-        except IRError as e:
-            self.fail(str(e))
         meta = n.meta.get("tensor_meta")
-        if meta is not None and hasattr(meta, "shape") and tuple(meta.shape[1:]) != node.type.sample_shape:
-            self.fail(f"the IR {op} gives samples of shape {node.type.sample_shape}, torch gives "
-                      f"{tuple(meta.shape[1:])}")
-        self.nodes.append(node)
-        self.types[name] = node.type
+        expect = tuple(meta.shape[1:]) if meta is not None and hasattr(meta, "shape") else None
+        name = self.add_node(op, inputs, attrs, weights, n.target if n.op == "call_module" else n.name, expect)
         self.env[n] = name
         self.storage[n] = self.storage.get(alias_of, alias_of) if alias_of is not None else n
 
@@ -409,10 +409,7 @@ class _Lowering:
         if keepdim:
             return self.emit("global_avgpool", [self.tensor(arg)])
         n = self.fx_node
-        pooled = self.unique(f"{n.name}_pool")
-        node = make_node(pooled, "global_avgpool", [self.tensor(arg)], [t])
-        self.nodes.append(node)
-        self.types[pooled] = node.type
+        pooled = self.add_node("global_avgpool", [self.tensor(arg)], name=f"{n.name}_pool")
         self.emit("flatten", [pooled])
 
     def split(self, arg, how, dim, chunk: bool):
@@ -431,11 +428,8 @@ class _Lowering:
             self.fail(f"split sizes {sizes} do not add up to the {c} channels")
         names, start = [], 0
         for k, size in enumerate(sizes):
-            name = self.unique(f"{self.fx_node.name}_{k}")
-            node = make_node(name, "slice", [self.tensor(arg)], [t], {"start": start, "end": start + size})
-            self.nodes.append(node)
-            self.types[name] = node.type
-            names.append(name)
+            names.append(self.add_node("slice", [self.tensor(arg)], {"start": start, "end": start + size},
+                                       name=f"{self.fx_node.name}_{k}"))
             start += size
         self.env[self.fx_node] = _Parts(names)
         self.storage[self.fx_node] = self.fx_node
@@ -485,10 +479,7 @@ class _Lowering:
         if isinstance(value, _View) and len(value.shape) == 5 and sorted((d0 % 5, d1 % 5)) == [1, 2]:
             g, per = value.shape[1], value.shape[2]
             # torch sees the 5-D transposed view; the IR node is the shuffled NCHW value behind it
-            name = self.unique(self.fx_node.name)
-            node = make_node(name, "channel_shuffle", [value.node], [self.types[value.node]], {"groups": int(g)})
-            self.nodes.append(node)
-            self.types[name] = node.type
+            name = self.add_node("channel_shuffle", [value.node], {"groups": int(g)}, name=self.fx_node.name)
             self.env[self.fx_node] = _View(name, (value.shape[0], per, g) + value.shape[3:])
             self.storage[self.fx_node] = self.fx_node
             return
@@ -501,10 +492,7 @@ class _Lowering:
         example = self.examples[index]
         if not isinstance(example, torch.Tensor) or example.dim() < 2:
             self.fail("the example must be a batched tensor of rank >= 2 (N, C, ...)")
-        name = self.unique(str(n.target).lstrip("*"))
-        node = Node(name, "input", (), {}, batched(tuple(example.shape[1:])))
-        self.nodes.append(node)
-        self.types[name] = node.type
+        name = self.builder.input(self.unique(str(n.target).lstrip("*")), tuple(example.shape[1:]))
         self.env[n] = name
         self.storage[n] = n
 
