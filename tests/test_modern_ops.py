@@ -213,3 +213,49 @@ def test_deepen_after_relu6_adds_relu6_where_the_range_analysis_allows_it_and_no
     assert "no activation: hardswish is the identity on no interval, so after hs_1 the block has none" \
         in result.changes
     assert [n.op for n in result.graph.nodes].count("hardswish") == 1
+
+
+class GroupedSE(nn.Module):
+    """A RegNetY-style block: 1x1, grouped 3x3 (groups 2), squeeze-excitation, 1x1, residual add."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.a = nn.Sequential(nn.Conv2d(8, 6, 1, bias=False), nn.BatchNorm2d(6), nn.ReLU6())
+        self.b = nn.Sequential(nn.Conv2d(6, 6, 3, padding=1, groups=2, bias=False), nn.BatchNorm2d(6), nn.SiLU())
+        self.se1, self.se2 = nn.Conv2d(6, 2, 1), nn.Conv2d(2, 6, 1)
+        self.c = nn.Sequential(nn.Conv2d(6, 8, 1, bias=False), nn.BatchNorm2d(8))
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        h = self.b(self.a(x))
+        h = h * torch.sigmoid(self.se2(torch.relu(self.se1(F.adaptive_avg_pool2d(h, 1)))))
+        x = torch.relu(x + self.c(h))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def test_easc_transform_widens_deepens_and_skips_through_a_grouped_squeeze_excitation_block(tmp_path):
+    from click.testing import CliRunner
+
+    from easc.cli.main import main
+
+    model, x = GroupedSE().eval(), torch.randn(2, 3, 8, 8)
+    path = tmp_path / "block.onnx"
+    onnx.save(_export(model, x, dynamo=False), str(path))
+    graph = import_model(onnx.load(str(path)))
+    relu6 = next(n.name for n in graph.nodes if n.op == "clip")
+    silu = next(n.name for n in graph.nodes if n.op == "silu")
+    last_conv = [n.name for n in graph.nodes if n.op == "conv2d" and n.attrs["groups"] == 1][-1]
+    out = tmp_path / "out.onnx"
+    result = CliRunner().invoke(main, ["transform", str(path), "--widen", "--factor", "1.5", "--deepen", relu6,
+                                       "--skip", f"{silu}:{last_conv}", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "every group alike" not in result.output  # 1.5 x 6 = 9 was rounded up to 10 for the 2 groups
+    assert f"deepen_{relu6}_clip: clip" in result.output
+    new = import_model(onnx.load(str(out)))
+    grouped = next(n for n in new.nodes if n.op == "conv2d" and n.attrs["groups"] == 2)
+    assert grouped.width == 10 and grouped.attrs["groups"] == 2
+    with torch.no_grad():
+        want = model(x).numpy()
+    _close(want, next(iter(run_onnx(new, {new.inputs[0].name: x.numpy()}).values())), "transformed block")
