@@ -259,3 +259,20 @@ def test_easc_transform_widens_deepens_and_skips_through_a_grouped_squeeze_excit
     with torch.no_grad():
         want = model(x).numpy()
     _close(want, next(iter(run_onnx(new, {new.inputs[0].name: x.numpy()}).values())), "transformed block")
+
+
+def test_silu_is_read_from_onnx_swish_and_a_swish_with_another_alpha_is_refused():
+    from onnx import TensorProto, helper
+
+    def model(alpha):
+        node = helper.make_node("Swish", ["x"], ["y"], name="act", alpha=alpha)
+        g = helper.make_graph([node], "swish", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 3, 3])])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 24)])
+
+    graph = import_model(model(1.0))
+    assert [n.op for n in graph.nodes] == ["input", "silu"]
+    x = np.random.default_rng(0).standard_normal((2, 2, 3, 3)).astype(np.float32)
+    _close(F.silu(torch.from_numpy(x)).numpy(), run(graph, {"x": x})["y"], "swish")
+    with pytest.raises(OnnxImportError, match=r"node 'act' \(Swish\): Swish with alpha=0.5 is not supported"):
+        import_model(model(0.5))

@@ -42,7 +42,7 @@ from easc.ir.ops import plain_ceil_output_size, pool_output_size
 
 _STRUCTURAL_OPS = (
     "Add", "BatchNormalization", "Cast", "Concat", "Conv", "Dropout", "Flatten", "Gemm", "Identity", "MatMul",
-    "Mul", "ReduceMean", "Reshape", "Shape", "Squeeze", "Sum", "Transpose", "Unsqueeze",
+    "Mul", "ReduceMean", "Reshape", "Shape", "Squeeze", "Sum", "Swish", "Transpose", "Unsqueeze",
 )
 SUPPORTED_OPS = tuple(sorted(set(_STRUCTURAL_OPS) | {t for low in LOWERINGS.values() for t in low.onnx_in}))
 """ONNX operators the importer maps onto the IR. Any operator whose inputs are all constants is
@@ -805,6 +805,12 @@ class _Importer:
 
     def _op_LeakyRelu(self, node, name, where):
         self._simple(node, name, where, "leaky_relu", {"slope": _float32_value(self.attrs(node).get("alpha", 0.01))})
+
+    def _op_Swish(self, node, name, where):
+        alpha = float(self.attrs(node).get("alpha", 1.0))
+        if alpha != 1.0:
+            raise self.fail(f"{where}: Swish with alpha={alpha:g} is not supported (easc's silu is x sigmoid(x))")
+        self._simple(node, name, where, "silu")
 
     def _op_HardSigmoid(self, node, name, where):
         attrs = self.attrs(node)
