@@ -1,6 +1,7 @@
 """Write an IR graph as a standard ONNX model.
 
-Each IR node becomes one ONNX node of the same name (an n-ary `add` becomes `Sum`), weights become
+Each IR node becomes the ONNX node of the same name (an n-ary `add` becomes `Sum`; silu, a
+hardswish below opset 14 and a channel shuffle are several nodes, the last or the Transpose named after it), weights become
 initializers named `<node>.<weight>`, the batch dimension of inputs and outputs is the symbolic
 `N`, and the graph's input and output names are kept. A node a pass inserted records where it came
 from in the ONNX node's `metadata_props` (`easc.origin`), so that importing the file gives back
@@ -20,6 +21,19 @@ the same IR, text form included.
 | concat         | Concat axis=1                                               |
 | add            | Add (two inputs), Sum (more)                                |
 | softmax        | Softmax axis=1                                              |
+| clip           | Clip with min / max inputs                                  |
+| leaky_relu     | LeakyRelu alpha                                             |
+| sigmoid        | Sigmoid                                                     |
+| silu           | Sigmoid then Mul (x * sigmoid(x), as both torch exporters)  |
+| hardsigmoid    | HardSigmoid alpha=1/6 beta=1/2                              |
+| hardswish      | HardSwish (opset >= 14), else HardSigmoid then Mul          |
+| mul            | Mul (the (N, C, 1, 1) gate broadcasts)                      |
+| slice          | Slice on axis 1                                             |
+| channel_shuffle| Reshape (N, g, C/g, H, W) - Transpose - Reshape             |
+| pad            | Pad mode=constant                                           |
+
+The rows live in `easc.backends.optable` (each op's `onnx` entry); this module owns names,
+initializers, the graph's inputs and outputs, and the checks.
 
 Pools with ceil=true: ONNX shape inference (onnx 1.23) sizes a `ceil_mode=1` pool by the plain
 ceiling formula, while onnxruntime and torch drop a last window that would start in the right

@@ -15,6 +15,12 @@ one of three things:
   pattern per exporter;
 - nothing else: an operator easc does not support raises `OnnxImportError` naming it and its node.
 
+Mobile-network patterns: Clip (bounds as attributes or constant inputs), HardSigmoid with torch's alpha
+1/6, Mul of x and Sigmoid(x) (or HardSigmoid(x)) becomes one silu (hardswish), Mul of a value and a
+(N, C, 1, 1) gate is a squeeze-excitation `mul`, Slice / Split along the channels become `slice` nodes, and
+the Reshape (N, g, C/g, H, W) - Transpose [0,2,1,3,4] - Reshape of a channel shuffle becomes one
+`channel_shuffle`. One-to-one operators are read from the op table (`easc.backends.optable`, `onnx_in`).
+
 Layers absorb what belongs to them: Conv / Gemm / MatMul followed by an Add of a per-channel
 constant become one `conv2d` / `linear` with a bias, named after the Conv / Gemm / MatMul. The
 batch dimension of the file (often fixed to 1 by exporters) becomes the symbolic `N`.

@@ -18,9 +18,21 @@ layers below as leaves), runs the example through the trace once to learn every 
 | concat         | torch.cat / torch.concat (channel axis)                                               |
 | add            | `+`, torch.add, x.add() (alpha 1, two tensors of one shape)                            |
 | softmax        | F.softmax / torch.softmax / x.softmax / nn.Softmax over axis 1 of a rank-2 value        |
+| clip           | nn.ReLU6, nn.Hardtanh, F.relu6, F.hardtanh                                            |
+| leaky_relu     | nn.LeakyReLU, F.leaky_relu                                                            |
+| sigmoid        | nn.Sigmoid, torch.sigmoid, F.sigmoid, x.sigmoid()                                     |
+| silu           | nn.SiLU, F.silu, and x * torch.sigmoid(x)                                             |
+| hardsigmoid    | nn.Hardsigmoid, F.hardsigmoid                                                         |
+| hardswish      | nn.Hardswish, F.hardswish                                                             |
+| mul            | `*`, torch.mul, x.mul() of two tensors (a (N, C, 1, 1) gate broadcasts)               |
+| global_avgpool | also x.mean((2, 3), keepdim=True) / torch.mean; without keepdim, then a flatten       |
+| slice          | torch.chunk / torch.split / x.chunk / x.split on dim 1 (one slice per part), x[:, a:b] |
+| channel_shuffle| nn.ChannelShuffle, x.view(n, g, c // g, h, w) -> transpose(1, 2) -> view(n, -1, h, w) |
+| pad            | nn.ZeroPad2d, nn.ConstantPad2d, F.pad (constant, H and W)                             |
 
-nn.Identity and x.contiguous() are no-ops and make no node; `x.size(0)` / `x.shape[0]` only feed a
-flatten. A lone layer given as the module (`from_module(nn.Conv2d(1, 2, 3), x)`) becomes one node named
+nn.Identity and x.contiguous() are no-ops and make no node; `x.size(0)` / `x.shape[0]` (the batch) only
+feed a reshape; the other entries of a size are static ints, so shape arithmetic on them (`c // groups`)
+is evaluated while lowering. A lone layer given as the module (`from_module(nn.Conv2d(1, 2, 3), x)`) becomes one node named
 after its class (`conv2d`), fed by an input `x`. Anything else raises `TorchImportError`
 with one line naming the module type or function and where it sits in the traced graph.
 
