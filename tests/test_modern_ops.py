@@ -276,3 +276,59 @@ def test_silu_is_read_from_onnx_swish_and_a_swish_with_another_alpha_is_refused(
     _close(F.silu(torch.from_numpy(x)).numpy(), run(graph, {"x": x})["y"], "swish")
     with pytest.raises(OnnxImportError, match=r"node 'act' \(Swish\): Swish with alpha=0.5 is not supported"):
         import_model(model(0.5))
+
+
+ACTS = ("relu", "clip", "hardswish", "silu", "leaky_relu", "sigmoid", "hardsigmoid")
+
+
+def _act(b, x, kind):
+    attrs = {"clip": {"min": 0.0, "max": 6.0}, "leaky_relu": {"slope": 0.1}}.get(kind, {})
+    return b.add(kind, [x], attrs)
+
+
+def _random_mobile_graph(data):
+    """An inverted-residual block with random activations, depthwise or grouped conv, optional SE and add."""
+    from hypothesis import strategies as st
+
+    from easc.ir.builder import randomise_weights
+
+    b = GraphBuilder("block", rng=np.random.default_rng(data.draw(st.integers(0, 100))))
+    c0 = data.draw(st.sampled_from([4, 6]))
+    e = data.draw(st.sampled_from([4, 8]))
+    x = b.input("x", (3, 6, 6))
+    h0 = _act(b, b.batchnorm(b.conv2d(x, c0, 3, padding=1)), data.draw(st.sampled_from(ACTS)))
+    h = _act(b, b.batchnorm(b.conv2d(h0, e, 1)), data.draw(st.sampled_from(ACTS)))
+    groups = data.draw(st.sampled_from([e, 2]))
+    h = _act(b, b.batchnorm(b.conv2d(h, e, 3, padding=1, groups=groups)), data.draw(st.sampled_from(ACTS)))
+    if data.draw(st.booleans()):
+        s = _act(b, b.conv2d(b.global_avgpool(h), 2, 1), data.draw(st.sampled_from(ACTS)))
+        h = b.add("mul", [h, b.add(data.draw(st.sampled_from(["sigmoid", "hardsigmoid"])), [b.conv2d(s, e, 1)])])
+    h = b.batchnorm(b.conv2d(h, c0, 1))
+    if data.draw(st.booleans()):
+        h = b.add_([h, h0])
+    b.output("y", b.linear(b.flatten(b.global_avgpool(h)), 3))
+    return randomise_weights(b.build(), np.random.default_rng(1))
+
+
+def test_random_mobile_blocks_stay_exact_under_widen_and_deepen_and_round_trip_through_onnx():
+    from hypothesis import given, settings, strategies as st
+
+    from easc.passes.widen import widen, widen_reason
+    from easc.passes.channels import trace_channels
+
+    @settings(max_examples=25, deadline=None, derandomize=True)
+    @given(st.data())
+    def check(data):
+        graph = _random_mobile_graph(data)
+        back = import_model(export_model(graph))
+        assert print_graph(back).splitlines()[1:] == print_graph(graph).splitlines()[1:]
+        layer = data.draw(st.sampled_from([n.name for n in graph.layers()]))
+        if widen_reason(graph, layer) is None:
+            n, groups = graph.node(layer).width, trace_channels(graph, layer).groups
+            checked(graph, widen(graph, layer, n + groups * data.draw(st.integers(1, 3)),
+                                 rng=np.random.default_rng(0)))
+        acts = [n.name for n in graph.nodes if n.op in ACTS and graph.consumers(n.name)
+                and n.type.rank == 4]
+        checked(graph, deepen(graph, data.draw(st.sampled_from(acts))))
+
+    check()
