@@ -60,16 +60,13 @@ def batchnorm(node, args):
     return (x - w["mean"].reshape(shape)) * inv.reshape(shape) + w["bias"].reshape(shape)
 
 
-def _ceil_extra(size, k, s, p, out):
-    """Extra right padding that ceil mode needs so that the last window fits."""
-    return max(0, (out - 1) * s + k - (size + 2 * p))
-
-
 def _pool(x, node, kind: str):
     (kh, kw), (sh, sw), (ph, pw) = node.attrs["kernel"], node.attrs["stride"], node.attrs["padding"]
     oh, ow = node.type.shape[2], node.type.shape[3]
-    eh = _ceil_extra(x.shape[2], kh, sh, ph, oh)
-    ew = _ceil_extra(x.shape[3], kw, sw, pw, ow)
+    from .ops import ceil_overhang  # ops imports this module: the pool arithmetic lives there
+
+    eh = ceil_overhang(x.shape[2], kh, sh, ph, oh)
+    ew = ceil_overhang(x.shape[3], kw, sw, pw, ow)
     if kind == "max":
         win = _windows(_pad(x, ph, pw, -np.inf, eh, ew), kh, kw, sh, sw)
         return win.max(axis=(4, 5))[:, :, :oh, :ow]

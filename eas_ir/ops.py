@@ -53,6 +53,11 @@ def pool_output_size(size: int, kernel: int, stride: int, pad: int, dilation: in
     return out
 
 
+def ceil_overhang(size: int, kernel: int, stride: int, pad: int, out: int) -> int:
+    """Extra right padding a pool of `out` windows needs beyond its symmetric `pad` (ceil mode's last window)."""
+    return max(0, (out - 1) * stride + kernel - (size + 2 * pad))
+
+
 def plain_ceil_output_size(size: int, kernel: int, stride: int, pad: int) -> int:
     """The output length ONNX shape inference (onnx 1.23) gives a ceil_mode=1 pool: the plain ceiling,
     keeping a last window that starts in the right padding (torch and onnxruntime drop it)."""

@@ -49,7 +49,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from easc.ir import BATCH, Graph, IRError, atomic_write_bytes
-from easc.ir.ops import plain_ceil_output_size, pool_output_size
+from easc.ir.ops import ceil_overhang, plain_ceil_output_size, pool_output_size
 
 from easc.backends.optable import LOWERINGS
 
@@ -239,7 +239,7 @@ def pool_attrs(node, in_type) -> tuple:
         raise OnnxExportError(f"node {node.name!r} (avgpool2d): ceil=true on input {in_type} cannot be written "
                               "so that ONNX shape inference agrees with onnxruntime (ceil adds a window on one "
                               "axis only, and padding is counted; count_include_pad=false would work)")
-    extra = [max(0, (o - 1) * s + k - (size + 2 * p))
+    extra = [ceil_overhang(size, k, s, p, o)
              for o, s, k, size, p in zip(outs, a["stride"], a["kernel"], sizes, a["padding"])]
     return dict(attrs, pads=[ph, pw, ph + extra[0], pw + extra[1]]), True
 
