@@ -34,8 +34,8 @@ class Lowering:
     onnx: Callable  # (ctx, node, in_types, inputs, output) -> [onnx.NodeProto]
     module: Callable | None = None  # (node, in_type) -> nn.Module, weights copied from the node
     code: Callable | None = None  # (node, in_type) -> source of the module's constructor
-    fx: Callable | None = None  # (fx graph, node, fx args, ident) -> fx node of an expression op
-    expr: Callable | None = None  # (node, argument sources) -> source of the expression
+    fx: Callable | None = None  # (fx graph, node, fx args, ident, input types) -> fx node of an expression op
+    expr: Callable | None = None  # (node, argument sources, input types) -> source of the expression
     onnx_in: tuple = ()  # ONNX op types read as this op
     torch_modules: tuple = ()  # names of torch.nn classes read as this op (attribute-free)
 
@@ -313,13 +313,13 @@ def _shuffle_onnx(ctx, node, in_types, inputs, output):
 
 
 # -- expressions -----------------------------------------------------------------------------------
-def _concat_fx(fg, node, args, ident):
+def _concat_fx(fg, node, args, ident, in_types):
     import torch
 
     return fg.create_node("call_function", torch.cat, (list(args),), {"dim": 1}, name=ident)
 
 
-def _add_fx(fg, node, args, ident):
+def _add_fx(fg, node, args, ident, in_types):
     import operator
 
     acc = args[0]
@@ -329,19 +329,37 @@ def _add_fx(fg, node, args, ident):
     return acc
 
 
-def _mul_fx(fg, node, args, ident):
+def _mul_fx(fg, node, args, ident, in_types):
     import operator
 
-    return fg.create_node("call_function", operator.mul, tuple(args), name=ident)
+    x, gate = args
+    if in_types[1].rank == 2 and in_types[0].rank == 4:  # an (N, C) gate: unsqueezed to (N, C, 1, 1)
+        gate = fg.create_node("call_function", operator.getitem, (gate, (slice(None), slice(None), None, None)),
+                              name=f"{ident}_gate")
+    return fg.create_node("call_function", operator.mul, (x, gate), name=ident)
 
 
-def _softmax_fx(fg, node, args, ident):
+def _mul_expr(node, args, in_types) -> str:
+    if in_types[1].rank == 2 and in_types[0].rank == 4:
+        return f"{args[0]} * {args[1]}[:, :, None, None]"
+    return f"{args[0]} * {args[1]}"
+
+
+def _mul_onnx(ctx, node, in_types, inputs, output):
+    if in_types[1].rank == 2 and in_types[0].rank == 4:
+        gate = ctx.value("gate")
+        axes = ctx.init("axes", np.array([2, 3], np.int64))
+        return [ctx.make("Unsqueeze", [inputs[1], axes], gate, name=gate), ctx.make("Mul", [inputs[0], gate], output)]
+    return [ctx.make("Mul", inputs, output)]
+
+
+def _softmax_fx(fg, node, args, ident, in_types):
     import torch
 
     return fg.create_node("call_function", torch.softmax, (args[0],), {"dim": 1}, name=ident)
 
 
-def _slice_fx(fg, node, args, ident):
+def _slice_fx(fg, node, args, ident, in_types):
     import operator
 
     index = (slice(None), slice(node.attrs["start"], node.attrs["end"]))
@@ -390,14 +408,15 @@ _entry(Lowering("dropout", _dropout_onnx, *_nn("Dropout", lambda n: n.attrs["p"]
 _entry(Lowering("channel_shuffle", _shuffle_onnx, *_nn("ChannelShuffle", lambda n: n.attrs["groups"]),
                 torch_modules=("ChannelShuffle",)))
 _entry(Lowering("concat", _simple("Concat", axis=1), fx=_concat_fx,
-                expr=lambda node, args: f"torch.cat([{', '.join(args)}], dim=1)", onnx_in=("Concat",)))
-_entry(Lowering("add", _add_onnx, fx=_add_fx, expr=lambda node, args: " + ".join(args), onnx_in=("Add", "Sum")))
-_entry(Lowering("mul", _simple("Mul"), fx=_mul_fx, expr=lambda node, args: " * ".join(args), onnx_in=("Mul",)))
+                expr=lambda node, args, in_types: f"torch.cat([{', '.join(args)}], dim=1)", onnx_in=("Concat",)))
+_entry(Lowering("add", _add_onnx, fx=_add_fx, expr=lambda node, args, in_types: " + ".join(args),
+                onnx_in=("Add", "Sum")))
+_entry(Lowering("mul", _mul_onnx, fx=_mul_fx, expr=_mul_expr, onnx_in=("Mul",)))
 _entry(Lowering("slice", _slice_onnx, fx=_slice_fx,
-                expr=lambda node, args: f"{args[0]}[:, {node.attrs['start']}:{node.attrs['end']}]",
+                expr=lambda node, args, in_types: f"{args[0]}[:, {node.attrs['start']}:{node.attrs['end']}]",
                 onnx_in=("Slice", "Split")))
 _entry(Lowering("softmax", _simple("Softmax", axis=1), fx=_softmax_fx,
-                expr=lambda node, args: f"torch.softmax({args[0]}, dim=1)", onnx_in=("Softmax",)))
+                expr=lambda node, args, in_types: f"torch.softmax({args[0]}, dim=1)", onnx_in=("Softmax",)))
 
 MODULE_OPS = tuple(op for op, low in LOWERINGS.items() if low.module is not None)
 EXPRESSION_OPS = tuple(op for op, low in LOWERINGS.items() if low.fx is not None)

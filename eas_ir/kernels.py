@@ -112,8 +112,11 @@ def add(node, args):
 
 
 def mul(node, args):
-    # the second factor is the same shape or (N, C, 1, 1): numpy broadcasts it over H, W
-    return args[0] * args[1]
+    # the second factor is the same shape, (N, C, 1, 1) or (N, C): broadcast per channel over H, W
+    x, gate = args
+    if gate.ndim == 2 and x.ndim == 4:
+        gate = gate[:, :, None, None]
+    return x * gate
 
 
 def softmax(node, args):

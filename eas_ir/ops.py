@@ -173,10 +173,10 @@ def _mul_rule(inputs, attrs):
     x, gate = inputs
     if gate == x:
         return x
-    if x.rank == 4 and gate.rank == 4 and gate.channels == x.channels and tuple(gate.shape[2:]) == (1, 1):
+    if x.rank == 4 and gate.channels == x.channels and (gate.rank == 2 or tuple(gate.shape[2:]) == (1, 1)):
         return x  # a squeeze-excitation gate: one factor per channel, broadcast over H, W
-    raise ShapeError(f"mul inputs must have the same type, or the second must be (N, C, 1, 1) with the first's "
-                     f"C channels: {x} vs {gate}")
+    raise ShapeError(f"mul inputs must have the same type, or the second must be (N, C, 1, 1) or (N, C) with the "
+                     f"first's C channels: {x} vs {gate}")
 
 
 def _slice_rule(inputs, attrs):
@@ -299,7 +299,7 @@ _op(OpSpec("channel_shuffle", "channel shuffle (reshape-transpose-reshape)", {"g
            rule=_shuffle_rule, kernel=kernels.channel_shuffle, ints=("groups",)))
 # y = sum of inputs; all inputs have the same type
 _op(OpSpec("add", "element-wise sum", arity=(2, None), rule=_add_rule, kernel=kernels.add))
-# y = a * b; b has a's type or is (N, C, 1, 1) (a squeeze-excitation gate, broadcast over H, W)
+# y = a * b; b has a's type or is (N, C, 1, 1) or (N, C) (a squeeze-excitation gate, broadcast over H, W)
 _op(OpSpec("mul", "element-wise product (per-channel gate broadcast)", arity=(2, 2), rule=_mul_rule,
            kernel=kernels.mul))
 # y = exp(x) / sum exp(x) over the class axis; N,C -> N,C

@@ -332,3 +332,44 @@ def test_random_mobile_blocks_stay_exact_under_widen_and_deepen_and_round_trip_t
         checked(graph, deepen(graph, data.draw(st.sampled_from(acts))))
 
     check()
+
+
+class LinearSE(nn.Module):
+    """The original SENet form: pooled features through two Linear layers, viewed back as (N, C, 1, 1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc1, self.fc2 = nn.Linear(8, 2), nn.Linear(2, 8)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x))
+        b, c, _, _ = x.size()
+        y = F.adaptive_avg_pool2d(x, 1).view(b, c)
+        y = torch.sigmoid(self.fc2(torch.relu(self.fc1(y)))).view(b, c, 1, 1)
+        return self.head(x * y.expand_as(x)).mean((2, 3))
+
+
+@pytest.mark.parametrize("route", ["torchscript", pytest.param("dynamo", marks=pytest.mark.slow), "fx"])
+def test_a_squeeze_excitation_gate_of_linear_layers_imports_widens_and_exports(route, tmp_path):
+    from easc.passes.widen import widen
+
+    torch.manual_seed(0)
+    model, x = LinearSE().eval(), torch.randn(2, 3, 6, 6)
+    graph = from_module(model, x) if route == "fx" else import_model(_export(model, x, route == "dynamo"))
+    mul = next(n for n in graph.nodes if n.op == "mul")
+    assert graph.node(mul.inputs[1]).type.rank == 2  # the (N, C) gate, broadcast per channel
+    with torch.no_grad():
+        want = model(x).numpy()
+    out = next(iter(graph.outputs))
+    _close(want, run(graph, {graph.inputs[0].name: x.numpy()})[out], route)
+    conv = graph.layers()[0].name
+    result = checked(graph, widen(graph, conv, 12, rng=np.random.default_rng(0)))
+    wide = result.graph
+    assert print_graph(import_model(export_model(wide))).splitlines()[1:] == print_graph(wide).splitlines()[1:]
+    feeds = {wide.inputs[0].name: x.numpy()}
+    _close(want, run_onnx(wide, feeds)[out], f"{route}, widened, in onnxruntime")
+    _close(want, _torch_out(to_module(wide), feeds, wide), f"{route}, widened, to_module")
+    export_torch_source(wide, tmp_path)  # checked against to_module before it is written
+    assert "[:, :, None, None]" in (tmp_path / "model.py").read_text()

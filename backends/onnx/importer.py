@@ -47,7 +47,8 @@ from easc.backends.optable import LOWERINGS
 from easc.ir.ops import plain_ceil_output_size, pool_output_size
 
 _STRUCTURAL_OPS = (
-    "Add", "BatchNormalization", "Cast", "Concat", "Conv", "Dropout", "Flatten", "Gemm", "Identity", "MatMul",
+    "Add", "BatchNormalization", "Cast", "Concat", "Conv", "Dropout", "Expand", "Flatten", "Gemm", "Identity",
+    "MatMul",
     "Mul", "ReduceMean", "Reshape", "Shape", "Squeeze", "Sum", "Swish", "Transpose", "Unsqueeze",
 )
 SUPPORTED_OPS = tuple(sorted(set(_STRUCTURAL_OPS) | {t for low in LOWERINGS.values() for t in low.onnx_in}))
@@ -831,17 +832,54 @@ class _Importer:
         if not (isinstance(a, _Act) and isinstance(b, _Act)):
             raise self.fail(f"{where}: multiplying an activation by a constant is not supported (easc multiplies "
                             f"two activations: a gate, or x * sigmoid(x))")
-        x, y = self.act(node.input[0], where), self.act(node.input[1], where)
+        x, y = (self._gate_or_act(i, where) for i in node.input[:2])
         for value, other in ((x, y), (y, x)):  # x * sigmoid(x) is silu, x * hardsigmoid(x) hardswish
             gate = self.builder.node(other)
             fused = {"sigmoid": "silu", "hardsigmoid": "hardswish"}.get(gate.op)
             if fused and gate.inputs == (value,) and x != y:
                 self.fused.add(other)
                 return self._simple(node, name, where, fused, inputs=[value])
-        if self.ir_type(x).shape[2:] != self.ir_type(y).shape[2:] and self.ir_type(x).rank == 4 \
-                and tuple(self.ir_type(x).shape[2:]) == (1, 1):
-            x, y = y, x  # the gate (N, C, 1, 1) goes second
+        tx, ty = self.ir_type(x), self.ir_type(y)
+        if tx.rank == 2 and ty.rank == 4 or (tx.rank == 4 and ty.rank == 4 and tuple(tx.shape[2:]) == (1, 1)
+                                            and tuple(ty.shape[2:]) != (1, 1)):
+            x, y = y, x  # the gate, (N, C, 1, 1) or (N, C), goes second
         self._simple(node, name, where, "mul", inputs=[x, y])
+
+    def _gate_or_act(self, value: str, where: str) -> str:
+        """An activation input of Mul; an (N, C) value seen as (N, C, 1, 1), or expanded from that to
+        (N, C, H, W), is a per-channel gate as it is."""
+        entry = self.env[value]
+        base = self.ir_type(entry.node)
+        if base.rank == 2 and len(entry.shape) == 4 and entry.shape[1] == base.channels:
+            return entry.node
+        return self.act(value, where)
+
+    def _op_Expand(self, node, name, where):
+        """Broadcasting before a product (SENet's `y.expand_as(x)`): a view, no data of its own."""
+        entry = self._view_input(node, where)
+        target = self.env[node.input[1]]
+        if isinstance(target, _Act):
+            raise self.fail(f"{where}: the target shape is computed from activations")
+        dims = []
+        for x, y in zip(np.asarray(target.a).reshape(-1).tolist(), np.asarray(target.b).reshape(-1).tolist()):
+            if x != y and (x, y) != _SENTINELS:
+                raise self.fail(f"{where}: the target shape depends on the batch size in a way easc cannot follow")
+            dims.append(BATCH if x != y else int(x))
+        shape = list(entry.shape)
+        if len(dims) != len(shape):
+            raise self.fail(f"{where}: only an expand that keeps the rank is supported ({_fmt(shape)} to {_fmt(dims)})")
+        out = []
+        for have, want in zip(shape, dims):
+            if want == 1 or want == have or have == BATCH:
+                out.append(have)
+            elif have == 1:
+                out.append(want)
+            else:
+                raise self.fail(f"{where}: cannot expand {_fmt(shape)} to {_fmt(dims)}")
+        base = self.ir_type(entry.node)
+        if tuple(out) != tuple(base.shape) and not (base.rank == 2 and len(out) == 4 and out[1] == base.channels):
+            raise self.fail(f"{where}: only expanding a per-channel gate (N, C, 1, 1) is supported (to {_fmt(out)})")
+        self.env[node.output[0]] = _Act(entry.node, tuple(out), False)
 
     def _prune_fused(self, outputs: dict):
         """Drop nodes a fused op absorbed when nothing else reads them (sigmoid of x * sigmoid(x))."""

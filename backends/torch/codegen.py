@@ -127,7 +127,7 @@ def _forward_lines(graph: Graph, names: dict) -> tuple:
             live.discard(target)  # dead code: nothing reads it
         low = LOWERINGS.get(node.op)
         if low is not None and low.expr is not None:
-            line = f"{target} = {low.expr(node, args)}  # {ident}"
+            line = f"{target} = {low.expr(node, args, [types[i] for i in node.inputs])}  # {ident}"
         else:
             init_lines.append(f"self.{ident} = {_layer_source(node, types[node.inputs[0]])}")
             line = f"{target} = self.{ident}({args[0]})"

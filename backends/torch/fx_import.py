@@ -24,7 +24,8 @@ layers below as leaves), runs the example through the trace once to learn every 
 | silu           | nn.SiLU, F.silu, and x * torch.sigmoid(x)                                             |
 | hardsigmoid    | nn.Hardsigmoid, F.hardsigmoid                                                         |
 | hardswish      | nn.Hardswish, F.hardswish                                                             |
-| mul            | `*`, torch.mul, x.mul() of two tensors (a (N, C, 1, 1) gate broadcasts)               |
+| mul            | `*`, torch.mul, x.mul() of two tensors (a (N, C, 1, 1) gate broadcasts; so does an (N, C)  |
+|                | gate viewed as y.view(b, c, 1, 1), y[:, :, None, None], y.view(...).expand_as(x))      |
 | global_avgpool | also x.mean((2, 3), keepdim=True) / torch.mean; without keepdim, then a flatten       |
 | slice          | torch.chunk / torch.split / x.chunk / x.split on dim 1 (one slice per part), x[:, a:b] |
 | channel_shuffle| nn.ChannelShuffle, x.view(n, g, c // g, h, w) -> transpose(1, 2) -> view(n, -1, h, w) |
@@ -90,7 +91,7 @@ SUPPORTED_FUNCTIONS = "F.relu, F.relu6, F.hardtanh, F.leaky_relu, torch.sigmoid,
                       "torch.reshape, torch.transpose, torch.cat, torch.chunk, torch.split, torch.mean, " \
                       "torch.add / +, torch.mul / *, // on sizes, F.softmax, torch.softmax, F.dropout"
 SUPPORTED_METHODS = "relu, sigmoid, view, reshape, transpose, flatten, size, mean, chunk, split, softmax, add, " \
-                    "mul, contiguous"
+                    "mul, expand_as, contiguous"
 
 
 def _plain(module: nn.Module) -> type | None:
@@ -388,12 +389,20 @@ class _Lowering:
     def activation(self, arg, op: str, attrs: dict, alias: bool = False):
         self.emit(op, [self.tensor(arg)], attrs, alias_of=arg if alias else None)
 
+    def _gate(self, arg) -> str:
+        """A factor of a product: a tensor, or an (N, C) value viewed as (N, C, 1, 1) (a per-channel gate)."""
+        value = self.env.get(arg) if isinstance(arg, fx.Node) else None
+        if isinstance(value, _View) and self.types[value.node].rank == 2:
+            return value.node
+        if not isinstance(value, str):
+            self.fail(f"multiplying by {arg!r} (the IR multiplies two tensors: a gate, or x * sigmoid(x))")
+        return value
+
     def mul(self, a, b):
-        if not isinstance(b, fx.Node) or not isinstance(self.env.get(b), str):
-            self.fail(f"multiplying by the constant {b!r} (the IR multiplies two tensors: a gate, or x * sigmoid(x))")
-        x, y = self.tensor(a), self.tensor(b)
-        if self.types[x].rank == 4 and tuple(self.types[x].shape[2:]) == (1, 1) \
-                and tuple(self.types[y].shape[2:]) != (1, 1):
+        x, y = self._gate(a), self._gate(b)
+        tx, ty = self.types[x], self.types[y]
+        if tx.rank == 2 and ty.rank == 4 or (tx.rank == 4 and ty.rank == 4 and tuple(tx.shape[2:]) == (1, 1)
+                                            and tuple(ty.shape[2:]) != (1, 1)):
             x, y = y, x  # the per-channel gate goes second
         gate = next((nd for nd in self.nodes if nd.name == y), None)
         if gate is not None and gate.op == "sigmoid" and gate.inputs == (x,):
@@ -447,10 +456,12 @@ class _Lowering:
         self.storage[self.fx_node] = self.fx_node
 
     def index(self, arg, index):
-        """`x[:, a:b]` (and trailing full slices): a channel slice."""
+        """`x[:, a:b]` (and trailing full slices): a channel slice; `g[:, :, None, None]` of an (N, C) gate."""
         t = self.type_of(arg)
         index = index if isinstance(index, tuple) else (index,)
         full = slice(None, None, None)
+        if t.rank == 2 and index == (full, full, None, None):
+            return self.gate_view(self.tensor(arg))
         if len(index) < 2 or index[0] != full or not isinstance(index[1], slice) \
                 or any(i not in (full, Ellipsis) for i in index[2:]):
             self.fail(f"indexing with {index!r} (the IR slices channels: x[:, a:b])")
@@ -479,12 +490,30 @@ class _Lowering:
         if not isinstance(value, str):
             return False
         t = self.types[value]
+        if t.rank == 2 and len(shape) == 4 and batch(shape[0]) and tuple(shape[1:]) == (t.channels, 1, 1):
+            self.gate_view(value)  # an SE gate computed by linear layers, viewed per channel
+            return True
         if t.rank == 4 and len(shape) == 5 and batch(shape[0]) and all(isinstance(d, int) for d in shape[1:]) \
                 and shape[1] * shape[2] == t.channels and tuple(shape[3:]) == tuple(t.shape[2:]):
             self.env[self.fx_node] = _View(value, (t.shape[0],) + tuple(shape[1:]))
             self.storage[self.fx_node] = self.fx_node
             return True
         return False
+
+    def gate_view(self, value: str):
+        """(N, C) seen as (N, C, 1, 1): only a factor of a product may read it (see `_gate`)."""
+        self.env[self.fx_node] = _View(value, (self.types[value].shape[0], self.types[value].channels, 1, 1))
+        self.storage[self.fx_node] = self.fx_node
+
+    def expand_as(self, arg, other):
+        value = self.env.get(arg)
+        if isinstance(value, _View) and self.types[value.node].rank == 2:
+            self.env[self.fx_node] = value  # broadcasting a gate: the product broadcasts it anyway
+            self.storage[self.fx_node] = self.fx_node
+        elif isinstance(value, str) and self.types[value] == self.type_of(other):
+            self.alias(arg)
+        else:
+            self.fail("expand_as of anything but a per-channel gate or a value of the same shape")
 
     def transpose(self, arg, d0, d1):
         value = self.env.get(arg)
@@ -722,6 +751,8 @@ class _Lowering:
         elif m == "transpose":
             a = _bind(n, ("self", "dim0", "dim1"), {})
             self.transpose(x, a["dim0"], a["dim1"])
+        elif m == "expand_as":
+            self.expand_as(x, n.args[1])
         else:
             self.fail(f"supported tensor methods are {SUPPORTED_METHODS}")
 

@@ -136,7 +136,8 @@ def to_module(graph: Graph, device=None) -> fx.GraphModule:
             easc_names[node.name] = ident
             env[node.name] = fg.create_node("call_module", ident, (env[node.inputs[0]],), name=ident)
         elif node.op in EXPRESSION_OPS:
-            env[node.name] = LOWERINGS[node.op].fx(fg, node, [env[i] for i in node.inputs], ident)
+            env[node.name] = LOWERINGS[node.op].fx(fg, node, [env[i] for i in node.inputs], ident,
+                                                   [types[i] for i in node.inputs])
         else:  # the op set is closed; a new op needs an entry in easc.backends.optable
             raise TorchBackendError(f"node {node.name!r}: op {node.op!r} has no lowering to torch")
     outs = [env[n] for n in graph.outputs.values()]
