@@ -404,8 +404,8 @@ class _Lowering:
         if tx.rank == 2 and ty.rank == 4 or (tx.rank == 4 and ty.rank == 4 and tuple(tx.shape[2:]) == (1, 1)
                                             and tuple(ty.shape[2:]) != (1, 1)):
             x, y = y, x  # the per-channel gate goes second
-        gate = next((nd for nd in self.nodes if nd.name == y), None)
-        if gate is not None and gate.op == "sigmoid" and gate.inputs == (x,):
+        gate = self.builder.node(y)
+        if gate.op == "sigmoid" and gate.inputs == (x,):
             self.fused.add(y)  # x * sigmoid(x); the sigmoid stays only if something else reads it
             return self.emit("silu", [x])
         self.emit("mul", [x, y])
