@@ -48,18 +48,6 @@ def _entry(lowering: Lowering):
     LOWERINGS[lowering.op] = lowering
 
 
-def lowering(op: str, what: str = "") -> Lowering:
-    if op not in LOWERINGS:
-        from easc.ir import IRError
-
-        raise IRError(f"op {op!r} has no backend lowering{what}")
-    return LOWERINGS[op]
-
-
-def is_module_op(op: str) -> bool:
-    return LOWERINGS[op].module is not None
-
-
 # -- shared helpers ----------------------------------------------------------------------------------
 def _tensor(array):
     import torch

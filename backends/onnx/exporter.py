@@ -1,7 +1,8 @@
 """Write an IR graph as a standard ONNX model.
 
 Each IR node becomes the ONNX node of the same name (an n-ary `add` becomes `Sum`; silu, a
-hardswish below opset 14 and a channel shuffle are several nodes, the last or the Transpose named after it), weights become
+hardswish below opset 14 and a channel shuffle are several nodes, the last or the Transpose named after
+it), weights become
 initializers named `<node>.<weight>`, the batch dimension of inputs and outputs is the symbolic
 `N`, and the graph's input and output names are kept. A node a pass inserted records where it came
 from in the ONNX node's `metadata_props` (`easc.origin`), so that importing the file gives back
@@ -53,7 +54,7 @@ from easc.ir.ops import ceil_overhang, plain_ceil_output_size, pool_output_size
 
 from easc.backends.optable import LOWERINGS
 
-from .importer import CEIL_KEY, ORIGIN_KEY
+from .importer import ORIGIN_KEY
 
 MIN_OPSET = 13
 """Dropout takes its ratio as an input from opset 12, Softmax means one axis from opset 13."""

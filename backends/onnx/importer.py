@@ -646,7 +646,8 @@ class _Importer:
             ir_attrs["count_include_pad"] = bool(attrs.get("count_include_pad", 0))
         self.no_extra_outputs(node, where, "indices")
         if ceil:  # ONNX's shape inference and the runtime disagree here (see the module docstring)
-            plain = [plain_ceil_output_size(size, k, s, p) for size, k, s, p in zip(xt.shape[2:], kernel, stride, padding)]
+            plain = [plain_ceil_output_size(size, k, s, p)
+                     for size, k, s, p in zip(xt.shape[2:], kernel, stride, padding)]
             try:
                 real = [pool_output_size(size, k, s, p, 1, True)
                         for size, k, s, p in zip(xt.shape[2:], kernel, stride, padding)]
@@ -909,7 +910,9 @@ class _Importer:
             axes = list(attrs.get("axes", range(len(starts))))
             steps = [1] * len(starts)
         else:
-            vec = lambda k, what: [int(v) for v in np.asarray(self.const(node.input[k], where, what)).reshape(-1)]  # noqa: E731
+            def vec(k, what):
+                return [int(v) for v in np.asarray(self.const(node.input[k], where, what)).reshape(-1)]
+
             starts, ends = vec(1, "starts"), vec(2, "ends")
             axes = vec(3, "axes") if len(node.input) > 3 and node.input[3] else list(range(len(starts)))
             steps = vec(4, "steps") if len(node.input) > 4 and node.input[4] else [1] * len(starts)

@@ -33,8 +33,8 @@ layers below as leaves), runs the example through the trace once to learn every 
 
 nn.Identity and x.contiguous() are no-ops and make no node; `x.size(0)` / `x.shape[0]` (the batch) only
 feed a reshape; the other entries of a size are static ints, so shape arithmetic on them (`c // groups`)
-is evaluated while lowering. A lone layer given as the module (`from_module(nn.Conv2d(1, 2, 3), x)`) becomes one node named
-after its class (`conv2d`), fed by an input `x`. Anything else raises `TorchImportError`
+is evaluated while lowering. A lone layer given as the module (`from_module(nn.Conv2d(1, 2, 3), x)`) becomes
+one node named after its class (`conv2d`), fed by an input `x`. Anything else raises `TorchImportError`
 with one line naming the module type or function and where it sits in the traced graph.
 
 Semantics are eval semantics, whatever mode the module is in: batchnorm lowers with its running
@@ -65,7 +65,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from easc.backends.optable import LOWERINGS
 from easc.ir import Graph, IRError, verify
+from easc.ir.ops import ACTIVATION_OPS
 from easc.ir.builder import GraphBuilder
 
 __all__ = ["TorchImportError", "from_module"]
@@ -76,10 +78,16 @@ class TorchImportError(IRError):
 
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
+# The op table names the torch module classes each op is read from (`torch_modules`); the attributes
+# some of them carry are read off the module here. ReLU keeps its own rule (its in-place check).
+_TABLE_MODULES = {getattr(nn, cls): op for op, low in LOWERINGS.items() for cls in low.torch_modules}
+_MODULE_ATTRS = {
+    nn.ReLU6: lambda m: {"min": 0.0, "max": 6.0},
+    nn.Hardtanh: lambda m: {"min": float(m.min_val), "max": float(m.max_val)},
+    nn.LeakyReLU: lambda m: {"slope": float(m.negative_slope)},
+}
+_ACTIVATION_MODULES = tuple(cls for cls, op in _TABLE_MODULES.items() if op in ACTIVATION_OPS and op != "relu")
 # Module types lowered as leaves, and the class whose forward a subclass must keep to count as one.
-# Activations that are one IR op with no attribute, or with attributes read off the module (the op table's
-# `torch_modules`); ReLU keeps its own rule for the in-place check.
-_ACTIVATION_MODULES = (nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.Sigmoid, nn.SiLU, nn.Hardsigmoid, nn.Hardswish)
 _LEAF_TYPES = (nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d,
                nn.AdaptiveAvgPool2d, nn.Flatten, nn.Linear, nn.Dropout, nn.Identity, nn.Softmax,
                nn.ZeroPad2d, nn.ConstantPad2d, nn.ChannelShuffle) + _ACTIVATION_MODULES
@@ -163,19 +171,6 @@ def _qualname(target) -> str:
 _FUNCTION_NAMES = {F.relu: "F.relu", F.max_pool2d: "F.max_pool2d", F.avg_pool2d: "F.avg_pool2d",
                    F.adaptive_avg_pool2d: "F.adaptive_avg_pool2d", F.softmax: "F.softmax", F.dropout: "F.dropout",
                    operator.add: "operator.add", operator.getitem: "operator.getitem", getattr: "getattr"}
-
-
-def _activation_of_module(m) -> tuple:
-    """The IR op and attributes of an activation module."""
-    if isinstance(m, nn.ReLU6):
-        return "clip", {"min": 0.0, "max": 6.0}
-    if isinstance(m, nn.Hardtanh):
-        return "clip", {"min": float(m.min_val), "max": float(m.max_val)}
-    if isinstance(m, nn.LeakyReLU):
-        return "leaky_relu", {"slope": float(m.negative_slope)}
-    return {nn.Sigmoid: "sigmoid", nn.SiLU: "silu", nn.Hardsigmoid: "hardsigmoid",
-            nn.Hardswish: "hardswish"}[type(m) if type(m) in (nn.Sigmoid, nn.SiLU, nn.Hardsigmoid, nn.Hardswish)
-                                       else _plain(m)], {}
 
 
 _UNARY = (("input", "inplace"), {"inplace": False}, lambda a: {})
@@ -600,7 +595,7 @@ class _Lowering:
         elif cls is nn.Identity:
             self.alias(x)
         elif cls in _ACTIVATION_MODULES:
-            op, attrs = _activation_of_module(m)
+            op, attrs = _TABLE_MODULES[cls], _MODULE_ATTRS.get(cls, lambda m: {})(m)
             if getattr(m, "inplace", False):
                 self.check_in_place(x)
             self.activation(x, op, attrs, alias=bool(getattr(m, "inplace", False)))
