@@ -140,10 +140,11 @@ def _describe(node) -> str:
     return f"{node.name}, a graph input" if node.op == "input" else f"{node.name} ({node.op})"
 
 
-def is_depthwise(node, in_channels: int | None = None) -> bool:
-    """A conv2d with one k x k filter per channel: groups = input channels = output channels."""
+def is_depthwise(node) -> bool:
+    """A conv2d with one k x k filter per channel: groups = input channels = output channels (its weight
+    has one input channel per group)."""
     return node.op == "conv2d" and node.attrs["groups"] > 1 and node.attrs["out"] == node.attrs["groups"] \
-        and (in_channels is None or in_channels == node.attrs["groups"])
+        and node.weights["weight"].shape[1] == 1
 
 
 def _grouped(node) -> bool:

@@ -689,3 +689,19 @@ def test_random_widen_chains_preserve_outputs(graph, data):
             if other.name not in trace_channels(graph, name).sources:
                 assert result.graph.node(other.name).width == other.width
         graph = result.graph
+
+
+def test_a_conv_with_as_many_groups_as_outputs_but_two_inputs_per_group_is_grouped_not_depthwise():
+    text = """
+graph g
+  x = input() : f32[N,3,4,4]
+  conv_1 = conv2d(x) {out=4, kernel=1} : f32[N,4,4,4]
+  conv_2 = conv2d(conv_1) {out=2, kernel=3, padding=1, groups=2} : f32[N,2,4,4]
+  flatten_1 = flatten(conv_2) : f32[N,32]
+  fc_1 = linear(flatten_1) {out=2} : f32[N,2]
+  output y = fc_1
+"""
+    graph = _graph(text)
+    assert trace_channels(graph, "conv_1").groups == 2  # a grouped consumer, not a channel-wise one
+    result = _run_pass_and_check(graph, layer="conv_1", width=8)
+    assert result.graph.node("conv_2").weights["weight"].shape == (2, 4, 3, 3)
