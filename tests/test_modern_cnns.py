@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from easc.backends.onnx import import_model, run_onnx
-from easc.backends.torch import from_module
+from easc.backends.torch import export_torch_source, from_module
 from easc.backends.torch.zoo import ARCHITECTURES, MIN_INPUT
 from easc.cli.main import main
 from easc.ir import save_graph, verify
@@ -164,6 +164,8 @@ def test_every_pass_stays_exact_on_the_standard_architectures(arch, route, tmp_p
     save_graph(graph, path)
     result = CliRunner().invoke(main, ["inspect", str(path)])
     assert result.exit_code == 0, result.output
+    if route == "torchscript":  # PyTorch source of the imported network, checked against to_module when written
+        export_torch_source(graph, tmp_path / "torch")
 
     _original_widths.clear()
     _original_widths.update({n.name: n.width for n in graph.layers()})

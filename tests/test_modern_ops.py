@@ -373,3 +373,23 @@ def test_a_squeeze_excitation_gate_of_linear_layers_imports_widens_and_exports(r
     _close(want, _torch_out(to_module(wide), feeds, wide), f"{route}, widened, to_module")
     export_torch_source(wide, tmp_path)  # checked against to_module before it is written
     assert "[:, :, None, None]" in (tmp_path / "model.py").read_text()
+
+
+def test_skip_runs_from_a_gated_value_into_a_conv_and_refuses_a_depthwise_destination_with_its_reason():
+    from easc.passes.base import PassError
+    from easc.passes.skip import skip
+
+    graph = modern_graph()
+    shuffle = next(n.name for n in graph.nodes if n.op == "channel_shuffle")
+    project = [n.name for n in graph.nodes if n.op == "conv2d"][-1]  # the 1x1 after the channel split
+    result = checked(graph, skip(graph, shuffle, project))
+    assert any(line.startswith(f"{project}: reads") for line in result.changes)
+    mul = next(n.name for n in graph.nodes if n.op == "mul")
+    head = graph.layers()[-1].name  # the linear classifier: the gated value arrives pooled and flattened
+    result = checked(graph, skip(graph, mul, head))
+    assert any("global average pooling" in line for line in result.changes)
+    depthwise = next(n.name for n in graph.nodes if n.op == "conv2d" and n.attrs["groups"] > 1)
+    first = graph.nodes[1].name
+    with pytest.raises(PassError, match=rf"{depthwise} is a grouped conv \(groups=6\); the new input channels "
+                                        r"would have to be split across its groups"):
+        skip(graph, first, depthwise)
