@@ -44,7 +44,8 @@ LOWERINGS: dict[str, Lowering] = {}
 
 
 def _entry(lowering: Lowering):
-    assert lowering.op in OPS, lowering.op
+    if lowering.op not in OPS:
+        raise KeyError(f"lowering of {lowering.op!r}, which is not an IR op")
     LOWERINGS[lowering.op] = lowering
 
 
@@ -386,12 +387,10 @@ _entry(Lowering("hardswish", _hardswish_onnx, *_nn("Hardswish"), onnx_in=("HardS
                 torch_modules=("Hardswish",)))
 _entry(Lowering("maxpool2d", _pool_onnx, module=_pool_module, code=_pool_code, onnx_in=("MaxPool",)))
 _entry(Lowering("avgpool2d", _pool_onnx, module=_pool_module, code=_pool_code, onnx_in=("AveragePool",)))
-_entry(Lowering("global_avgpool", _simple("GlobalAveragePool"),
-                module=lambda node, t: __import__("torch").nn.AdaptiveAvgPool2d(1),
-                code=lambda node, t: "nn.AdaptiveAvgPool2d(1)", onnx_in=("GlobalAveragePool",)))
+_entry(Lowering("global_avgpool", _simple("GlobalAveragePool"), *_nn("AdaptiveAvgPool2d", lambda n: 1),
+                onnx_in=("GlobalAveragePool",)))
 _entry(Lowering("pad", _pad_onnx, module=_pad_module, code=_pad_code, onnx_in=("Pad",)))
-_entry(Lowering("flatten", _simple("Flatten", axis=1), module=lambda node, t: __import__("torch").nn.Flatten(1),
-                code=lambda node, t: "nn.Flatten()"))
+_entry(Lowering("flatten", _simple("Flatten", axis=1), *_nn("Flatten")))  # start_dim=1, the default
 _entry(Lowering("dropout", _dropout_onnx, *_nn("Dropout", lambda n: n.attrs["p"]), onnx_in=("Dropout",)))
 _entry(Lowering("channel_shuffle", _shuffle_onnx, *_nn("ChannelShuffle", lambda n: n.attrs["groups"]),
                 torch_modules=("ChannelShuffle",)))

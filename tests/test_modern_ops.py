@@ -393,3 +393,13 @@ def test_skip_runs_from_a_gated_value_into_a_conv_and_refuses_a_depthwise_destin
     with pytest.raises(PassError, match=rf"{depthwise} is a grouped conv \(groups=6\); the new input channels "
                                         r"would have to be split across its groups"):
         skip(graph, first, depthwise)
+
+
+def test_every_ir_op_has_a_kernel_and_a_backend_lowering():
+    from easc.backends.optable import LOWERINGS
+    from easc.ir import OPS
+
+    assert all(spec.kernel is not None for name, spec in OPS.items() if name != "input")
+    assert set(LOWERINGS) == set(OPS) - {"input"}
+    for low in LOWERINGS.values():  # a layer or an expression in torch, never both
+        assert (low.module is not None) != (low.fx is not None) and (low.code is not None) != (low.expr is not None)
