@@ -705,3 +705,13 @@ graph g
     assert trace_channels(graph, "conv_1").groups == 2  # a grouped consumer, not a channel-wise one
     result = _run_pass_and_check(graph, layer="conv_1", width=8)
     assert result.graph.node("conv_2").weights["weight"].shape == (2, 4, 3, 3)
+
+
+def test_widen_with_noise_through_a_grouped_conv_perturbs_only_the_copies_within_the_stated_tolerance():
+    graph = _graph(GROUPED)
+    exact = widen(graph, "conv_1", 8, rng=np.random.default_rng(0)).graph
+    noisy = checked(graph, widen(graph, "conv_1", 8, rng=np.random.default_rng(0), noise=0.05))
+    assert not noisy.exact
+    w_exact, w_noisy = _w(exact, "conv_2"), _w(noisy.graph, "conv_2")
+    changed = np.flatnonzero(np.abs(w_noisy - w_exact).sum(axis=(0, 2, 3)) > 0)  # input columns per group block
+    assert len(changed) > 0 and set(changed) <= {2, 3}  # each group's 2 copies sit after its 2 originals
