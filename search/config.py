@@ -79,9 +79,11 @@ def _is_number(v) -> bool:
     return (isinstance(v, (int, float)) and not isinstance(v, bool))
 
 
-def integer(minimum: int):
+def integer(minimum: int, maximum: int | None = None):
     def rule(v):
-        return None if _is_int(v) and v >= minimum else f"an integer >= {minimum}"
+        if maximum is None:
+            return None if _is_int(v) and v >= minimum else f"an integer >= {minimum}"
+        return None if _is_int(v) and minimum <= v <= maximum else f"an integer from {minimum} to {maximum}"
     return rule
 
 
@@ -168,9 +170,9 @@ SEARCH_SCHEMA = {
     "widen_noise": number(0),
     "controller_lr": number(0, strict=True),
     "entropy": number(0),
-    "seed": integer(0),
-    "workers": integer(1),
-    "threads": integer(1),
+    "seed": integer(0, 2**32 - 1),  # numpy's and torch's seeds are 32-bit
+    "workers": integer(1, 1024),
+    "threads": integer(1, 1024),  # torch aborts the interpreter on absurd thread counts
     "devices": optional(text_list),
     "executor": choice("local", "process", "ray"),
     "ray_address": optional(text),

@@ -32,6 +32,9 @@ BAD_RECIPES = {  # [search] lines -> the key the error must name
     "zero-network stage": ("stages = [300, 0]", "stages", "positive integers"),
     "zero layer limit": ("max_layers_per_block = 0", "max_layers_per_block", "an integer >= 1"),
     "string augment": ('augment = "false"', "augment", "true or false"),
+    "absurd threads": ("threads = 100000", "threads", "an integer from 1 to 1024"),
+    "absurd workers": ("workers = 5000", "workers", "an integer from 1 to 1024"),
+    "seed past 32 bits": ("seed = 4294967296", "seed", "an integer from 0 to 4294967295"),
 }
 
 
@@ -98,6 +101,7 @@ BAD_FLAGS = {
     "zero max layers flag": (["--max-layers", "0"], r"--max-layers 0: must be an integer >= 1"),
     "zero max params flag": (["--max-params", "0"], r"--max-params 0: must be an integer >= 1"),
     "zero stage epochs flag": (["--stage-epochs", "0"], r"--stage-epochs 0: must be an integer >= 1"),
+    "absurd threads flag": (["--threads", "100000"], r"--threads 100000: must be an integer from 1 to 1024"),
 }
 
 
