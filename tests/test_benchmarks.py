@@ -68,6 +68,19 @@ def test_bench_executors_smoke_times_in_process_and_worker_pools(tmp_path):
     assert any("ray" in s for s in report["skipped"])
 
 
+def test_bench_defaults_smoke_runs_the_readme_commands_and_reads_their_reports(tmp_path):
+    # The DenseNet search is the same code path with other flags; left out to keep the test short.
+    out = tmp_path / "bench_defaults.json"
+    load("bench_defaults").main(["--smoke", "--skip-densenet", "--out", str(out)])
+    report = check_report(out, "bench_defaults")
+    (demo,) = report["searches"]
+    assert demo["command"].startswith("easc search --dataset digits --out runs/demo")
+    assert demo["failed"] == 0 and demo["networks"] == 3  # the start net and 2 children
+    assert demo["start"]["params"] > 0 and demo["best"]["depth"] >= demo["start"]["depth"]
+    assert report["train"]["json"]["epochs"] == 1 and 0 <= report["train"]["json"]["test_acc"] <= 1
+    assert len(report["load_average_start"]) == 3
+
+
 def test_run_all_summarises_results_into_json_and_a_markdown_table(tmp_path):
     run_all = load("run_all")
     ours = {"benchmark": "bench_x", "headline": [{"metric": "speed", "value": "2.0x"}]}
@@ -90,7 +103,8 @@ def test_run_all_summarises_results_into_json_and_a_markdown_table(tmp_path):
     assert "| bench_not_written_yet | skipped |" in table
 
 
-@pytest.mark.parametrize("name", ["bench_reuse", "bench_rl_vs_random", "bench_executors", "run_all"])
+@pytest.mark.parametrize("name", ["bench_reuse", "bench_rl_vs_random", "bench_executors", "bench_defaults",
+                                  "run_all"])
 def test_every_benchmark_script_documents_how_to_run_it(name):
     module = load(name)
     assert "python benchmarks/" in module.__doc__
