@@ -34,7 +34,7 @@ import platform
 import statistics
 import tempfile
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_search.json"
@@ -112,6 +112,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+    load_start = [round(x, 2) for x in os.getloadavg()]  # other jobs take cores from the pool first
     runs = {w: [] for w in WORKERS}
     with tempfile.TemporaryDirectory(prefix="bench_search_") as tmp:
         # Imports and the data set's first load are paid here, not by whichever run comes first.
@@ -147,6 +148,8 @@ def main(argv=None):
 
     report = {"benchmark": "bench_search", "device": "cpu", "python": platform.python_version(),
               "machine": platform.machine(), "cores": os.cpu_count(),
+              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "load_average_start": load_start,
+              "load_average_end": [round(x, 2) for x in os.getloadavg()],
               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"},
               "median": {str(w): {k: median(w, k) for k in ("children_per_min", "wall_seconds", "steady_seconds",
                                                            "all_busy")} for w in WORKERS},
