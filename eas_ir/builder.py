@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .graph import Graph, IRError, Node
+from .names import Namespace
 from .ops import OPS, ShapeError, infer_type, normalise_attrs, weight_shapes
 from .types import TensorType, batched
 
@@ -67,19 +68,14 @@ class GraphBuilder:
         self.nodes: list[Node] = []
         self.types: dict[str, TensorType] = {}
         self.outputs: dict[str, str] = {}
-        self._counters: dict[str, int] = {}
+        self.names = Namespace()  # the name authority (easc.ir.names)
 
     def _name(self, op: str, name: str | None) -> str:
         if name is not None:
-            if name in self.types:
+            if name in self.names:
                 raise IRError(f"duplicate node name {name!r}")
-            return name
-        base = SHORT_NAMES.get(op, op)
-        while True:
-            self._counters[base] = self._counters.get(base, 0) + 1
-            candidate = f"{base}_{self._counters[base]}"
-            if candidate not in self.types:
-                return candidate
+            return self.names.claim(name)
+        return self.names.counter(SHORT_NAMES.get(op, op))
 
     def add(self, op: str, inputs, attrs=None, weights=None, name: str | None = None) -> str:
         inputs = [inputs] if isinstance(inputs, str) else list(inputs)

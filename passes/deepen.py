@@ -38,14 +38,8 @@ DEFAULT_EPS = 1e-5
 
 
 def unique_name(graph: Graph, base: str, taken=()) -> str:
-    """`base`, else `base_2`, `base_3`, ...
-
-    `graph.fresh_name` alone strips a trailing number before counting, which would turn a second
-    `deepen_conv_3` into `deepen_conv_2`, a name that points at the wrong layer.
-    """
-    if base not in graph and base not in taken:
-        return base
-    return graph.fresh_name(f"{base}_2", taken)
+    """`base`, else `base_2`, `base_3`, ... (the one naming rule of `easc.ir.names`)."""
+    return graph.namespace(taken).fresh(base)
 
 
 def deepenable(graph: Graph) -> list:
@@ -151,16 +145,14 @@ def deepen(graph: Graph, after: str, *, kernel: int = 3, rng: np.random.Generato
     if calibration is not None:
         calibration = _check_calibration(after, node.type.channels, calibration)
 
-    taken: list = []
-    layer_name = unique_name(graph, f"deepen_{after}", taken)
-    taken.append(layer_name)
-    bn_name = unique_name(graph, f"deepen_{after}_bn", taken)
-    taken.append(bn_name)
+    names = graph.namespace()  # one authority for the block's names: they cannot collide
+    layer_name = names.fresh(f"deepen_{after}")
+    bn_name = names.fresh(f"deepen_{after}_bn")
     layer, line = _identity_layer(layer_name, node, kernel)
     bn, bn_line = _batchnorm(bn_name, layer, after, calibration)
     block, changes = [layer, bn], [line, bn_line]
     if is_nonnegative(graph, after):
-        relu_name = unique_name(graph, f"deepen_{after}_relu", taken)
+        relu_name = names.fresh(f"deepen_{after}_relu")
         block.append(make_node(relu_name, "relu", [bn.name], [bn.type], origin=after))
         changes.append(f"{relu_name}: relu ({after}'s value is non-negative, so relu is the identity on it)")
     else:

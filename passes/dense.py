@@ -252,13 +252,8 @@ def dense_widen(graph: Graph, layer: str, growth: int, *, rng: np.random.Generat
 
 # -- dense_deepen ---------------------------------------------------------------------------------
 def _stem_name(graph: Graph, base: str, suffixes) -> str:
-    """`base` (or `base_2`, ...) such that `base + s` is free for every suffix."""
-    k = 1
-    while True:
-        stem = base if k == 1 else f"{base}_{k}"
-        if all(stem + s not in graph for s in suffixes):
-            return stem
-        k += 1
+    """`base` (or `base_2`, ...) such that `base + s` is free for every suffix (`easc.ir.names`)."""
+    return graph.namespace().fresh_stem(base, suffixes)
 
 
 def _new_layer(graph: Graph, dl: DenseLayer, stem: str, source: str, source_type, rng) -> list:

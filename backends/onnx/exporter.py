@@ -34,7 +34,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from easc.ir import BATCH, Graph, IRError, atomic_write_bytes
+from easc.ir import BATCH, Graph, IRError, Namespace, atomic_write_bytes
 
 from .importer import CEIL_KEY, ORIGIN_KEY
 
@@ -50,23 +50,6 @@ def _dims(shape) -> list:
     return [BATCH if d == BATCH else int(d) for d in shape]
 
 
-class _Names:
-    """Unique ONNX value names (tensors and initializers share one namespace)."""
-
-    def __init__(self):
-        self.taken: set = set()
-
-    def claim(self, name: str) -> str:
-        self.taken.add(name)
-        return name
-
-    def fresh(self, base: str) -> str:
-        name, k = base, 2
-        while name in self.taken:
-            name, k = f"{base}_{k}", k + 1
-        return self.claim(name)
-
-
 def export_model(graph: Graph, opset: int = 17) -> onnx.ModelProto:
     """The ONNX model of `graph`: checked with `onnx.checker.check_model(full_check=True)`."""
     latest = onnx.defs.onnx_opset_version()
@@ -79,7 +62,7 @@ def export_model(graph: Graph, opset: int = 17) -> onnx.ModelProto:
         publics_of.setdefault(node, []).append(public)
     public_names = set(graph.outputs)
 
-    values = _Names()
+    values = Namespace()  # ONNX tensors and initializers share one namespace (easc.ir.names)
     for name in input_names:
         values.claim(name)
     for public in public_names:
@@ -94,7 +77,7 @@ def export_model(graph: Graph, opset: int = 17) -> onnx.ModelProto:
         own = publics_of.get(node.name)
         if own:
             value_of[node.name] = own[0]
-        elif node.name in values.taken:
+        elif node.name in values:
             value_of[node.name] = values.fresh(f"{node.name}_value")
         else:
             value_of[node.name] = values.claim(node.name)

@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from easc.ir import BATCH, Graph, IRError, Node, TensorType, make_node, verify
+from easc.ir import BATCH, Graph, IRError, Namespace, Node, TensorType, make_node, verify
 from easc.ir.ops import pool_output_size
 
 SUPPORTED_OPS = (
@@ -163,28 +163,14 @@ class _Importer:
 
     def _unique_names(self) -> list:
         """IR names for the ONNX nodes: the file's own, made unique; `Conv_0` style where missing."""
-        taken = {i.name for i in self.model.graph.input}
+        taken = Namespace(i.name for i in self.model.graph.input)  # the name authority (easc.ir.names)
         names: list = [None] * len(self.model.graph.node)
         for k, node in enumerate(self.model.graph.node):  # the first holder of a name keeps it
             if node.name and node.name not in taken:
-                taken.add(node.name)
-                names[k] = node.name
-        counters: dict = {}
+                names[k] = taken.claim(node.name)
         for k, node in enumerate(self.model.graph.node):
-            if names[k] is not None:
-                continue
-            if node.name:
-                j = 2
-                while f"{node.name}_{j}" in taken:
-                    j += 1
-                names[k] = f"{node.name}_{j}"
-            else:
-                j = counters.get(node.op_type, 0)
-                while f"{node.op_type}_{j}" in taken:
-                    j += 1
-                counters[node.op_type] = j + 1
-                names[k] = f"{node.op_type}_{j}"
-            taken.add(names[k])
+            if names[k] is None:
+                names[k] = taken.fresh(node.name) if node.name else taken.counter(node.op_type, start=0)
         return names
 
     def emit(self, name: str, op: str, inputs: list, attrs: dict, weights: dict | None, where: str) -> str:
@@ -669,11 +655,7 @@ class _Importer:
         self.bind(node.output[0], flat, where)
 
     def _fresh(self, base: str) -> str:
-        taken = set(self.index) | self.ir_names
-        name, k = base, 2
-        while name in taken:
-            name, k = f"{base}_{k}", k + 1
-        return name
+        return Namespace([*self.index, *self.ir_names]).fresh(base)
 
     def _op_Gemm(self, node, name, where):
         attrs = self.attrs(node)

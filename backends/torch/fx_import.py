@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from easc.ir import Graph, IRError, Node, verify
+from easc.ir import Graph, IRError, Namespace, Node, verify
 from easc.ir.builder import make_node
 from easc.ir.types import batched
 
@@ -138,7 +138,7 @@ class _Lowering:
         self.storage: dict = {}  # fx node -> the fx node whose tensor it aliases (for in-place checks)
         self.nodes: list = []
         self.types: dict = {}
-        self.taken: set = set()
+        self.names = Namespace()  # the name authority (easc.ir.names)
         self.weighted_calls: dict = {}
         self.fx_node = None
 
@@ -159,11 +159,7 @@ class _Lowering:
         raise TorchImportError(f"cannot lower {self.where()}: {reason}")
 
     def unique(self, base: str) -> str:
-        name, k = base, 2
-        while name in self.taken:
-            name, k = f"{base}_{k}", k + 1
-        self.taken.add(name)
-        return name
+        return self.names.fresh(base)
 
     # -- values -------------------------------------------------------------------------------
     def tensor(self, arg) -> str:
