@@ -172,4 +172,5 @@ def deepen(graph: Graph, after: str, *, kernel: int = 3, rng: np.random.Generato
     record = {"pass": "deepen", "after": after, "calibrated": calibration is not None}
     if conv:
         record["kernel"] = kernel
-    return PassResult(graph.replace(nodes=nodes), changes, record)
+    return PassResult(graph.replace(nodes=nodes), changes, record,
+                      rewritten=frozenset([*readers, *(n.name for n in block)]))

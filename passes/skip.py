@@ -123,7 +123,8 @@ def skip(graph: Graph, src: str, dst: str, *, pool: str = "avg", rng: np.random.
         else:
             nodes.append(n)
     record = {"pass": "skip", "src": src, "dst": dst, "pool": pool}
-    return PassResult(graph.replace(nodes=nodes), changes, record)
+    return PassResult(graph.replace(nodes=nodes), changes, record,
+                      rewritten=frozenset([*(n.name for n in path), concat_name, dst]))
 
 
 def skip_candidates(graph: Graph, pool: str = "avg") -> list:

@@ -125,7 +125,7 @@ def widen(graph: Graph, layer: str, width: int, *, rng: np.random.Generator | No
     g = wider_mapping(n, width, rng)
     remaps = {value: flow.remap(value, g) for value in flow.segments}
 
-    new_nodes, types, edits = [], {}, {}
+    new_nodes, types, edits, rewritten = [], {}, {}, []
     for node in graph.nodes:
         if node.op == "input":
             new_nodes.append(node)
@@ -151,6 +151,7 @@ def widen(graph: Graph, layer: str, width: int, *, rng: np.random.Generator | No
         new_type = infer_type(node.op, [types[i] for i in node.inputs], attrs)
         if lines or new_type != node.type:
             node = node.replace(attrs=attrs, weights=weights, type=new_type)
+            rewritten.append(node.name)
         new_nodes.append(node)
         types[node.name] = node.type
         if lines:
@@ -158,7 +159,7 @@ def widen(graph: Graph, layer: str, width: int, *, rng: np.random.Generator | No
 
     changes = edits.pop(layer) + [line for lines in edits.values() for line in lines]
     record = {"pass": "widen", "layer": layer, "width": width}
-    result = PassResult(graph.replace(nodes=new_nodes), changes, record)
+    result = PassResult(graph.replace(nodes=new_nodes), changes, record, rewritten=frozenset(rewritten))
     if noise > 0:
         record["noise"] = float(noise)
         result.exact = False

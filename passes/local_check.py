@@ -1,0 +1,95 @@
+"""The numeric check of a rewritten region: cost follows the rewrite, not the graph.
+
+A chain keeps the probe activations of its current graph (every node's value on the probe inputs, float64,
+from the reference interpreter). After a pass that rewrote the node set R, the new graph is evaluated only
+where it can differ: starting from the cached activations at the region's inputs, a node is evaluated when
+it is in R or reads a value that is not yet known to agree; every evaluated node that exists in the old
+graph with the same type is compared with its cached value,
+
+    max |v_new - v_old|  <=  rtol * (1 + max |v_old|)          (rtol: PRESERVATION_RTOL, or the pass's noise
+                                                                 tolerance for a pass that adds noise)
+
+and once it agrees, the evaluation stops there: everything downstream reads the cached value, which the new
+graph provably computes too (same nodes, same inputs). A node whose type changed (a widened layer) or that is
+new (an inserted block) has no old value to agree with; it stays "dirty" and its readers are evaluated too.
+A dirty value that reaches a graph output is compared with the old output. So the check evaluates the
+region from its inputs to the first values where both graphs agree again, and nothing else.
+
+What this trusts: R. A pass that changes a node it does not list is invisible here; the end-to-end check at
+the end of a chain (the user's original model against the final one, in onnxruntime) is the backstop, and a
+pass that declares no R gets the set of nodes that are not the very objects of the old graph (graphs are
+immutable and share untouched nodes, so that set is exact).
+
+Agreeing values are cached as their *old* value: with a noisy pass the new value differs within the
+tolerance, and downstream cached values were computed from the old one, so the cache stays the activations
+of one consistent function (the chain's start), against which every later pass is compared.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from easc.ir import Graph
+from easc.ir.interpret import eval_node
+
+from .base import FunctionNotPreservedError
+
+
+def identity_diff(before: Graph, after: Graph) -> frozenset:
+    """Names of `after`'s nodes that are not the very node objects of `before` (new or rewritten)."""
+    old = before._index
+    return frozenset(n.name for n in after.nodes if old.get(n.name) is not n)
+
+
+def _max_abs(a) -> float:
+    return float(np.max(np.abs(a))) if a.size else 0.0
+
+
+def check_region(before: Graph, after: Graph, cached: dict, rewritten, rtol: float, what: str) -> tuple:
+    """Evaluate `after` where it can differ from `before` and compare (see the module doc).
+
+    cached: every node of `before` -> its float64 value on the probes.
+    Returns (activations of `after` (shares `cached`'s arrays for untouched nodes), max |difference| seen,
+    max |value| there, nodes evaluated). Raises `FunctionNotPreservedError` naming the first value that
+    differs beyond the tolerance.
+    """
+    old_index = before._index
+    rewritten = set(rewritten)
+    new_values: dict = {}
+    dirty: set = set()
+    worst, scale, evaluated = 0.0, 0.0, 0
+
+    def compare(name: str, value, old_value):
+        nonlocal worst, scale
+        size = _max_abs(old_value)
+        if value.shape != old_value.shape:
+            raise FunctionNotPreservedError(f"{what} did not preserve the function: the value of {name} changed "
+                                            f"shape {old_value.shape} -> {value.shape}")
+        diff = _max_abs(value - old_value)
+        allowed = rtol * (1 + size)
+        if not diff <= allowed:
+            raise FunctionNotPreservedError(f"{what} did not preserve the function: the value of {name} differs "
+                                            f"by max |difference| {diff:.3g} > allowed {allowed:.3g}")
+        worst, scale = max(worst, diff), max(scale, size)
+
+    for node in after.nodes:
+        name = node.name
+        if node.op == "input":
+            if name not in cached:
+                raise FunctionNotPreservedError(f"{what} did not preserve the function: new graph input {name}")
+            continue
+        if name not in rewritten and name in cached and not any(i in dirty for i in node.inputs):
+            continue
+        value = eval_node(node, [new_values[i] if i in new_values else cached[i] for i in node.inputs])
+        evaluated += 1
+        old = old_index.get(name)
+        if old is not None and old.type == node.type and name in cached:
+            compare(name, value, cached[name])  # agrees: downstream reads the cached value again
+        else:
+            new_values[name] = value
+            dirty.add(name)
+    for public, name in after.outputs.items():
+        if name in dirty:
+            compare(f"output {public!r}", new_values[name], cached[before.outputs[public]])
+    activations = {n.name: new_values[n.name] if n.name in new_values else cached[n.name] for n in after.nodes}
+    return activations, worst, scale, evaluated
