@@ -50,7 +50,8 @@ def deepenable(graph: Graph) -> list:
 
 
 def calibration_stats(graph: Graph, after: str, x_batch) -> tuple:
-    """Per-channel (mean, population variance) of `after`'s value on a batch, by the reference interpreter.
+    """Per-channel (mean, population variance) of `after`'s value on a batch, by the reference interpreter
+    run up to `after` only.
 
     `x_batch` is an array for a graph with one input, or a dict {input name: array}. The statistics are
     over the batch and, for NCHW values, over the spatial positions too (as batchnorm computes them).
@@ -63,7 +64,9 @@ def calibration_stats(graph: Graph, after: str, x_batch) -> tuple:
             raise PassError(f"calibration_stats: the graph has {len(inputs)} inputs ({', '.join(inputs)}); "
                             f"pass a dict {{input name: array}}")
         x_batch = {inputs[0]: x_batch}
-    value = run_all(graph, x_batch)[after]
+    # only the graph up to `after`: nothing later can change its value, and the rest would cost the whole net
+    prefix = Graph(graph.nodes[:graph.position(after) + 1], {after: after}, graph.name)
+    value = run_all(prefix, x_batch)[after]
     axes = (0,) if value.ndim == 2 else (0, 2, 3)
     return value.mean(axis=axes), value.var(axis=axes)
 

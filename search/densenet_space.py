@@ -15,8 +15,8 @@ output joins every later consumer with zero weights, its batchnorms calibrated o
 images; in an fc block, `deepen` as in the plain space. The sampled kernel is ignored (dense layers keep
 their 3x3 conv; the space's kernel list is (3,), so the controller has nothing to choose there).
 
-Every action goes through `apply_pass` (verifier + numeric check); a pass that refuses is recorded as
-skipped, as in `PlainSpace`. Defaults per network: 10 Net2Wider then 5 Net2Deeper actions (PAPER.md).
+Every action runs in the plain space's `PassManager` (verifier + local numeric check); a pass that refuses
+is recorded as skipped, as in `PlainSpace`. Defaults per network: 10 Net2Wider then 5 Net2Deeper actions (PAPER.md).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from __future__ import annotations
 from easc.ir import Graph
 from easc.passes.base import PassError
 from easc.passes.dense import LAYER_DESCRIPTION, dense_layers
-from easc.passes.pipeline import apply_pass
 
 from .encode import POOL_OPS
 from .plain_space import PlainSpace
@@ -81,10 +80,7 @@ class DenseNetSpace(PlainSpace):
     def apply_deeper(self, graph: Graph, decision, rng, probes, calibration_batch=None):
         """(new graph, action records) for a Net2Deeper decision."""
         if decision.kind == "conv":
-            try:
-                result = apply_pass(graph, "dense_deepen", rng=rng, probes=probes, after_layer=decision.name,
-                                    calibration=calibration_batch)
-            except PassError as e:
-                return graph, [{"pass": "dense_deepen", "after": decision.name, "skipped": str(e)}]
-            return result.graph, [{**result.record, "max_diff": result.max_diff}]
+            result = self.manager(graph, rng, probes).run("dense_deepen", after_layer=decision.name,
+                                                          calibration=calibration_batch)
+            return result.graph, [result.action()]
         return super().apply_deeper(graph, decision, rng, probes, calibration_batch)
