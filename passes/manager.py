@@ -127,7 +127,7 @@ class PassManager:
         checked_at = time.perf_counter()
         stats.seconds = checked_at - start
         self._remember_start()
-        stats.evaluated = self._verify(before, result)
+        stats.evaluated = self._verify(before, result, name)
         stats.check_seconds = time.perf_counter() - checked_at
         stats.rewritten = len(result.rewritten) if result.rewritten is not None else 0
         stats.changes = len(result.changes)
@@ -146,9 +146,8 @@ class PassManager:
             raise SizeLimitError(f"{p.name} {shown}: the result would have about {graph.params + added:.3g} "
                                  f"parameters, over the limit of {self.max_params:.3g} (--max-params)")
 
-    def _verify(self, before: Graph, result: PassResult) -> int:
-        """The check policy after one pass; returns the number of nodes the numeric check evaluated."""
-        what = result.record.get("pass", "pass")
+    def _verify(self, before: Graph, result: PassResult, what: str) -> int:
+        """The check policy after pass `what`; returns the number of nodes the numeric check evaluated."""
         after = result.graph
         if self.check == "full":
             checked(before, result, self.probes, self.executor)
