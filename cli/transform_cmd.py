@@ -84,17 +84,44 @@ def _reference_outputs(model: str, graph, probes) -> dict:
     return run_onnx(source, dict(probes))
 
 
-def _final_bytes(graph, output: str):
-    """The final model exported once: (ONNX bytes or None for .easir, executor running it for the check)."""
+def _export_check_write(manager, reference: dict, output: str) -> float:
+    """Export the final graph once, check it end to end against `reference`, write it; returns the difference.
+
+    Memory follows the output: the IR graph is let go once its ONNX model exists, the model is written one
+    tensor at a time (`backends.onnx.stream`) to a temporary file next to OUTPUT, which onnxruntime then
+    loads for the check and which is renamed to OUTPUT only when the check passes (removed otherwise:
+    nothing written).
+    """
+    import os
+    import tempfile
+
     from easc.backends.onnx import OnnxExportError, export_model, run_onnx
+    from easc.backends.onnx.stream import write_model
+    from easc.ir import save_graph
 
     if Path(output).suffix == ".easir":
-        return None, run_onnx
-    model = export_model(graph)
-    if model.ByteSize() >= 2 ** 31:
+        diff, _ = manager.finish(reference, run_onnx)
+        save_graph(manager.graph, output)
+        return diff
+    if manager.graph.params * 4 >= 2 ** 31:
         raise OnnxExportError(f"{output}: the model is larger than 2 GB, which a single ONNX file cannot hold")
-    data = model.SerializeToString()
-    return data, lambda _graph, feeds: run_onnx(data, feeds)
+    manager.probes.forget_activations()  # the passes are done; the end-to-end check runs onnxruntime
+    model = export_model(manager.graph)
+    manager.graph = None
+    fd, temporary = tempfile.mkstemp(prefix=f".{Path(output).name}.", suffix=".tmp", dir=Path(output).parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_model(model, f)  # one tensor at a time: no second copy of the weights
+        del model
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # as an ordinary new file (mkstemp makes it private)
+        diff, _ = manager.finish(reference, lambda _graph, feeds: run_onnx(temporary, feeds))
+        os.replace(temporary, output)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+    return diff
 
 
 def _finite_in(name: str, value: float, low: float, high: float | None, strict_low: bool = False):
@@ -131,7 +158,7 @@ def command(ctx, model, widen, factor, deepen, kernel, skip, widen_kernel, noise
     import numpy as np
 
     from easc.backends.formats import check_save_path, load_model
-    from easc.ir import atomic_write_bytes, probe_inputs, save_graph
+    from easc.ir import probe_inputs
     from easc.passes.base import PROBE_BATCH, ProbeSet
     from easc.passes.dense import dense_layers
     from easc.passes.manager import PassManager
@@ -194,13 +221,7 @@ def command(ctx, model, widen, factor, deepen, kernel, skip, widen_kernel, noise
             run("widen_kernel", layer=layer, kernel=int(k) if k else None)
     graph = manager.graph
     summary = f"{graph.op_count} nodes, depth {graph.depth}, {graph.params:,} parameters (was {was:,})"
-    data, executor = _final_bytes(graph, output)  # exported once: checked, then written as it is
-    if data is not None:
-        manager.graph = graph = None  # the bytes are the model now; the IR copy can go before onnxruntime's
-    diff, _ = manager.finish(reference, executor)
-    if data is None:
-        save_graph(manager.graph, output)
-    else:
-        atomic_write_bytes(output, data)
+    del graph
+    diff = _export_check_write(manager, reference, output)  # exported once: checked, then written as it is
     click.echo(f"wrote {output}: {summary}; end to end max |diff| {diff:.3g} (onnxruntime, original file "
                f"against the result)")

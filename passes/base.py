@@ -136,10 +136,15 @@ class ProbeSet(dict):
         return per_graph[executor]
 
     def activations(self, graph: Graph) -> dict:
-        """Every node's float64 value on the probes (the reference interpreter), computed once per graph."""
+        """Every node's value on the probes (the reference interpreter, float64, kept as float32), computed
+        once per graph."""
         if graph not in self._activations:
-            self._activations[graph] = run_all(graph, dict(self))
+            self._activations[graph] = {k: v.astype(np.float32) for k, v in run_all(graph, dict(self)).items()}
         return self._activations[graph]
+
+    def forget_activations(self) -> None:
+        """Let every cached activation go (a chain that is done checking locally needs none)."""
+        self._activations.clear()
 
     def has_activations(self, graph: Graph) -> bool:
         return graph in self._activations

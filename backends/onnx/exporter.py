@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from easc.ir import BATCH, Graph, IRError, Namespace, atomic_write_bytes
 
@@ -86,7 +86,7 @@ def export_model(graph: Graph, opset: int = 17) -> onnx.ModelProto:
 
     def add_init(node_name: str, key: str, array) -> str:
         name = values.fresh(f"{node_name}.{key}")
-        initializers.append(numpy_helper.from_array(np.asarray(array, dtype=np.float32), name))
+        initializers.append((name, np.asarray(array, dtype=np.float32)))  # the IR's array, copied once below
         return name
 
     for node in graph.nodes:
@@ -119,16 +119,30 @@ def export_model(graph: Graph, opset: int = 17) -> onnx.ModelProto:
     # output (see the module docstring on ceil_mode).
     loose = [helper.make_tensor_value_info(p, TensorProto.FLOAT, [BATCH] + [None] * (t.rank - 1))
              for p, t in outputs]
-    g = helper.make_graph(onnx_nodes, graph.name, inputs, loose, initializer=initializers)
+    g = helper.make_graph(onnx_nodes, graph.name, inputs, loose)
+    for name, array in initializers:
+        # written straight into the graph: numpy_helper.from_array and make_graph would copy every weight twice
+        tensor = g.initializer.add()
+        tensor.name, tensor.data_type = name, TensorProto.FLOAT
+        tensor.dims.extend(array.shape)
+        tensor.raw_data = np.ascontiguousarray(array, dtype="<f4").tobytes()
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="easc",
                               ir_version=helper.find_min_ir_version_for([helper.make_opsetid("", opset)]))
-    inferred = _inferred_sample_shapes(model)
-    del model.graph.output[:]
-    for public, t in outputs:
-        sample = list(t.sample_shape)
-        dims = [BATCH] + (sample if inferred.get(public) == tuple(sample) else [None] * len(sample))
-        model.graph.output.append(helper.make_tensor_value_info(public, TensorProto.FLOAT, dims))
-    onnx.checker.check_model(model, full_check=True)
+    # Shape inference and the full check run on the model without its weights (initializers declared as typed
+    # inputs instead): they read the weights' shapes, never their values, and serialising hundreds of MB of
+    # weights twice per export was most of an export's time (the initializers are written from numpy above).
+    skeleton = helper.make_model(
+        helper.make_graph(onnx_nodes, graph.name, inputs + [helper.make_tensor_value_info(
+            name, TensorProto.FLOAT, list(array.shape)) for name, array in initializers], loose),
+        opset_imports=model.opset_import, producer_name="easc", ir_version=model.ir_version)
+    inferred = _inferred_sample_shapes(skeleton)
+    for m in (model, skeleton):
+        del m.graph.output[:]
+        for public, t in outputs:
+            sample = list(t.sample_shape)
+            dims = [BATCH] + (sample if inferred.get(public) == tuple(sample) else [None] * len(sample))
+            m.graph.output.append(helper.make_tensor_value_info(public, TensorProto.FLOAT, dims))
+    onnx.checker.check_model(skeleton, full_check=True)
     return model
 
 
