@@ -87,15 +87,15 @@ def _reference_outputs(model: str, graph, probes) -> dict:
 def _export_check_write(manager, reference: dict, output: str) -> float:
     """Export the final graph once, check it end to end against `reference`, write it; returns the difference.
 
-    Memory follows the output: the IR graph is let go once its ONNX model exists, the model is written one
-    tensor at a time (`backends.onnx.stream`) to a temporary file next to OUTPUT, which onnxruntime then
-    loads for the check and which is renamed to OUTPUT only when the check passes (removed otherwise:
-    nothing written).
+    Memory follows the output: the model is written from the IR's weight arrays (`backends.onnx.stream`, no
+    copy of them) to a temporary file next to OUTPUT; the IR graph is let go; onnxruntime loads the file for
+    the check, and it is renamed to OUTPUT only when the check passes (removed otherwise: nothing written).
     """
     import os
     import tempfile
 
-    from easc.backends.onnx import OnnxExportError, export_model, run_onnx
+    from easc.backends.onnx import OnnxExportError, run_onnx
+    from easc.backends.onnx.exporter import export_parts
     from easc.backends.onnx.stream import write_model
     from easc.ir import save_graph
 
@@ -106,13 +106,13 @@ def _export_check_write(manager, reference: dict, output: str) -> float:
     if manager.graph.params * 4 >= 2 ** 31:
         raise OnnxExportError(f"{output}: the model is larger than 2 GB, which a single ONNX file cannot hold")
     manager.probes.forget_activations()  # the passes are done; the end-to-end check runs onnxruntime
-    model = export_model(manager.graph)
-    manager.graph = None
+    model, weights = export_parts(manager.graph)  # the weights are the IR's own arrays
     fd, temporary = tempfile.mkstemp(prefix=f".{Path(output).name}.", suffix=".tmp", dir=Path(output).parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            write_model(model, f)  # one tensor at a time: no second copy of the weights
-        del model
+            write_model(model, weights, f)  # written from the arrays: no copy of the weights in memory
+        del model, weights
+        manager.graph = None  # onnxruntime loads the file next; the IR copy can go first
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)  # as an ordinary new file (mkstemp makes it private)

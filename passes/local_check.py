@@ -37,6 +37,24 @@ from easc.ir.interpret import eval_node
 from .base import FunctionNotPreservedError
 
 
+CHUNK = 1 << 22
+"""Weights converted to float64 at a time (32 MB): the float64 copy of a 100M-parameter fully connected layer
+would otherwise be the largest allocation of a whole `easc transform`."""
+
+
+def _evaluate(node, args: list) -> np.ndarray:
+    """`eval_node`, with a large linear layer's float64 product computed a block of rows at a time."""
+    weight = node.weights.get("weight")
+    if node.op != "linear" or weight is None or weight.size <= CHUNK:
+        return eval_node(node, args)
+    x = args[0]
+    rows = max(1, CHUNK // weight.shape[1])
+    y = np.empty((x.shape[0], weight.shape[0]))
+    for start in range(0, weight.shape[0], rows):
+        y[:, start:start + rows] = x @ weight[start:start + rows].astype(np.float64).T
+    return y + node.weights["bias"] if node.attrs["bias"] else y
+
+
 def identity_diff(before: Graph, after: Graph) -> frozenset:
     """Names of `after`'s nodes that are not the very node objects of `before` (new or rewritten)."""
     old = before._index
@@ -85,7 +103,7 @@ def check_region(before: Graph, after: Graph, cached: dict, rewritten, rtol: flo
             continue
         if name not in rewritten and name in cached and not any(i in dirty for i in node.inputs):
             continue
-        value = eval_node(node, [new_values[i] if i in new_values else cached[i].astype(np.float64)
+        value = _evaluate(node, [new_values[i] if i in new_values else cached[i].astype(np.float64)
                                  for i in node.inputs])
         evaluated += 1
         old = old_index.get(name)

@@ -182,3 +182,13 @@ def test_the_name_authority_appends_counts_from_the_base_and_never_hands_out_a_n
     assert names.counter("Conv", start=0) == "Conv_0"
     assert names.fresh_stem("deepen_conv_1", ["", "_bn"]) == "deepen_conv_1_5"
     assert "deepen_conv_1_5_bn" in names
+
+
+def test_a_large_linear_layer_is_checked_a_block_of_rows_at_a_time_with_the_same_result(monkeypatch):
+    import easc.passes.local_check as local_check
+
+    graph = net()
+    whole = PassManager(graph).run("widen", layer="conv_3", width=12)
+    monkeypatch.setattr(local_check, "CHUNK", 7)  # fc_1 (5 x 12) now goes in blocks of one row
+    blocks = PassManager(graph).run("widen", layer="conv_3", width=12)
+    assert blocks.max_diff == whole.max_diff

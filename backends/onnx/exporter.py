@@ -52,6 +52,15 @@ def _dims(shape) -> list:
 
 def export_model(graph: Graph, opset: int = 17) -> onnx.ModelProto:
     """The ONNX model of `graph`: checked with `onnx.checker.check_model(full_check=True)`."""
+    model, weights = export_parts(graph, opset)
+    for tensor, array in zip(model.graph.initializer, weights):
+        tensor.raw_data = np.ascontiguousarray(array, dtype="<f4").tobytes()
+    return model
+
+
+def export_parts(graph: Graph, opset: int = 17) -> tuple:
+    """(the ONNX model of `graph` with its initializers' names and shapes but no data, their float32 arrays in
+    order): `backends.onnx.stream.write_model` writes the two to a file without a copy of the weights."""
     latest = onnx.defs.onnx_opset_version()
     if not MIN_OPSET <= opset <= latest:
         raise OnnxExportError(f"opset {opset} is not supported for export (use {MIN_OPSET} to {latest})")
@@ -121,16 +130,16 @@ def export_model(graph: Graph, opset: int = 17) -> onnx.ModelProto:
              for p, t in outputs]
     g = helper.make_graph(onnx_nodes, graph.name, inputs, loose)
     for name, array in initializers:
-        # written straight into the graph: numpy_helper.from_array and make_graph would copy every weight twice
+        # names and shapes only: the data is the IR's own arrays (numpy_helper.from_array and make_graph would
+        # copy every weight twice; `export_model` copies each once, `stream.write_model` not at all)
         tensor = g.initializer.add()
         tensor.name, tensor.data_type = name, TensorProto.FLOAT
         tensor.dims.extend(array.shape)
-        tensor.raw_data = np.ascontiguousarray(array, dtype="<f4").tobytes()
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="easc",
                               ir_version=helper.find_min_ir_version_for([helper.make_opsetid("", opset)]))
     # Shape inference and the full check run on the model without its weights (initializers declared as typed
     # inputs instead): they read the weights' shapes, never their values, and serialising hundreds of MB of
-    # weights twice per export was most of an export's time (the initializers are written from numpy above).
+    # weights twice per export was most of an export's time.
     skeleton = helper.make_model(
         helper.make_graph(onnx_nodes, graph.name, inputs + [helper.make_tensor_value_info(
             name, TensorProto.FLOAT, list(array.shape)) for name, array in initializers], loose),
@@ -143,7 +152,7 @@ def export_model(graph: Graph, opset: int = 17) -> onnx.ModelProto:
             dims = [BATCH] + (sample if inferred.get(public) == tuple(sample) else [None] * len(sample))
             m.graph.output.append(helper.make_tensor_value_info(public, TensorProto.FLOAT, dims))
     onnx.checker.check_model(skeleton, full_check=True)
-    return model
+    return model, [array for _, array in initializers]
 
 
 def _inferred_sample_shapes(model: onnx.ModelProto) -> dict:
