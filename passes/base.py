@@ -51,6 +51,8 @@ class PassResult:
     rewritten: names of the nodes of the new graph the pass created or changed (the region the local
                check evaluates); None means "not declared", and the manager computes it
     skipped:   set (with `graph` the unchanged input) when a manager with the skip policy met a refusal
+    channels:  for a pass that regathers channels (widen): value name -> for each of its new channels (axis 1),
+               the old channel it copies; values not listed kept their channels
     """
 
     graph: Graph
@@ -62,6 +64,7 @@ class PassResult:
     max_output: float | None = None
     rewritten: frozenset | None = None
     skipped: str | None = None
+    channels: dict | None = None
 
     def action(self) -> dict:
         """The record the search stores: the pass and its arguments, and its check's figure or why it was skipped."""
@@ -139,7 +142,10 @@ class ProbeSet(dict):
         """Every node's value on the probes (the reference interpreter, float64, kept as float32), computed
         once per graph."""
         if graph not in self._activations:
-            self._activations[graph] = {k: v.astype(np.float32) for k, v in run_all(graph, dict(self)).items()}
+            from .local_check import Activations
+
+            values = {k: v.astype(np.float32) for k, v in run_all(graph, dict(self)).items()}
+            self._activations[graph] = Activations(graph, values)
         return self._activations[graph]
 
     def forget_activations(self) -> None:

@@ -21,13 +21,18 @@ pass that declares no R gets the set of nodes that are not the very objects of t
 immutable and share untouched nodes, so that set is exact).
 
 An agreeing value is cached as its old value (they differ by rounding only), so the cached activations stay
-those of one function. A pass that adds noise on purpose (not exact) changes values for real: for it a value
-stops the evaluation only when it is equal to the old one, everything downstream of the noise is evaluated
-and cached anew, and the comparison, within the pass's stated tolerance, is at the graph's outputs, where
-that tolerance is stated.
+those of one function. A pass that adds noise on purpose (not exact) changes values for real, within the
+tolerance it states for the pre-activations of the layers reading the noisy weights (`widen`'s
+NOISE_TOLERANCE_FACTOR is derived there): its region is checked against that tolerance the same way, its new
+values are cached, and every value downstream of them becomes *pending*, computed from them only if a later
+region reads it. So every cached value is what the current graph computes from the cached values of its
+inputs, which is all a later local check relies on; the noise that accumulates at the outputs is the
+end-to-end check's to bound.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import numpy as np
 
@@ -65,24 +70,73 @@ def _max_abs(a) -> float:
     return float(np.max(np.abs(a))) if a.size else 0.0
 
 
-def check_region(before: Graph, after: Graph, cached: dict, rewritten, rtol: float, what: str,
+class Activations:
+    """The probe values of one graph's nodes (float32), some of them `pending`: not computed yet, computed from
+    their inputs on first use. After a pass that adds noise the values downstream of it are pending, so they
+    cost nothing unless a later region reads them."""
+
+    def __init__(self, graph: Graph, values: dict, pending=()):
+        # weakly: a ProbeSet keeps Activations by graph in a WeakKeyDictionary, which a strong reference back
+        # to the graph would keep alive forever
+        self._graph = weakref.ref(graph)
+        self.values = values
+        self.pending = set(pending)
+
+    def __contains__(self, name) -> bool:
+        return name in self.values or name in self.pending
+
+    def __getitem__(self, name) -> np.ndarray:
+        stack = [name]
+        while stack:  # post-order over pending inputs, without recursion (nets are deep)
+            current = stack[-1]
+            if current not in self.pending:
+                stack.pop()
+                continue
+            node = self._graph().node(current)
+            waiting = [i for i in node.inputs if i in self.pending]
+            if waiting:
+                stack.extend(waiting)
+                continue
+            value = _evaluate(node, [self.values[i].astype(np.float64) for i in node.inputs])
+            self.values[current] = value.astype(np.float32)
+            self.pending.discard(current)
+            stack.pop()
+        return self.values[name]
+
+
+def _descendants(graph: Graph, sources) -> set:
+    seen, work = set(), list(sources)
+    while work:
+        for reader in graph.consumers(work.pop()):
+            if reader not in seen:
+                seen.add(reader)
+                work.append(reader)
+    return seen
+
+
+def check_region(before: Graph, after: Graph, cached, rewritten, rtol: float, what: str,
                  exact: bool = True) -> tuple:
     """Evaluate `after` where it can differ from `before` and compare (see the module doc).
 
-    cached: every node of `before` -> its value on the probes, computed in float64 and kept in float32 (half
-            the memory; float32 rounding, 6e-8 relative, is far below the tolerances). The region is computed
-            in float64 from them.
-    Returns (activations of `after` (shares `cached`'s arrays for untouched nodes), max |difference| seen,
-    max |value| there, nodes evaluated). Raises `FunctionNotPreservedError` naming the first value that
+    cached: `before`'s `Activations` (or a dict of every node's value): computed in float64, kept in float32
+            (half the memory; float32 rounding, 6e-8 relative, is far below the tolerances). The region is
+            computed in float64 from them.
+    exact:  False for a pass that adds noise on purpose: a value it changes within `rtol` is kept as its new
+            value, and everything downstream becomes pending (computed from it if a later region needs it).
+    Returns (`Activations` of `after`, sharing `cached`'s arrays for untouched nodes; max |difference| seen;
+    max |value| there; nodes evaluated). Raises `FunctionNotPreservedError` naming the first value that
     differs beyond the tolerance.
     """
+    if not isinstance(cached, Activations):
+        cached = Activations(before, dict(cached))
     old_index = before._index
     rewritten = set(rewritten)
     new_values: dict = {}
     dirty: set = set()
+    changed: list = []  # values a noisy pass changed within its tolerance: their readers become pending
     worst, scale, evaluated = 0.0, 0.0, 0
 
-    def compare(name: str, value, old_value):
+    def compare(name: str, value, old_value) -> float:
         nonlocal worst, scale
         size = _max_abs(old_value)
         if value.shape != old_value.shape:
@@ -94,6 +148,7 @@ def check_region(before: Graph, after: Graph, cached: dict, rewritten, rtol: flo
             raise FunctionNotPreservedError(f"{what} did not preserve the function: the value of {name} differs "
                                             f"by max |difference| {diff:.3g} > allowed {allowed:.3g}")
         worst, scale = max(worst, diff), max(scale, size)
+        return diff
 
     for node in after.nodes:
         name = node.name
@@ -107,17 +162,22 @@ def check_region(before: Graph, after: Graph, cached: dict, rewritten, rtol: flo
                                  for i in node.inputs])
         evaluated += 1
         old = old_index.get(name)
-        if old is not None and old.type == node.type and name in cached and exact:
-            compare(name, value, cached[name])  # agrees: downstream reads the cached value again
-        elif old is not None and old.type == node.type and name in cached \
-                and np.array_equal(value.astype(np.float32), cached[name]):
-            continue  # a noisy pass: only a value equal to the old one stops the evaluation
+        if old is not None and old.type == node.type and name in cached:
+            # agrees: downstream reads the cached value again (a noisy pass: its new value, see `changed`)
+            if compare(name, value, cached[name]) > 0 and not exact:
+                new_values[name] = value
+                changed.append(name)
         else:
             new_values[name] = value
             dirty.add(name)
     for public, name in after.outputs.items():
         if name in dirty:
             compare(f"output {public!r}", new_values[name], cached[before.outputs[public]])
-    activations = {n.name: new_values[n.name].astype(np.float32) if n.name in new_values else cached[n.name]
-                   for n in after.nodes}
-    return activations, worst, scale, evaluated
+    pending = (cached.pending | _descendants(after, changed)) - set(new_values)
+    values = {}
+    for n in after.nodes:
+        if n.name in new_values:
+            values[n.name] = new_values[n.name].astype(np.float32)
+        elif n.name in cached.values and n.name not in pending:
+            values[n.name] = cached.values[n.name]
+    return Activations(after, values, pending & set(after._index)), worst, scale, evaluated

@@ -159,7 +159,8 @@ def widen(graph: Graph, layer: str, width: int, *, rng: np.random.Generator | No
 
     changes = edits.pop(layer) + [line for lines in edits.values() for line in lines]
     record = {"pass": "widen", "layer": layer, "width": width}
-    result = PassResult(graph.replace(nodes=new_nodes), changes, record, rewritten=frozenset(rewritten))
+    result = PassResult(graph.replace(nodes=new_nodes), changes, record, rewritten=frozenset(rewritten),
+                        channels={value: remap.index for value, remap in remaps.items()})
     if noise > 0:
         record["noise"] = float(noise)
         result.exact = False
@@ -201,7 +202,7 @@ def _remap_consumer(node, weights: dict, remap, flow: ChannelFlow, noise: float,
     if shared.any():  # only the columns of copied units change (dividing by 1 is the identity)
         w[:, shared] /= remap.divisor[shared].reshape(shape).astype(np.float32)
     if noise > 0:
-        std = float(np.std(original.astype(np.float64)))
+        std = float(np.std(original, dtype=np.float64))  # accumulated in float64, without a float64 copy
         w[:, remap.new] += rng.normal(0.0, noise * std, size=w[:, remap.new].shape).astype(np.float32)
     weights["weight"] = w
     old, new = original.shape[1], w.shape[1]

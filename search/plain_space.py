@@ -4,7 +4,8 @@ Net2Wider decision on token i: `widen(graph, token.name, next_width(token))`, fo
 decision marks. Net2Deeper decision (block, layer, kernel): `deepen(graph, unit_end(layer), kernel)`,
 with the new batchnorm calibrated on a batch of training images (EAS: running mean/var and beta set
 to the measured mean/var, gamma to sqrt(var + eps), so it is the identity in eval mode and close to
-it in train mode). Every pass runs in a `PassManager` (verifier + local numeric check; a refusal skips the
+it in train mode); the statistics come from `calibration.CalibrationStats` (measured once per parent,
+carried through each child's passes). Every pass runs in a `PassManager` (verifier + local numeric check; a refusal skips the
 action), so each child is verified to compute its parent's function before it is trained.
 """
 
@@ -15,6 +16,7 @@ import numpy as np
 from easc.ir import Graph
 from easc.passes.manager import PassManager
 
+from .calibration import CalibrationStats
 from .encode import graph_tokens, unit_end
 from .tokens import SearchSpace, next_width
 
@@ -42,6 +44,7 @@ class PlainSpace:
         # so widening would add parameters but no capacity. The price: the child is preserved only
         # approximately, within the tolerance `widen` states for that noise, which the check enforces.
         self.widen_noise = widen_noise
+        self.calibration = CalibrationStats()
 
     def tokens(self, graph: Graph) -> list:
         return graph_tokens(graph)
@@ -67,19 +70,21 @@ class PlainSpace:
                 continue
             pass_name, kwargs = self.wider_pass(token, width)
             noise = {"noise": self.widen_noise} if self.widen_noise else {}  # records name noise only when used
-            records.append(manager.run(pass_name, **kwargs, **noise).action())
+            before = manager.graph
+            result = manager.run(pass_name, **kwargs, **noise)
+            self.calibration.transport(before, result)
+            records.append(result.action())
         return manager.graph, records
 
     def apply_deeper(self, graph: Graph, decision, rng, probes, calibration_batch=None):
         """(new graph, action records): Net2Deeper after the chosen layer's unit (conv/linear-bn-relu)."""
-        from easc.passes.deepen import calibration_stats
-
         after = unit_end(graph, decision.name)
         kernel = decision.kernel if decision.kind == "conv" else 3
         calibration = None
         if calibration_batch is not None:
-            calibration = calibration_stats(graph, after, calibration_batch)
+            calibration = self.calibration.stats(graph, after, calibration_batch)
         result = self.manager(graph, rng, probes).run("deepen", after=after, kernel=kernel, calibration=calibration)
+        self.calibration.transport(graph, result)
         return result.graph, [result.action()]
 
 
