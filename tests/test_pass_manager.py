@@ -208,3 +208,21 @@ def test_a_large_linear_layer_is_checked_a_block_of_rows_at_a_time_with_the_same
     monkeypatch.setattr(local_check, "CHUNK", 7)  # fc_1 (5 x 12) now goes in blocks of one row
     blocks = PassManager(graph).run("widen", layer="conv_3", width=12)
     assert blocks.max_diff == whole.max_diff
+
+
+def test_verifying_against_an_earlier_graph_checks_new_weights_but_not_the_unchanged_structure():
+    from easc.ir import VerificationError
+
+    graph = net()
+    node = graph.node("conv_2")
+    retrained = graph.replace(nodes=[node.replace(weights={**node.weights, "bias": node.weights["bias"] + 1})
+                                     if n is node else n for n in graph.nodes])
+    verify(retrained, since=graph)
+    broken = graph.replace(nodes=[node.replace(weights={**node.weights, "bias": np.full(8, np.nan)})
+                                  if n is node else n for n in graph.nodes])
+    with pytest.raises(VerificationError, match="conv_2.*NaN"):
+        verify(broken, since=graph)
+    wrong = graph.replace(nodes=[node.replace(weights={**node.weights, "bias": np.zeros(3)})
+                                 if n is node else n for n in graph.nodes])
+    with pytest.raises(VerificationError, match="has shape"):
+        verify(wrong, since=graph)
