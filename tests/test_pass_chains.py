@@ -12,7 +12,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from easc.ir import parse_graph, print_graph, probe_inputs, run, structural_hash, verify
+from easc.ir import parse_graph, print_graph, probe_inputs, structural_hash, verify
 from easc.passes.base import PRESERVATION_RTOL, PassError, max_output_difference
 from easc.passes.deepen import calibration_stats, deepen, deepenable
 from easc.passes.manager import PassManager
