@@ -1,11 +1,15 @@
-"""What every pass shares: its result record, its error type, and the check that runs after it.
+"""What every pass shares: its result record, its error type, the pass protocol, the probe set, and the
+whole-graph check.
 
-A pass is a function `graph, ..., rng -> PassResult`. It never changes its input graph (graphs are
-immutable; a pass builds a new one), keeps no module-level state, takes randomness only from the
-explicit `numpy.random.Generator` it is given, and refuses with a `PassError` that says why when
-its preconditions do not hold.
+A pass is a function `graph, ..., rng -> PassResult`, wrapped by an object of the `Pass` protocol
+(`pipeline.registry()`). It never changes its input graph (graphs are immutable; a pass builds a new one
+that shares every node it did not touch), keeps no module-level state, takes randomness only from the
+explicit `numpy.random.Generator` it is given, says which nodes it rewrote, and refuses with a `PassError`
+that says why when its preconditions do not hold.
 
-`checked(...)` runs after every pass application: the structural verifier, then a check that the
+After every pass a `PassManager` (`manager.py`) runs its check policy; by default the numeric check of the
+rewritten region only (`local_check.py`). `checked(...)` is the whole-graph check (the manager's "full"
+policy, and the independent oracle of the property tests): the structural verifier, then a check that the
 input and output signatures are unchanged, then a numeric check on seeded probe inputs in eval mode:
 
     max |f_after(x) - f_before(x)|  <=  PRESERVATION_RTOL * (1 + max |f_before(x)|)

@@ -818,6 +818,7 @@ def load_onnx(path) -> Graph:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise OnnxImportError(f"{path}: not an ONNX model (it does not parse as one: {reason}; is the file "
                               "truncated?)") from None
+    del data  # parsed: the file's bytes need not stay in memory during the import
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         try:
             onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
