@@ -88,6 +88,12 @@ def widenable_layers(graph: Graph) -> list:
     return [node.name for node in graph.layers() if widen_reason(graph, node.name) is None]
 
 
+def _owned(array: np.ndarray) -> np.ndarray:
+    """A weight array this pass just made, sealed read-only: the new node takes it without a defensive copy."""
+    array.flags.writeable = False
+    return array
+
+
 def _whole(x) -> bool:
     if isinstance(x, bool) or not isinstance(x, (int, float, np.number)):
         return False
@@ -135,14 +141,14 @@ def widen(graph: Graph, layer: str, width: int, *, rng: np.random.Generator | No
         here = remaps.get(node.name)
         if node.name in flow.sources:
             rows = here.index
-            weights["weight"] = weights["weight"][rows]
+            weights["weight"] = _owned(weights["weight"][rows])
             if "bias" in weights:
-                weights["bias"] = weights["bias"][rows]
+                weights["bias"] = _owned(weights["bias"][rows])
             attrs["out"] = len(rows)
             lines.append(f"{node.name}: {node.width} -> {len(rows)} {_unit(node)}"
                          + _coupling_note(flow, node.name))
         elif here is not None and node.weights and OPS[node.op].channelwise:
-            weights = {k: w[here.index] for k, w in weights.items()}
+            weights = {k: _owned(w[here.index]) for k, w in weights.items()}
             lines.append(f"{node.name}: gathered {len(here.index)} channels")
         if node.name in flow.consumers:
             lines.append(_remap_consumer(node, weights, remaps[node.inputs[0]], flow, noise, rng))
@@ -198,13 +204,11 @@ def _remap_consumer(node, weights: dict, remap, flow: ChannelFlow, noise: float,
     # float64 and rounding back gave the same weights (up to a double rounding) at twice the memory and time
     w = np.take(original, remap.index, axis=1)
     shape = (1, -1) + (1,) * (w.ndim - 2)
-    shared = remap.divisor > 1
-    if shared.any():  # only the columns of copied units change (dividing by 1 is the identity)
-        w[:, shared] /= remap.divisor[shared].reshape(shape).astype(np.float32)
+    np.divide(w, remap.divisor.astype(np.float32).reshape(shape), out=w)  # in place; dividing by 1 is exact
     if noise > 0:
         std = float(np.std(original, dtype=np.float64))  # accumulated in float64, without a float64 copy
         w[:, remap.new] += rng.normal(0.0, noise * std, size=w[:, remap.new].shape).astype(np.float32)
-    weights["weight"] = w
+    weights["weight"] = _owned(w)
     old, new = original.shape[1], w.shape[1]
     note = f"; noise {noise:g} x std on the {int(remap.new.sum())} new {'channels' if node.op == 'conv2d' else 'columns'}" \
         if noise > 0 else ""
