@@ -48,14 +48,22 @@ def test_an_impossible_request_is_one_line_exit_2_and_writes_nothing(model, tmp_
     assert not out.exists()
 
 
-def test_an_input_too_large_for_the_checks_is_refused_naming_the_value(tmp_path):
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 1_000_000_000, 1_000_000_000])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 1_000_000_000, 1_000_000_000])
+def _relu_model(path, side: int):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, side, side])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, side, side])
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "huge", [x], [y])
-    path = tmp_path / "huge.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize("side, fragments", [
+    (8192, ["value of x", "numbers on 4 probe inputs", "over the limit"]),  # fits the IR, not the checks
+    (1_000_000_000, ["elements per sample"]),  # the IR itself refuses it
+])
+def test_an_input_too_large_for_the_checks_is_refused_naming_the_value(tmp_path, side, fragments):
+    path = _relu_model(tmp_path / "huge.onnx", side)
     out = tmp_path / "out.onnx"
-    refused(transform(path, "--deepen", "x", "-o", out), str(path), "numbers on 4 probe inputs", "over the limit")
+    refused(transform(path, "--deepen", "x", "-o", out), str(path), *fragments)
     assert not out.exists()
 
 
