@@ -17,7 +17,7 @@ ru_maxrss from wait4). In the same run, right after, the floor on the same files
     probes    four probe runs (4 samples each): two on each session
 
 Printed per layout and chain: wall / floor and peak RSS / output bytes (the issue's targets: at most 2x and
-at most 3x), the floor's parts, and the process floor (the floor process's own wall time). Medians over
+at most 3x), the floor's parts, and the process floor (the floor process's own wall time and peak RSS). Medians over
 `--repeats`, the command and its floor alternating.
 
     python benchmarks/bench_transform.py [--models resnet18,resnet50,...] [--repeats 3] [--smoke]
@@ -182,6 +182,7 @@ def bench(models: list, repeats: int, shape_override=None, log=print, chains_wan
                 row["wall_over_floor"] = row["wall"] / floor["total"]
                 row["wall_over_process_floor"] = row["wall"] / floor["process"]
                 row["rss_over_output"] = row["peak_rss"] / out_bytes
+                row["rss_over_floor_process"] = row["peak_rss"] / floor["rss"]
                 rows.append(row)
                 log(_line(row))
     return rows
@@ -193,7 +194,7 @@ def _line(r: dict) -> str:
             f"floor {f['total']:5.2f} s (load {f['load']:.2f}, save {f['save']:.2f}, sessions {f['sessions']:.2f}, "
             f"probes {f['probes']:.2f}; process {f['process']:.2f})  wall/floor {r['wall_over_floor']:4.2f}  "
             f"wall/process floor {r['wall_over_process_floor']:4.2f}  peak RSS {r['peak_rss'] / 1e6:7.1f} MB  "
-            f"RSS/output {r['rss_over_output']:4.2f}")
+            f"RSS/output {r['rss_over_output']:4.2f}  RSS/floor process RSS {r['rss_over_floor_process']:4.2f}")
 
 
 def main(argv=None) -> dict:
