@@ -68,25 +68,49 @@ class GraphBuilder:
         self.nodes: list[Node] = []
         self.types: dict[str, TensorType] = {}
         self.outputs: dict[str, str] = {}
-        self.names = Namespace()  # the name authority (easc.ir.names)
+        self._numbered = Namespace()  # `conv_1`, `conv_2`, ...: the counting rule of easc.ir.names
+        self._position: dict[str, int] = {}
+        self.reserved: set = set()  # names a source model uses further on (`fresh` avoids them)
 
     def _name(self, op: str, name: str | None) -> str:
         if name is not None:
-            if name in self.names:
+            if name in self.types:
                 raise IRError(f"duplicate node name {name!r}")
-            return self.names.claim(name)
-        return self.names.counter(SHORT_NAMES.get(op, op))
+            return name
+        return self._numbered.counter(SHORT_NAMES.get(op, op))
 
-    def add(self, op: str, inputs, attrs=None, weights=None, name: str | None = None) -> str:
+    def add(self, op: str, inputs, attrs=None, weights=None, name: str | None = None, origin: str = "",
+            expect=None) -> str:
+        """Append a node; `expect`: the sample shape the source model says it has (importers cross-check)."""
         inputs = [inputs] if isinstance(inputs, str) else list(inputs)
         for i in inputs:
             if i not in self.types:
                 raise IRError(f"{op}: input {i!r} is not defined yet")
         node = make_node(self._name(op, name), op, inputs, [self.types[i] for i in inputs],
-                         attrs, weights, self.rng)
+                         attrs, weights, self.rng, origin)
+        self._numbered.claim(node.name)
+        if expect is not None and tuple(expect) != node.type.sample_shape:
+            raise IRError(f"node {node.name!r} ({op}): easc computes samples of shape {node.type.sample_shape}, "
+                          f"the source model says {tuple(expect)}")
+        self._position[node.name] = len(self.nodes)
         self.nodes.append(node)
         self.types[node.name] = node.type
         return node.name
+
+    def node(self, name: str) -> Node:
+        return self.nodes[self._position[name]]
+
+    def replace_node(self, node: Node) -> None:
+        """Put `node` in place of the node of the same name and type (a bias folded into its layer)."""
+        old = self.node(node.name)
+        if node.type != old.type:
+            raise IRError(f"node {node.name!r}: a replacement must keep the type {old.type}, got {node.type}")
+        self.nodes[self._position[node.name]] = node
+
+    def fresh(self, base: str) -> str:
+        """`base` if no node has it and no source name is reserved, else `base_2`, `base_3`, ... (the rule of
+        `easc.ir.names`; the name is taken when a node is added under it)."""
+        return Namespace.first_free(base, lambda n: n in self.types or n in self.reserved)
 
     def type_of(self, name: str) -> TensorType:
         return self.types[name]
@@ -94,7 +118,9 @@ class GraphBuilder:
     # -- one method per op -------------------------------------------------------------------
     def input(self, name: str, sample_shape) -> str:
         name = self._name("input", name)
+        self._numbered.claim(name)
         node = Node(name, "input", (), {}, batched(sample_shape))
+        self._position[name] = len(self.nodes)
         self.nodes.append(node)
         self.types[name] = node.type
         return name

@@ -47,6 +47,15 @@ class Namespace:
         self._next[base] = k + 1
         return self.claim(f"{base}_{k}")
 
+    @staticmethod
+    def first_free(base: str, taken) -> str:
+        """The rule of `fresh` against a predicate `taken(name)`, taking nothing: for a holder of names that
+        takes them itself later (a builder, when the node is added)."""
+        name, k = base, 2
+        while taken(name):
+            name, k = f"{base}_{k}", k + 1
+        return name
+
     def fresh_stem(self, base: str, suffixes: Iterable[str]) -> str:
         """The first of `base`, `base_2`, `base_3`, ... such that stem + s is free for every suffix.
 

@@ -219,10 +219,11 @@ def widen_all(graph: Graph, factor: float, *, rng=None, probes=None, executor=ru
 
 def iter_widen_all(manager, factor: float, noise: float = 0.0):
     """`widen_all` one result at a time, so a caller that reports and drops each keeps no old graphs."""
-    from .widen import widenable_layers
+    from .widen import nearest_valid_width, widenable_layers
 
     graph = manager.graph
-    targets = {name: math.ceil(graph.node(name).width * factor) for name in widenable_layers(graph)}
+    targets = {name: nearest_valid_width(graph, name, math.ceil(graph.node(name).width * factor))
+               for name in widenable_layers(graph)}
     if not targets:
         raise PassError("no layer of this graph can be widened (layers that reach an output cannot)")
     del graph

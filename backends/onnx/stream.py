@@ -17,7 +17,7 @@ model with its initializers in order. Memory: the headers only.
 
 from __future__ import annotations
 
-import numpy as np
+from .exporter import raw_bytes
 
 _GRAPH_FIELD = 7  # ModelProto.graph
 _INITIALIZER_FIELD = 5  # GraphProto.initializer
@@ -43,7 +43,7 @@ def write_model(model, weights: list, file) -> None:
         raise ValueError(f"{len(model.graph.initializer)} initializers but {len(weights)} arrays")
     for tensor, array in zip(model.graph.initializer, weights):
         header = tensor.SerializeToString()
-        data = memoryview(np.ascontiguousarray(array, dtype="<f4")).cast("B")
+        data = raw_bytes(array)
         raw = _key_and_length(_RAW_DATA_FIELD, data.nbytes)
         size = len(header) + len(raw) + data.nbytes
         inner = _key_and_length(_INITIALIZER_FIELD, size)
