@@ -56,4 +56,18 @@ def run_onnx(graph_or_model, feeds: dict, threads: int = 1) -> dict:
         raise IRError(f"no value given for input {missing[0]!r} (inputs: {', '.join(wanted)})")
     arrays = {name: np.ascontiguousarray(feeds[name], dtype=np.float32) for name in wanted}
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, arrays)))
+    fixed = session.get_inputs()[0].shape[0] if wanted else None
+    total = len(arrays[wanted[0]]) if wanted else 0
+    if not isinstance(fixed, int) or fixed <= 0 or fixed == total:
+        return dict(zip(names, session.run(names, arrays)))
+    # A file with a fixed batch size (an export at batch 2, say) runs the feeds `fixed` samples at a time; a
+    # last short run is padded with repeats of its first sample and the padding's outputs dropped.
+    parts = []
+    for start in range(0, total, fixed):
+        chunk = {k: v[start:start + fixed] for k, v in arrays.items()}
+        short = fixed - len(chunk[wanted[0]])
+        if short:
+            chunk = {k: np.concatenate([v, np.repeat(v[:1], short, axis=0)]) for k, v in chunk.items()}
+        outs = session.run(names, chunk)
+        parts.append([o[:fixed - short] for o in outs])
+    return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(names)}
