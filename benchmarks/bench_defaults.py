@@ -16,8 +16,8 @@ For the training: wall time and the command's closing JSON line. Also recorded: 
 at the start and at the end (wall times on a shared machine move with the load; accuracies do not).
 
 There is no `--quick`: these figures are of the README's exact commands, and a smaller run would be a
-different command (the whole script takes about 4 minutes on 2 idle cores). `--smoke` shrinks every command
-to seconds to check that the script runs; `--skip-densenet` leaves out the longest command.
+different command (the whole script took 3 minutes on 2 shared cores, load average 1.8). `--smoke` shrinks
+every command to seconds to check that the script runs; `--skip-densenet` leaves out the longest command.
 
     python benchmarks/bench_defaults.py                  # the README's commands, a few minutes
     python benchmarks/bench_defaults.py --smoke          # seconds; checks the script works
