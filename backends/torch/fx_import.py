@@ -30,6 +30,7 @@ layers below as leaves), runs the example through the trace once to learn every 
 | slice          | torch.chunk / torch.split / x.chunk / x.split on dim 1 (one slice per part), x[:, a:b] |
 | channel_shuffle| nn.ChannelShuffle, x.view(n, g, c // g, h, w) -> transpose(1, 2) -> view(n, -1, h, w) |
 | pad            | nn.ZeroPad2d, nn.ConstantPad2d, F.pad (constant, H and W)                             |
+| channel_gather | x[:, [i, j, ...]] (a constant list of channels)                                       |
 
 nn.Identity and x.contiguous() are no-ops and make no node; `x.size(0)` / `x.shape[0]` (the batch) only
 feed a reshape; the other entries of a size are static ints, so shape arithmetic on them (`c // groups`)
@@ -451,12 +452,19 @@ class _Lowering:
         self.storage[self.fx_node] = self.fx_node
 
     def index(self, arg, index):
-        """`x[:, a:b]` (and trailing full slices): a channel slice; `g[:, :, None, None]` of an (N, C) gate."""
+        """`x[:, a:b]` (and trailing full slices): a channel slice; `x[:, [i, j, ...]]`: a channel gather;
+        `g[:, :, None, None]` of an (N, C) gate."""
         t = self.type_of(arg)
         index = index if isinstance(index, tuple) else (index,)
         full = slice(None, None, None)
         if t.rank == 2 and index == (full, full, None, None):
             return self.gate_view(self.tensor(arg))
+        if len(index) == 2 and index[0] == full and isinstance(index[1], (list, tuple)) and index[1] \
+                and all(isinstance(i, int) and not isinstance(i, bool) for i in index[1]):
+            c = t.channels
+            if not all(-c <= i < c for i in index[1]):
+                self.fail(f"channel index {list(index[1])!r} out of range for {c} channels")
+            return self.emit("channel_gather", [self.tensor(arg)], {"index": tuple(i % c for i in index[1])})
         if len(index) < 2 or index[0] != full or not isinstance(index[1], slice) \
                 or any(i not in (full, Ellipsis) for i in index[2:]):
             self.fail(f"indexing with {index!r} (the IR slices channels: x[:, a:b])")
