@@ -16,8 +16,12 @@ through a concat, where they are a segment at an offset and only that segment is
 shift); and through a residual add, whose inputs must all lay the channels out the same way. The producers
 of an add's other inputs are therefore widened *with the same g* ("coupled"; `changes` names them); the pass
 refuses only when such a producer cannot be widened (a graph input, a grouped conv, a concat the channels
-straddle). It refuses when the channels reach a graph output (its shape would change), a softmax or another
-op it cannot remap. Node names do not change: the nodes are edited in place in the new graph.
+straddle). Through a channel shuffle, a channel gather or a slice cutting the channels (ShuffleNet's
+`chunk(2)` after a shuffle) the map is carried through the permutation: each copy sits right after its
+channel, the rearranging node reads the new columns `I'(k, u) = P(I(k), u)` and stays a slice or a shuffle
+when it still is one, else becomes a `channel_gather` (the math is in `channels.py`, "Rearrangements").
+It refuses when the channels reach a graph output (its shape would change), a softmax or another op it
+cannot remap. Node names do not change: the nodes are edited in place in the new graph.
 
 Noise (optional, `noise` > 0): the copies are identical to their originals, incoming weights and outgoing
 weights alike, so their gradients would be identical too and they would never drift apart. The pass adds
