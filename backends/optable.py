@@ -363,14 +363,17 @@ def _slice_onnx(ctx, node, in_types, inputs, output):
 
 
 def _gather_fx(fg, node, args, ident, in_types):
-    import operator
+    import torch
 
-    index = (slice(None), list(node.attrs["index"]))  # advanced indexing on axis 1: torch.index_select
-    return fg.create_node("call_function", operator.getitem, (args[0], index), name=ident)
+    # index_select with an index made on x's device: both torch ONNX exporters write it as Gather on axis 1
+    device = fg.create_node("call_function", getattr, (args[0], "device"), name=f"{ident}_device")
+    index = fg.create_node("call_function", torch.tensor, (list(node.attrs["index"]),), {"device": device},
+                           name=f"{ident}_index")
+    return fg.create_node("call_function", torch.index_select, (args[0], 1, index), name=ident)
 
 
 def _gather_expr(node, args, in_types) -> str:
-    return f"{args[0]}[:, {list(node.attrs['index'])}]"
+    return f"torch.index_select({args[0]}, 1, torch.tensor({list(node.attrs['index'])}, device={args[0]}.device))"
 
 
 def _gather_onnx(ctx, node, in_types, inputs, output):

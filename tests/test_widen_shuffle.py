@@ -124,7 +124,7 @@ def test_shufflenet_v2_widens_every_branch_output_exactly_and_the_gathers_round_
     back = import_model(export_model(wide))
     assert [n.op for n in back.nodes] == [n.op for n in wide.nodes]
     exported = export_torch_source(wide, tmp_path)
-    assert "[:, [" in exported.model_py.read_text()
+    assert "torch.index_select(x, 1, torch.tensor([" in exported.model_py.read_text()
     spec = importlib.util.spec_from_file_location("shuffle_export", exported.model_py)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -143,7 +143,8 @@ def _gather_graph():
     return randomise_weights(b.build(), np.random.default_rng(1))
 
 
-def test_channel_gather_means_the_same_everywhere_and_the_torch_exporter_form_imports():
+@pytest.mark.parametrize("dynamo", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_channel_gather_means_the_same_everywhere_and_both_torch_exporters_forms_import(dynamo, tmp_path):
     graph = _gather_graph()
     feeds = probe_inputs(graph, batch=2)
     want = run(graph, feeds)["y"]
@@ -159,35 +160,51 @@ def test_channel_gather_means_the_same_everywhere_and_the_torch_exporter_form_im
     module = to_module(graph).eval()
     with torch.no_grad():
         _close(want, module(torch.from_numpy(feeds["x"])).numpy(), "to_module")
-    # the TorchScript exporter writes x[:, [..]] as Gather on axis 1
-    f = io.BytesIO()
+    source = export_torch_source(graph, tmp_path).model_py.read_text()
+    assert "torch.index_select(x, 1, torch.tensor([5, 0, 0, 3, 2, 1, 4, 5], device=x.device))" in source
+    # both torch exporters write the index_select of to_module (and of the exported source) as Gather on axis 1
+    x = torch.from_numpy(feeds["x"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.from_numpy(feeds["x"]),), f, dynamo=False, opset_version=17)
-    imported = import_model(onnx.load_from_string(f.getvalue()))
+        if dynamo:
+            proto = torch.onnx.export(module, (x,), dynamo=True, verbose=False).model_proto
+        else:
+            f = io.BytesIO()
+            torch.onnx.export(module, (x,), f, dynamo=False, opset_version=17)
+            proto = onnx.load_from_string(f.getvalue())
+    imported = import_model(proto)
     assert "channel_gather" in [n.op for n in imported.nodes]
     _close(want, next(iter(run(imported, {imported.inputs[0].name: feeds["x"]}).values())), "torch exporter form")
+    again = from_module(module, x)
+    assert print_graph(again).count("channel_gather(") == 1
+    _close(want, next(iter(run(again, {again.inputs[0].name: feeds["x"]}).values())), "from_module of to_module")
 
 
 class _Indexed(nn.Module):
-    def __init__(self, index):
+    def __init__(self, index, select=False):
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 1)
-        self.index = index
+        self.index, self.select = index, select
 
     def forward(self, x):
-        return self.conv(x)[:, self.index]
+        h = self.conv(x)
+        if self.select:  # torch.tensor in forward: a traced tensor constant
+            return torch.index_select(h, 1, torch.tensor(self.index))
+        return h[:, self.index]
 
 
-def test_from_module_reads_a_list_index_of_channels_and_refuses_other_indexing():
+@pytest.mark.parametrize("select", [False, True])
+def test_from_module_reads_a_constant_index_of_channels_and_refuses_other_indexing(select):
     x = torch.randn(2, 3, 4, 4)
-    model = _Indexed([3, -1, 0]).eval()
+    model = _Indexed([3, 3, 0] if select else [3, -1, 0], select).eval()  # index_select takes no negatives
     graph = from_module(model, x)
     gather = next(n for n in graph.nodes if n.op == "channel_gather")
     assert gather.attrs["index"] == (3, 3, 0)
     with torch.no_grad():
         _close(model(x).numpy(), run(graph, {graph.inputs[0].name: x.numpy()})[next(iter(graph.outputs))],
                "from_module")
+    if select:
+        return
     with pytest.raises(TorchImportError, match=r"'getitem': index 7 is out of bounds"):
         from_module(_Indexed([0, 7]).eval(), x)
     with pytest.raises(TorchImportError, match=r"indexing with .* \(the IR slices channels: x\[:, a:b\]\)"):
