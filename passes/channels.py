@@ -71,7 +71,20 @@ for a slice of a Scatter, since each occurrence expands in place), a `channel_sh
 shuffle of the new width, otherwise a `channel_gather(I')`. A consumer reading the output then gathers
 its input columns by the output's layout and divides each by c(g(u)), so its sum is unchanged:
 sum over the copies u of c of V[:, k] / c(c) * h_c = V[:, k] h_c. Occurrence by occurrence, every value
-downstream holds exactly its old channels plus copies of them, so the function is unchanged. A block of a
+downstream holds exactly its old channels plus copies of them, so the function is unchanged.
+
+Worked example, a ShuffleNetV2 unit: y = shuffle_2(concat(x1, L)) with x1 and L both C/2 wide, L widened to
+m by g. The concat's inputs map by id (x1) and g (L), so its new columns are x1's C/2 then C/2 + g(j) for
+j = 0..m-1 (the Segment rule). The shuffle's permutation puts old column C/2 + c at 2c + 1, so y carries L's
+channel c at 2c + 1 (a Scatter) and y's new layout is, for k = 0..C-1, column k itself when k is even and the
+units of c = (k - 1)/2 (original, then copies) when it is odd. The composed map on y's new columns is
+(k, u) -> P(pi(k), u), which is no shuffle of C/2 + m channels unless no unit was copied: the shuffle becomes a
+gather. The next unit's chunk(2) slices [0, C/2) and [C/2, C) of y; each holds half of L's channels, and
+since every occurrence expanded in place both stay slices (with moved bounds). The branch conv reading the
+second half gathers its input columns by that half's layout and divides them by c(g(u)); the first half
+goes on into the next concat and shuffle, which are rewritten the same way. A placement reached forwards
+(from the rearrangement's input) is the image of the input's and asks nothing back of it; only a placement
+reached from a reader (through an add's backward rule) is pushed back through the inverse. A block of a
 flatten cut by a rearrangement, or a Scatter reaching an add that another path lays out differently, is
 refused; so is a Scatter meeting a grouped conv (copies would cross its groups).
 
@@ -252,7 +265,8 @@ class ChannelFlow:
         n, g = self.width, np.asarray(g, dtype=np.int64)
         counts = np.bincount(g, minlength=n)
         copies = _copies(g)
-        units = [np.flatnonzero(g == c) for c in range(n)]  # increasing: the original first
+        # units[c]: the j with g(j) = c, increasing (the original first); a stable sort groups them by c
+        units = np.split(np.argsort(g, kind="stable"), np.cumsum(counts)[:-1])
         pieces = []  # (first column, fact, channel or None for a whole segment)
         for fact in self.segments[value]:
             if isinstance(fact, Segment):
