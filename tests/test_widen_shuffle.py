@@ -96,6 +96,56 @@ def test_widening_any_layer_of_random_shuffle_units_twice_is_exact_in_the_interp
     _close(want, run(back, feeds)["y"], "after an ONNX round trip")
 
 
+@st.composite
+def rearranging_nets(draw):
+    """Shuffles, permutations, cutting splits, residual adds, squeeze-excitation gates and depthwise convs in
+    any order, and a classifier reading the pooled value or a slice of the flattened one."""
+    c = draw(st.sampled_from([4, 6]))
+    b = GraphBuilder("mix", rng=np.random.default_rng(0))
+    values = [b.add("relu", [b.conv2d(b.input("x", (3, 6, 6)), c, 1)])]
+    for _ in range(draw(st.integers(1, 4))):
+        h = values[-1]
+        kind = draw(st.sampled_from(["shuffle", "gather", "split", "add", "conv", "se", "dw"]))
+        if kind == "shuffle":
+            h = b.add("channel_shuffle", [h], {"groups": draw(st.sampled_from([g for g in (2, 3) if c % g == 0]))})
+        elif kind == "gather":
+            h = b.add("channel_gather", [h], {"index": tuple(draw(st.permutations(list(range(c)))))})
+        elif kind == "split":
+            a = draw(st.integers(1, c - 1))
+            first, rest = b.add("slice", [h], {"start": 0, "end": a}), b.add("slice", [h], {"start": a, "end": c})
+            h = b.concat([rest, b.add("relu", [b.conv2d(first, a, 1)])])
+        elif kind == "add":
+            h = b.add_([h, draw(st.sampled_from(values))])
+        elif kind == "conv":
+            h = b.add("relu", [b.conv2d(h, c, 1)])
+        elif kind == "se":
+            h = b.add("mul", [h, b.add("sigmoid", [b.conv2d(b.conv2d(b.global_avgpool(h), 2, 1), c, 1)])])
+        else:
+            h = b.conv2d(h, c, 3, padding=1, groups=c)
+        values.append(h)
+    if draw(st.booleans()):
+        head = b.flatten(b.global_avgpool(values[-1]))
+    else:  # whole H*W blocks of the flattened value: the split moves by blocks
+        head = b.add("slice", [b.flatten(values[-1])], {"start": 0, "end": 36 * draw(st.integers(1, c - 1))})
+    b.output("y", b.linear(head, 3))
+    return randomise_weights(b.build(), np.random.default_rng(1))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rearranging_nets(), st.data())
+def test_widening_through_any_mix_of_rearrangements_is_exact_or_refused_with_a_reason(graph, data):
+    for node in graph.layers():
+        reason = widen_reason(graph, node.name)
+        if reason is not None:  # one line naming the layer (the add of two layouts of the same channels, ...)
+            assert reason.startswith(f"widen {node.name}: ") and "\n" not in reason
+            continue
+        result = checked(graph, widen(graph, node.name, node.width + data.draw(st.integers(1, 4)),
+                                      rng=np.random.default_rng(data.draw(st.integers(0, 99)))))
+        for other in result.graph.layers():  # and once more, through what the first widening made
+            if widen_reason(result.graph, other.name) is None:
+                checked(result.graph, widen(result.graph, other.name, other.width + 2))
+
+
 def _shufflenet():
     torch.manual_seed(0)
     model = ShuffleNetV2(num_classes=10, width_mult=0.25).eval()
