@@ -53,6 +53,9 @@ def test_bench_rl_vs_random_smoke_reports_both_experiments_per_step(tmp_path):
         for strategy in ("rl", "random"):
             steps = report[experiment]["summary"][strategy]["per_step"]
             assert steps and {"mean_val_acc", "mean_val_acc_sd", "best_so_far"} <= set(steps[0])
+            summary = report[experiment]["summary"][strategy]
+            assert len(summary["last_step_mean"]) == len(summary["last_step_best"]) == 2  # (mean, sd) over seeds
+        assert report[experiment]["parent"] == "start"
     assert out.with_suffix(".png").stat().st_size > 0
 
 
@@ -110,3 +113,19 @@ def test_reinitialised_children_keep_the_architecture_and_get_fresh_seeded_weigh
     assert all(np.array_equal(a.weights[k], b.weights[k]) for a, b in zip(fresh.nodes, again.nodes) for k in a.weights)
     bn = next(n for n in fresh.nodes if n.op == "batchnorm")
     assert np.all(bn.weights["mean"] == 0) and np.all(bn.weights["var"] == 1)
+
+
+def test_bench_transform_smoke_times_the_command_against_its_floor(tmp_path):
+    out = tmp_path / "bench_transform.json"
+    report = load("bench_transform").main(["--smoke", "--out", str(out)])
+    check_report(out, "bench_transform")
+    (row,) = report["rows"]
+    assert row["model"] == "resnet18" and row["chain"] == "widen"
+    assert row["wall"] > 0 and row["floor"]["total"] > 0 and row["peak_rss"] > 0 and row["output_bytes"] > 0
+
+
+def test_bench_driver_smoke_samples_children_with_both_checks(tmp_path):
+    out = tmp_path / "bench_driver.json"
+    report = load("bench_driver").main(["--smoke", "--out", str(out)])
+    check_report(out, "bench_driver")
+    assert len(report["seconds"]["local"]) == len(report["seconds"]["full"]) == 2
