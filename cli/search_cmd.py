@@ -13,14 +13,20 @@ def _devices(value):
 
 @click.command("search")
 @click.option("--config", type=click.Path(dir_okay=False), default=None, help="A TOML recipe; flags override it.")
-@click.option("--dataset", default=None, help="digits (default), cifar10, cifar100, svhn, synthetic.")
+@click.option("--dataset", default=None, help="digits (default), cifar10, cifar100, svhn, synthetic, or the path of "
+              "an image folder (DIR/<class>/*.png, or DIR/train + DIR/test) or an .npz (x_train, y_train, ...).")
+@click.option("--image-size", default=None, help="Image folders: resize to N or HxW [default: the most common size].")
+@click.option("--augment", type=click.Choice(["crop-flip", "none"]), default=None,
+              help="Image folders and .npz: training augmentation [default: none].")
+@click.option("--skip-bad-images", is_flag=True, default=None, help="Leave out unreadable images instead of stopping.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None)
 @click.option("--download", is_flag=True, default=None, help="Allow downloading the data set.")
 @click.option("--out", type=click.Path(), default=None, help="Run folder to create [default: runs/search].")
 @click.option("--resume", "resume", type=click.Path(file_okay=False), default=None,
               help="Continue the search in this run folder.")
 @click.option("--strategy", type=click.Choice(["rl", "random"]), default=None, help="[default: rl]")
-@click.option("--space", type=click.Choice(["plain", "densenet"]), default=None, help="[default: plain]")
+@click.option("--space", type=click.Choice(["plain", "densenet", "graph"]), default=None,
+              help="[default: plain; graph when --start is a model file]")
 @click.option("--start", default=None, help="Built-in start net or a model file (.onnx/.easir).")
 @click.option("--steps", type=int, default=None, help="Controller steps [default: 3 on digits, 45 otherwise].")
 @click.option("--children", type=int, default=None, help="Networks per step [default: 10].")
@@ -37,7 +43,8 @@ def _devices(value):
 @click.option("--executor", type=click.Choice(["local", "process", "ray"]), default=None, help="[default: local]")
 @click.option("--ray-address", default=None, help="Ray cluster address (auto, or host:port).")
 @click.option("--quiet", is_flag=True, default=None, help="No progress output.")
-def command(config, dataset, data_dir, download, out, resume, strategy, space, start, steps, children,
+def command(config, dataset, image_size, augment, skip_bad_images, data_dir, download, out, resume, strategy,
+            space, start, steps, children,
             wider_actions, deeper_actions, epochs, widen_noise, seed, workers, threads, device, devices, executor, ray_address, quiet):
     """Search architectures by growing a trained network with verified transformations."""
     from easc.search.config import build_config, load_config
@@ -47,7 +54,8 @@ def command(config, dataset, data_dir, download, out, resume, strategy, space, s
 
     if device and devices:
         raise click.UsageError("give --device or --devices, not both")
-    overrides = dict(dataset=dataset, data_dir=data_dir, download=download, strategy=strategy, space=space,
+    overrides = dict(dataset=dataset, image_size=image_size, augment=augment, skip_bad_images=skip_bad_images,
+                     data_dir=data_dir, download=download, strategy=strategy, space=space,
                      start=start, steps=steps, children=children, wider_actions=wider_actions,
                      deeper_actions=deeper_actions, epochs=epochs, widen_noise=widen_noise, seed=seed, workers=workers, threads=threads,
                      devices=_devices(devices) or ([device] if device else None), executor=executor,

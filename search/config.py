@@ -23,6 +23,9 @@ class SearchConfig:
     dataset: str = "digits"
     data_dir: str | None = None
     download: bool = False
+    image_size: str | None = None  # image folders: resize to N or HxW; None: the size most images have
+    augment: str | None = None  # image folders / .npz: crop-flip or none; None: none
+    skip_bad_images: bool = False  # image folders: leave out unreadable files instead of stopping
     start: str | None = None  # a built-in start net or a model file; None: the data set's default
     space: str = "plain"
     strategy: str = "rl"

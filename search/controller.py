@@ -351,10 +351,11 @@ class _DeeperBatch:
         point_mask = torch.zeros(size, dtype=torch.bool)
         is_conv = []
         for i, (tokens, bl) in enumerate(zip(token_lists, all_blocks)):
+            points = deepen_points(tokens)
             for j, block in enumerate(bl):
                 members[i, j, : len(block)] = torch.tensor(block)
                 member_mask[i, j, : len(block)] = True
-                point_mask[i, j, : len(block)] = torch.tensor([not tokens[k].is_output for k in block])
+                point_mask[i, j, : len(block)] = torch.tensor(points[j])
             is_conv.append([tokens[b[0]].kind == "conv" for b in bl])
         return cls(members, member_mask, point_mask, is_conv)
 

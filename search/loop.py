@@ -43,6 +43,7 @@ from .store import ExperimentStore, StoreError
 from .worker import ChildJob, dataset_for
 
 CHILDREN_DIR = "children"
+SPLIT_FILE = "split.json"
 CALIBRATION_IMAGES = 128  # enough for per-channel mean / var of a new batchnorm; cheap in numpy
 PROBES = 2  # probe images per pass check in the search (the CLI uses more)
 
@@ -87,6 +88,11 @@ def resolve_defaults(config: SearchConfig) -> SearchConfig:
         config.start_epochs = config.epochs
     if config.wider_actions is None:
         config.wider_actions = 10 if config.space == "densenet" else 4
+    from easc.backends.torch.userdata import is_path_dataset
+
+    if config.dataset and is_path_dataset(config.dataset):
+        # Recorded as an absolute path, so a resume from another folder finds the same data.
+        config.dataset = str(Path(config.dataset).expanduser().resolve())
     if config.devices is None:
         config.devices = ["cpu"]
     for key in ("steps", "children", "epochs", "start_epochs", "workers", "batch_size", "threads"):
@@ -99,9 +105,16 @@ def resolve_defaults(config: SearchConfig) -> SearchConfig:
         raise ConfigError(f"--widen-noise must be a finite number >= 0, got {config.widen_noise}")
     if config.strategy not in ("rl", "random"):
         raise ConfigError(f"--strategy {config.strategy!r}: use rl or random")
-    if config.space not in ("plain", "densenet"):
-        raise ConfigError(f"--space {config.space!r}: use plain or densenet")
+    if config.space not in ("plain", "densenet", "graph"):
+        raise ConfigError(f"--space {config.space!r}: use plain, densenet or graph")
     return config
+
+
+def data_options(config: SearchConfig) -> dict:
+    """Loader options of users' data sets (image folders, .npz) that the config sets."""
+    values = {"image_size": config.image_size, "augment": config.augment,
+              "skip_bad_images": config.skip_bad_images or None}
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def make_space(config: SearchConfig, input_shape):
@@ -109,6 +122,12 @@ def make_space(config: SearchConfig, input_shape):
         from .densenet_space import DenseNetSpace
 
         return DenseNetSpace.from_config(config, input_shape)
+    if config.space == "graph" or (config.start and Path(config.start).suffix in (".onnx", ".easir")):
+        # A model file can have any layout; the graph space reads its blocks and couplings from the IR (on a
+        # conv-pool chain it gives the plain space's tokens).
+        from .graph_space import GraphSpace
+
+        return GraphSpace(default_space(input_shape, config), config.widen_noise)
     return PlainSpace(default_space(input_shape, config), config.widen_noise)
 
 
@@ -182,7 +201,7 @@ class Search:
         for device in config.devices:
             resolve_device(device)
         self.data_spec = {"name": config.dataset, "data_dir": config.data_dir, "seed": config.seed,
-                          "download": config.download}
+                          "download": config.download, "options": data_options(config)}
         self.data = dataset_for(self.data_spec)
         self.space = make_space(config, self.data.input_shape)
         self.start_graph = load_start(config, self.data)
@@ -216,6 +235,8 @@ class Search:
             (run_dir / CHILDREN_DIR).mkdir(exist_ok=True)
             store = ExperimentStore(run_dir)
             store.record_config(config.to_dict(), strategy=config.strategy)
+            if search.data.split_record is not None:  # which image went to which split (users' data sets)
+                atomic_write_bytes(run_dir / SPLIT_FILE, json.dumps(search.data.split_record).encode())
         except BaseException:
             search.close()
             if created:

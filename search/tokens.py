@@ -53,6 +53,13 @@ class LayerToken:
     kernel: int  # conv kernel size (0 for fc/pool)
     name: str  # the IR node name the token stands for (the search maps actions back through it)
     is_output: bool = False  # the final classifier layer (never widened, never deepened after)
+    # Spaces derived from arbitrary graphs (graph_space.py) also say what the IR allows: a layer whose channels
+    # cannot be remapped (e.g. they feed a depthwise conv) is not widenable; a layer coupled to an earlier one
+    # through a residual add is widened with it, so only the first of the group (`group` = its name on every
+    # member) is widenable, and widening it widens the whole group, here as in the pass.
+    widenable: bool = True
+    deepenable: bool = True
+    group: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -159,13 +166,15 @@ def blocks(tokens: Sequence[LayerToken]) -> list[list[int]]:
 
 
 def widen_mask(tokens: Sequence[LayerToken], space: SearchSpace) -> list[bool]:
-    """Which tokens Net2Wider may widen: not pool, not the output layer, not already at the maximum width."""
-    return [not t.is_output and next_width(t, space) is not None for t in tokens]
+    """Which tokens Net2Wider may widen: not pool, not the output layer, not already at the maximum width,
+    not marked unwidenable (a coupled member or a layer the IR cannot widen)."""
+    return [t.widenable and not t.is_output and next_width(t, space) is not None for t in tokens]
 
 
 def deepen_points(tokens: Sequence[LayerToken]) -> list[list[bool]]:
-    """Per block (as ``blocks`` orders them), per layer: may Net2Deeper insert after it? (Not after the output.)"""
-    return [[not tokens[i].is_output for i in block] for block in blocks(tokens)]
+    """Per block (as ``blocks`` orders them), per layer: may Net2Deeper insert after it? (Not after the output,
+    nor after a layer marked not deepenable.)"""
+    return [[tokens[i].deepenable and not tokens[i].is_output for i in block] for block in blocks(tokens)]
 
 
 def _check_length(tokens: Sequence[LayerToken], mask: Sequence[bool]) -> None:
@@ -181,10 +190,14 @@ def apply_wider(tokens: Sequence[LayerToken], widen: Sequence[bool], space: Sear
     for t, w, ok in zip(tokens, widen, allowed):
         if w and not ok:
             why = "it is the output layer" if t.is_output else (
-                "it is a pool" if t.kind == "pool" else f"{t.width} is the maximum width")
+                "it is a pool" if t.kind == "pool" else
+                "the network does not allow it" if not t.widenable else f"{t.width} is the maximum width")
             raise ValueError(f"cannot widen {t.name!r}: {why}")
         out.append(dataclasses.replace(t, width=next_width(t, space)) if w else t)
-    return out
+    # Coupled layers (same `group`) follow their group's first layer, as the widen pass makes them.
+    leads = {t.group: o for t, o in zip(tokens, out) if t.group and t.group == t.name}
+    return [dataclasses.replace(o, width=leads[o.group].width) if o.group in leads and o.group != o.name else o
+            for o in out]
 
 
 def _fresh_name(base: str, taken: set[str]) -> str:

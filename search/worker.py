@@ -42,11 +42,12 @@ class ChildOutcome:
 def dataset_for(spec: dict):
     from easc.backends.torch.data import load_dataset
 
-    key = (spec["name"], spec.get("data_dir"), spec.get("seed", 0))
+    options = dict(spec.get("options") or {})
+    key = (spec["name"], spec.get("data_dir"), spec.get("seed", 0), tuple(sorted(options.items())))
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()  # one data set per process is all a search needs
         _DATA_CACHE[key] = load_dataset(spec["name"], spec.get("data_dir"), seed=spec.get("seed", 0),
-                                        download=spec.get("download", False))
+                                        download=spec.get("download", False), **options)
     return _DATA_CACHE[key]
 
 

@@ -28,7 +28,12 @@ PATH_OPTIONS = ("image_size", "augment", "skip_bad_images", "progress")
 
 
 def is_path_dataset(name: str) -> bool:
-    """True when `name` means a file or folder rather than a named data set."""
+    """True when `name` means a file or folder rather than a named data set (names win: `digits` is the
+    bundled set even where a folder of that name exists; `./digits` is the folder)."""
+    from .data import DATASETS
+
+    if name.strip().lower().replace("-", "").replace("_", "") in DATASETS:
+        return False
     p = Path(name).expanduser()
     return p.is_dir() or p.suffix.lower() == ".npz" or p.exists() or "/" in name or "\\" in name
 

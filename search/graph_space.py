@@ -1,0 +1,182 @@
+"""The graph search space: layer tokens and blocks derived from any IR graph, not only conv-pool chains.
+
+A user's network (a ResNet, a DenseNet, an Inception net imported from ONNX) has no pooling layer between
+its stages and no single chain of layers. This space reads what the controller needs from the graph itself:
+
+Tokens
+    One token per conv2d (`conv-{width}-{kernel}`) and linear (`fc-{width}`) node. Each layer belongs to the
+    resolution of its output: conv layers by their output's H x W, linear layers to the last (fc) level.
+    Tokens are ordered by level, from the largest resolution down (stable, so graph order within a level),
+    and a `pool` token stands between two levels: **blocks end where the resolution drops**, whatever drops it
+    (a pooling node or a strided conv). A strided conv therefore opens the block of its output resolution,
+    as does a residual shortcut's 1x1 conv.
+
+Net2Wider and the structure of the graph
+    Whether and with what a layer widens comes from the same channel analysis the `widen` pass runs
+    (`passes.channels.trace_channels`): channels summed by a residual add must keep one layout, so the add's
+    producers form a *group* that the pass widens together with one mapping g; channels entering a concat
+    are a segment of it, remapped in every consumer. On the token side each group has one decision: its
+    first layer (token order) is widenable and carries `group` = its name, the other members carry the same
+    `group` and are masked, so a Bernoulli decision maps to exactly one pass, and the tokens re-encoded
+    after it show every member at the new width (the token simulator `tokens.apply_wider` does the same).
+    Layers the analysis refuses (their channels reach a graph output, feed a grouped or depthwise conv, a
+    softmax, ...) are masked, as is the output layer (the layer whose channels reach a graph output).
+
+Net2Deeper
+    The new layer goes after the chosen layer's unit (the layer and the batchnorm / relu / dropout nodes
+    only it feeds, `encode.unit_end`), inside its block (same resolution: identity conv with `same`
+    padding). The `deepen` pass is exact after any NCHW or NC value: it adds a relu only where the value is
+    provably non-negative (after a relu, or a pool of one) and otherwise leaves the block linear, e.g. after
+    a residual branch's last batchnorm, before the add. A layer whose unit ends in a graph output, or in a
+    value of another rank, is masked. The new batchnorm is calibrated on training images run through the
+    part of the graph that computes the insertion point only (not the whole network).
+
+Every action goes through `apply_pass` (verifier + numeric check on probes), as in the plain space.
+"""
+
+from __future__ import annotations
+
+from easc.ir import Graph
+from easc.ir.ops import LAYER_OPS
+from easc.ir import OPS
+from easc.passes.base import PassError
+from easc.passes.channels import ChannelFlowError, trace_channels
+from easc.passes.pipeline import apply_pass
+
+from .encode import unit_end
+from .plain_space import PlainSpace
+from .tokens import LayerToken
+
+FC_LEVEL = -1  # linear layers: after every spatial level
+
+
+def _level(node) -> int:
+    """H * W of a conv's output; FC_LEVEL for a linear layer (tokens are sorted by descending level)."""
+    if node.op == "linear" or node.type.rank != 4:
+        return FC_LEVEL
+    return int(node.type.shape[2]) * int(node.type.shape[3])
+
+
+def _value_level(node) -> int | None:
+    if node.type.rank == 4:
+        return int(node.type.shape[2]) * int(node.type.shape[3])
+    if node.type.rank == 2:
+        return FC_LEVEL
+    return None
+
+
+def _reaches_output(graph: Graph, layer: str) -> bool:
+    """Do `layer`'s channels reach a graph output through channel-wise ops and flattens (the classifier)?"""
+    todo, seen = [layer], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if graph.output_names_of(name):
+            return True
+        for c in graph.consumers(name):
+            node = graph.node(c)
+            if OPS[node.op].channelwise or node.op == "flatten":
+                todo.append(c)
+    return False
+
+
+def _deepen_point(graph: Graph, layer: str) -> str | None:
+    """Where Net2Deeper after `layer` inserts (the end of its unit), or None when it cannot."""
+    after = unit_end(graph, layer)
+    node = graph.node(after)
+    if node.type.rank not in (2, 4) or graph.output_names_of(after) or not graph.consumers(after):
+        return None
+    return after
+
+
+def graph_tokens(graph: Graph) -> list:
+    """The controller's view of `graph` (see the module doc)."""
+    layers = [n for n in graph.nodes if n.op in LAYER_OPS]
+    order = sorted(range(len(layers)), key=lambda i: -_level(layers[i]) if _level(layers[i]) != FC_LEVEL
+                   else float("inf"))
+    layers = [layers[i] for i in order]
+    # Name each level boundary after the node where the resolution first drops to the new level.
+    first_at = {}
+    for node in graph.nodes:
+        level = _value_level(node)
+        if level is not None and node.op != "input":
+            first_at.setdefault(level, node.name)
+
+    group_of: dict = {}  # layer -> the first layer of its coupling group
+    flows: dict = {}
+    tokens, previous = [], None
+    for node in layers:
+        level = _level(node)
+        if previous is not None and level != previous:
+            mark = first_at.get(level, node.name)
+            tokens.append(LayerToken("pool", 0, 0, f"{mark}:down" if mark in graph and
+                                     graph.node(mark).op in LAYER_OPS else mark))
+        previous = level
+        is_output = _reaches_output(graph, node.name)
+        widenable, group = not is_output, ""
+        if node.name in group_of:
+            widenable, group = False, group_of[node.name]
+        elif widenable:
+            try:
+                flow = flows[node.name] = trace_channels(graph, node.name)
+            except ChannelFlowError:
+                widenable = False
+            else:
+                if len(flow.sources) > 1:
+                    group = node.name
+                    for member in flow.sources:
+                        group_of.setdefault(member, node.name)
+        deepenable = not is_output and _deepen_point(graph, node.name) is not None
+        if node.op == "conv2d":
+            kernel = int(node.attrs["kernel"][0])
+            tokens.append(LayerToken("conv", node.width, kernel, node.name, is_output=is_output,
+                                     widenable=widenable, deepenable=deepenable, group=group))
+        else:
+            tokens.append(LayerToken("fc", node.width, 0, node.name, is_output=is_output, widenable=widenable,
+                                     deepenable=deepenable, group=group))
+    return tokens
+
+
+def _ancestors(graph: Graph, name: str) -> Graph:
+    """The part of `graph` that computes `name`, with `name` as its only output."""
+    need, todo = set(), [name]
+    while todo:
+        n = todo.pop()
+        if n not in need:
+            need.add(n)
+            todo.extend(graph.node(n).inputs)
+    return Graph([n for n in graph.nodes if n.name in need], {name: name}, name=graph.name)
+
+
+class GraphSpace(PlainSpace):
+    """Tokens and blocks from any graph `inspect` accepts; the plain space's passes (see the module doc)."""
+
+    name = "graph"
+    default_wider_actions = 4
+
+    def tokens(self, graph: Graph) -> list:
+        tokens = graph_tokens(graph)
+        if not any(t.kind != "pool" for t in tokens):
+            raise PassError(f"{graph.name}: no conv2d or linear layer for the search to grow")
+        return tokens
+
+    def apply_deeper(self, graph: Graph, decision, rng, probes, calibration_batch=None):
+        """(new graph, action records): Net2Deeper after the end of the chosen layer's unit."""
+        from easc.passes.deepen import calibration_stats
+
+        after = _deepen_point(graph, decision.name)
+        kernel = decision.kernel if decision.kind == "conv" else 3
+        if after is None:
+            return graph, [{"pass": "deepen", "after": decision.name, "kernel": kernel,
+                            "skipped": f"{decision.name}: no point after it keeps the function"}]
+        calibration = None
+        if calibration_batch is not None:
+            calibration = calibration_stats(_ancestors(graph, after), after, calibration_batch)
+        try:
+            result = apply_pass(graph, "deepen", rng=rng, probes=probes, after=after, kernel=kernel,
+                                calibration=calibration)
+        except PassError as e:
+            return graph, [{"pass": "deepen", "after": after, "kernel": kernel, "skipped": str(e)}]
+        return result.graph, [{**result.record, "max_diff": result.max_diff}]
