@@ -13,6 +13,7 @@ Sources, and how each is prepared (PAPER.md, "Child training during search"):
 | cifar100  | `cifar-100-python/` python pickles        | 5,000 of the 50,000   | standardised   | crop_flip |
 | svhn      | `train_32x32.mat`, `test_32x32.mat`       | 5,000 of the 73,257   | / 255 (EAS)    | none      |
 | synthetic | generated: class prototypes plus noise    | 20%, stratified       | standardised   | optional  |
+| a path    | image folder or .npz (`userdata.py`)      | given, or as digits   | standardised   | optional  |
 
 digits and synthetic have no official test set: a fixed 20% (stratified, independent of `seed`) is the test
 split, 20% is held out for validation (stratified, drawn with `seed`), 60% trains. For copies of CIFAR/SVHN

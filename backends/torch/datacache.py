@@ -79,7 +79,9 @@ def read_entry(key: str, root: Path | None = None) -> tuple[np.ndarray, dict] | 
         meta = json.loads((path / "meta.json").read_text())
         if not isinstance(meta, dict) or meta.get("key") != key or meta.get("version") != FORMAT_VERSION:
             raise ValueError("meta.json does not describe this entry")
-        images = np.load(path / "images.npy", allow_pickle=False)
+        # Mapped, not read: the checksum touches every page once, and the caller copies what it needs
+        # (as float32 splits), so a second full copy here would only cost time.
+        images = np.load(path / "images.npy", allow_pickle=False, mmap_mode="r")
         if images.dtype != np.uint8 or list(images.shape) != meta.get("shape"):
             raise ValueError(f"images.npy is {images.dtype} {images.shape}, meta says uint8 {meta.get('shape')}")
         if checksum(images) != meta.get("crc32"):

@@ -165,7 +165,10 @@ def _decode_one(path: str, size, gray: bool | None):
             return None, own, is_gray
         if size is not None and im.format == "JPEG" and (own[0] > 2 * size[0] or own[1] > 2 * size[1]):
             im.draft(mode, (size[1], size[0]))  # decode at 1/2, 1/4, 1/8 scale: much less work
-        im = im.convert(mode)
+        if im.mode != mode:  # convert copies even when the mode already matches; most files need nothing
+            im = im.convert(mode)
+        else:
+            im.load()
         if size is not None and (im.height, im.width) != tuple(size):
             im = im.resize((size[1], size[0]), Image.BILINEAR)
         return np.asarray(im, dtype=np.uint8), own, is_gray
