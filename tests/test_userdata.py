@@ -334,3 +334,20 @@ def test_easc_train_on_an_image_folder_prints_the_json_closing_line(tmp_path):
     last = json.loads(result.output.strip().splitlines()[-1])
     assert set(last) >= {"val_acc", "test_acc", "epochs", "seconds"} and last["epochs"] == 2
     assert load_graph(tmp_path / "out.easir").inputs[0].type.sample_shape == (1, 8, 8)
+
+
+def test_bench_data_smoke_runs_all_arms_and_writes_json(tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(
+        "_bench_data", Path(__file__).resolve().parent.parent / "benchmarks" / "bench_data.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "_bench_data", module)  # its worker processes find _spin by module name
+    spec.loader.exec_module(module)
+    out = tmp_path / "bench_data.json"
+    module.main(["--smoke", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "bench_data" and report["mode"] == "smoke" and report["arrays_equal"]
+    assert set(report["median_seconds"]) == {"plain", "easc", "decode", "cached"}
+    assert os.environ["EASC_CACHE_DIR"] == str(tmp_path / "cache")  # restored after the run

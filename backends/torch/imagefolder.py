@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import sys
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -205,24 +205,28 @@ def _run(paths: list, size, gray, progress_label: str | None, workers: int | Non
     """Decode `paths` (absolute, str) in chunks, in parallel when it pays; results in file order."""
     n_workers = workers or _workers()
     chunks = [(paths[i:i + CHUNK], size, gray) for i in range(0, len(paths), CHUNK)]
-    bar = _Bar(progress_label, len(paths))
     results: list = [None] * len(chunks)
-    try:
-        if n_workers <= 1 or len(paths) < PARALLEL_MIN_FILES:
+    if n_workers <= 1 or len(paths) < PARALLEL_MIN_FILES:
+        bar = _Bar(progress_label, len(paths))
+        try:
             for i, c in enumerate(chunks):
                 results[i] = _decode_chunk(c)
                 bar.advance(len(c[0]))
-        else:
-            with _pool(n_workers) as pool:
-                futures = {pool.submit(_decode_chunk, c): i for i, c in enumerate(chunks)}
-                from concurrent.futures import as_completed
-
+        finally:
+            bar.close()
+    else:
+        # The pool forks its workers as tasks arrive; the bar's refresh thread must not exist yet then (a
+        # thread holding a lock at fork time leaves that lock held for ever in the child).
+        with _pool(n_workers) as pool:
+            futures = {pool.submit(_decode_chunk, c): i for i, c in enumerate(chunks)}
+            bar = _Bar(progress_label, len(paths))
+            try:
                 for fut in as_completed(futures):
                     i = futures[fut]
                     results[i] = fut.result()
                     bar.advance(len(chunks[i][0]))
-    finally:
-        bar.close()
+            finally:
+                bar.close()
     return [r for chunk in results for r in chunk]
 
 
