@@ -163,6 +163,11 @@ def test_default_size_is_the_most_common_and_image_size_resizes(tmp_path):
     assert load_dataset(str(root), image_size="3x7").input_shape == (3, 3, 7)
     with pytest.raises(DatasetError, match="--image-size"):
         load_dataset(str(root), image_size="big")
+    # The decoder shapes its array by the first file; when that one is the odd size out, all are decoded again.
+    Image.fromarray(np.full((9, 9, 3), 50, np.uint8)).save(root / "class_0" / "00.png")
+    first_odd = imagefolder.load_folder(root, use_cache=False)
+    assert first_odd.listing.files[0] == "class_0/00.png"
+    assert first_odd.images.shape == (20, 6, 5, 3) and (first_odd.images[0] == 50).all()
 
 
 def test_parallel_decoding_gives_the_same_array_as_one_process(tmp_path, monkeypatch):
@@ -304,10 +309,12 @@ def test_a_truncated_image_is_named_and_skipped_only_when_asked(tmp_path):
     bad = root / "class_1" / "broken.png"
     _truncated_png(bad)
     (root / "class_2" / "fake.jpg").write_bytes(b"not an image at all")
-    with pytest.raises(DatasetError, match=r"class_1/broken\.png: cannot decode .*--skip-bad-images"):
+    _truncated_png(root / "class_0" / "0.png")  # sorts first: the file the decoder would shape its array by
+    with pytest.raises(DatasetError, match=r"class_0/0\.png: cannot decode .*--skip-bad-images"):
         load_dataset(str(root))
     s = load_dataset(str(root), skip_bad_images=True)
-    assert sorted(f for f, _ in s.split_record["skipped"]) == ["class_1/broken.png", "class_2/fake.jpg"]
+    assert sorted(f for f, _ in s.split_record["skipped"]) == ["class_0/0.png", "class_1/broken.png",
+                                                               "class_2/fake.jpg"]
     assert len(s.y_train) + len(s.y_val) + len(s.y_test) == 18
 
 

@@ -93,14 +93,24 @@ def read_entry(key: str, root: Path | None = None) -> tuple[np.ndarray, dict] | 
     return images, meta
 
 
-def write_entry(key: str, images: np.ndarray, meta: dict, root: Path | None = None) -> Path:
-    """Store `images` (uint8) with `meta` under `key`, atomically; returns the entry's folder."""
-    path = entry_path(key, root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{uuid.uuid4().hex}"
+def new_entry_dir(root: Path | None = None) -> Path:
+    """A fresh temporary folder beside the entries, to build one in (see `commit_entry`)."""
+    parent = (root or cache_dir()) / "images"
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / f".tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
+    return tmp
+
+
+def discard(tmp: Path) -> None:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def commit_entry(key: str, tmp: Path, images: np.ndarray, meta: dict, root: Path | None = None) -> Path:
+    """Finish an entry built in `tmp` (its `images.npy` already written; `images` is that array): write
+    meta.json with the checksum, and rename the folder into place. Returns the entry's folder."""
+    path = entry_path(key, root)
     try:
-        np.save(tmp / "images.npy", np.ascontiguousarray(images), allow_pickle=False)
         full = {**meta, "key": key, "version": FORMAT_VERSION, "shape": list(images.shape),
                 "crc32": checksum(images)}
         (tmp / "meta.json").write_text(json.dumps(full))
@@ -108,7 +118,18 @@ def write_entry(key: str, images: np.ndarray, meta: dict, root: Path | None = No
             shutil.rmtree(path, ignore_errors=True)
         os.replace(tmp, path)
     except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard(tmp)
         if not path.exists():
             raise
     return path
+
+
+def write_entry(key: str, images: np.ndarray, meta: dict, root: Path | None = None) -> Path:
+    """Store `images` (uint8) with `meta` under `key`, atomically; returns the entry's folder."""
+    tmp = new_entry_dir(root)
+    try:
+        np.save(tmp / "images.npy", np.ascontiguousarray(images), allow_pickle=False)
+    except OSError:
+        discard(tmp)
+        raise
+    return commit_entry(key, tmp, images, meta, root)

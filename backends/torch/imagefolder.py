@@ -15,11 +15,14 @@ RGB (grayscale ones by replicating the channel, as Pillow's convert does), so th
 for all. Images are resized (bilinear) to `image_size` (H, W); the default is the size most images have,
 so a folder of equal-sized images is never resampled.
 
-Parallelism: the files are cut into chunks decoded by a process pool with one worker per available core,
-each chunk returning its arrays in one piece. With an `image_size` every worker resizes as it decodes
-(JPEGs are decoded at a reduced scale first, Pillow's `draft`). Without one, workers return images at
-their own size (small ones) or just their size (large ones); the parent picks the most common size and
-sends only the images of other sizes through a second parallel pass. Unreadable or truncated files are
+Parallelism: the files are cut into chunks decoded by a process pool with one worker per available core.
+The workers write each image into its row of one .npy array opened as a shared memory map (the new cache
+entry's array, or a temporary one), so no pixel goes through a pipe and nothing is stacked or copied
+afterwards; the parent only collects sizes and kinds. The array is shaped by the first image (or
+`image_size`). With an `image_size` every worker resizes as it decodes (JPEGs are decoded at a reduced
+scale first, Pillow's `draft`). Without one, images of another size are only checked, and the parent sends
+them through a second parallel pass at the most common size; if the first image itself was the odd one
+out, or grayscale in a set with colour images, everything is decoded again into an array of the right shape. Unreadable or truncated files are
 named in the error; with `skip_bad=True` they are left out and listed in the result instead.
 """
 
@@ -40,8 +43,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 SPLIT_FOLDERS = ("train", "val", "test")
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 CHUNK = 256  # files per task: large enough that a task's overhead (a pickle, a pipe round trip) is noise
+GUESSED = "images-guess.npy"  # the first pass's array, shaped by the first image
 PARALLEL_MIN_FILES = 512  # below this a process pool costs more than it saves
-KEEP_NATIVE_PIXELS = 256 * 256  # without a target size, a worker returns images up to this area as decoded
 
 
 class ImageFolderError(ValueError):
@@ -148,11 +151,12 @@ def scan(root) -> Listing:
 # Decoding (runs in worker processes: module-level functions, no state)
 
 
-def _decode_one(path: str, size, gray: bool | None):
+def _decode_one(path: str, size, gray: bool | None, expect=None):
     """(array or None, (h, w), is_gray) for one file; raises OSError/ValueError when it cannot be decoded.
 
     `size` (h, w) resizes; None keeps the image's own size. `gray` None: each image keeps its own kind
-    (grayscale as 'L', anything else as 'RGB'); True/False force one.
+    (grayscale as 'L', anything else as 'RGB'); True/False force one. `expect` (h, w, channels): without a
+    `size`, an image of another size or kind is decoded (a truncated file must fail here) but not returned.
     """
     from PIL import Image
 
@@ -160,8 +164,8 @@ def _decode_one(path: str, size, gray: bool | None):
         own = (im.height, im.width)
         is_gray = im.mode in GRAY_MODES
         mode = ("L" if is_gray else "RGB") if gray is None else ("L" if gray else "RGB")
-        if size is None and own[0] * own[1] > KEEP_NATIVE_PIXELS:
-            im.load()  # decode anyway: a truncated file must fail here, not later
+        if size is None and expect is not None and (own != tuple(expect[:2]) or (mode == "L") != (expect[2] == 1)):
+            im.load()
             return None, own, is_gray
         if size is not None and im.format == "JPEG" and (own[0] > 2 * size[0] or own[1] > 2 * size[1]):
             im.draft(mode, (size[1], size[0]))  # decode at 1/2, 1/4, 1/8 scale: much less work
@@ -175,14 +179,26 @@ def _decode_one(path: str, size, gray: bool | None):
 
 
 def _decode_chunk(args):
-    paths, size, gray = args
-    out = []
-    for p in paths:
+    """Decode files into rows of the array stored at `out_path` (an .npy opened as a shared memory map).
+
+    Returns per file (written, (h, w), is_gray) or an error string. Rows are written in place, so no pixel
+    travels back through the pool's pipe: the parent only learns sizes and kinds.
+    """
+    paths, rows, out_path, size, gray = args
+    out = np.load(out_path, mmap_mode="r+")
+    expect = out.shape[1:]
+    results = []
+    for p, row in zip(paths, rows):
         try:
-            out.append(_decode_one(p, size, gray))
+            a, own, is_gray = _decode_one(p, size, gray, expect)
+            if a is not None:
+                out[row] = a[:, :, None] if a.ndim == 2 else a
+            results.append((a is not None, own, is_gray))
         except Exception as exc:  # noqa: BLE001 - any decoder failure is "this file is bad"
-            out.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip())
-    return out
+            results.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip())
+    out.flush()
+    del out
+    return results
 
 
 def _workers() -> int:
@@ -201,10 +217,11 @@ def _pool(n_workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx)
 
 
-def _run(paths: list, size, gray, progress_label: str | None, workers: int | None) -> list:
-    """Decode `paths` (absolute, str) in chunks, in parallel when it pays; results in file order."""
+def _run(paths: list, rows: list, out_path: str, size, gray, progress_label: str | None,
+         workers: int | None) -> list:
+    """Decode `paths` (absolute, str) into `rows` of the array at `out_path`, in parallel when it pays."""
     n_workers = workers or _workers()
-    chunks = [(paths[i:i + CHUNK], size, gray) for i in range(0, len(paths), CHUNK)]
+    chunks = [(paths[i:i + CHUNK], rows[i:i + CHUNK], out_path, size, gray) for i in range(0, len(paths), CHUNK)]
     results: list = [None] * len(chunks)
     if n_workers <= 1 or len(paths) < PARALLEL_MIN_FILES:
         bar = _Bar(progress_label, len(paths))
@@ -228,6 +245,19 @@ def _run(paths: list, size, gray, progress_label: str | None, workers: int | Non
             finally:
                 bar.close()
     return [r for chunk in results for r in chunk]
+
+
+def _first_header(paths: list):
+    """(h, w, is_gray) of the first file whose header reads: the guess the output array is shaped by."""
+    from PIL import Image
+
+    for p in paths[:16]:
+        try:
+            with Image.open(p) as im:
+                return im.height, im.width, im.mode in GRAY_MODES
+        except Exception:  # noqa: BLE001 - a bad file is reported by the decoding pass
+            continue
+    return None
 
 
 class _Bar:
@@ -259,68 +289,116 @@ def _bad(listing: Listing, i: int, reason: str, skip_bad: bool) -> None:
                                f"file, or pass --skip-bad-images to leave bad images out")
 
 
-def decode(listing: Listing, image_size=None, *, skip_bad: bool = False, progress: bool = True,
-           workers: int | None = None) -> DecodedFolder:
-    """Decode every file of `listing` into one uint8 N x H x W x C array (no cache; see `load_folder`)."""
+def _new_array(folder: Path, name: str, shape) -> str:
+    path = folder / name
+    np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=tuple(shape)).flush()
+    return str(path)
+
+
+def _decode_to(folder: Path, listing: Listing, image_size, skip_bad: bool, progress: bool, workers):
+    """Decode into an .npy in `folder`: (path of the array, kept indices, skipped [(file, reason)]).
+
+    The array is shaped by a guess, the first image's size and kind (or `image_size`), and the workers write
+    the images that fit it in place. Then: images of another size (no `image_size`) are resized to the most
+    common size in a second pass; when the guess itself was wrong (the first image had an unusual size, or
+    was grayscale in a set with colour images) everything is decoded again into an array of the right shape.
+    """
     paths = [str(listing.root / f) for f in listing.files]
-    label = f"decoding {len(paths)} images" if progress else None
+    n = len(paths)
+    head = _first_header(paths)
     size = None if image_size is None else tuple(image_size)
-    results = _run(paths, size, None, label, workers)
-    skipped, good = [], []
+    guess_gray = bool(head and head[2])
+    shape = (*(size or (head[:2] if head else (1, 1))), 1 if guess_gray else 3)
+    # A colour first image settles the kind (any colour image makes the set RGB): convert every image to RGB.
+    gray_arg = None if guess_gray else False
+    out = _new_array(folder, GUESSED, (n, *shape))
+    results = _run(paths, list(range(n)), out, size, gray_arg, f"decoding {n} images" if progress else None,
+                   workers)
+    skipped = []
     for i, r in enumerate(results):
         if isinstance(r, str):
             _bad(listing, i, r, skip_bad)
             skipped.append((listing.files[i], r))
-        else:
-            good.append(i)
+    good = [i for i, r in enumerate(results) if not isinstance(r, str)]
     if not good:
-        raise ImageFolderError(f"{listing.root}: none of the {len(paths)} images could be decoded "
+        raise ImageFolderError(f"{listing.root}: none of the {n} images could be decoded "
                                f"(first: {listing.files[0]}: {skipped[0][1]})")
     gray = all(results[i][2] for i in good)
-    if size is None:
-        size = Counter(results[i][1] for i in good).most_common(1)[0][0]
-    # Second pass for what the first could not produce at `size`: other sizes, or large images it did not keep.
-    redo = [i for i in good if results[i][0] is None or results[i][0].shape[:2] != tuple(size)]
+    final = size or Counter(results[i][1] for i in good).most_common(1)[0][0]
+    if gray != guess_gray or tuple(final) != shape[:2]:
+        redo, gray_arg = good, gray
+        out = _new_array(folder, "images-again.npy", (n, *final, 1 if gray else 3))
+    else:
+        redo = [i for i in good if not results[i][0]]
     if redo:
-        again = _run([paths[i] for i in redo], size, gray, f"resizing {len(redo)} images" if progress else None,
-                     workers)
+        label = f"resizing {len(redo)} images" if progress else None
+        again = _run([paths[i] for i in redo], redo, out, tuple(final), gray_arg, label, workers)
         for i, r in zip(redo, again):
-            if isinstance(r, str):  # only possible if the file changed under us
+            if isinstance(r, str):  # only if the file changed between the passes
                 _bad(listing, i, r, skip_bad)
                 skipped.append((listing.files[i], r))
-            else:
-                results[i] = r
-        good = [i for i in good if not isinstance(results[i], str)]
-    channels = 1 if gray else 3
-    images = np.empty((len(good), size[0], size[1], channels), np.uint8)
-    for row, i in enumerate(good):
-        a = results[i][0]
-        if a.ndim == 2:
-            a = a[:, :, None]  # grayscale; broadcast to 3 channels below when the set is RGB
-        images[row] = a
-    skipped.sort(key=lambda s: listing.files.index(s[0]))
-    return DecodedFolder(listing, images, np.asarray(good, np.int64), skipped)
+                good.remove(i)
+    order = {f: k for k, f in enumerate(listing.files)}
+    skipped.sort(key=lambda s: order[s[0]])
+    return out, np.asarray(good, np.int64), skipped
+
+
+def _compact(path: str, kept: np.ndarray) -> np.ndarray:
+    images = np.load(path, mmap_mode="r")
+    return np.ascontiguousarray(images) if len(kept) == len(images) else np.ascontiguousarray(images[kept])
+
+
+def decode(listing: Listing, image_size=None, *, skip_bad: bool = False, progress: bool = True,
+           workers: int | None = None) -> DecodedFolder:
+    """Decode every file of `listing` into one uint8 N x H x W x C array in memory (no cache)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="easc-decode-") as tmp:
+        path, kept, skipped = _decode_to(Path(tmp), listing, image_size, skip_bad, progress, workers)
+        return DecodedFolder(listing, _compact(path, kept), kept, skipped)
 
 
 def load_folder(root, image_size=None, *, skip_bad: bool = False, progress: bool = True, use_cache: bool = True,
                 workers: int | None = None) -> DecodedFolder:
-    """`scan` + `decode`, through the cache (see `datacache`): a folder state is decoded once."""
+    """`scan` + decode, through the cache (see `datacache`): a folder state is decoded once.
+
+    On a miss the workers decode straight into the new cache entry's array, which is then checksummed and
+    renamed into place; the returned images are that entry, mapped read-only.
+    """
     listing = scan(root)
+    if not use_cache:
+        return decode(listing, image_size, skip_bad=skip_bad, progress=progress, workers=workers)
     options = {"image_size": None if image_size is None else list(image_size), "skip_bad": bool(skip_bad)}
     key = datacache.listing_key(options, listing.key_rows())
-    if use_cache:
-        hit = datacache.read_entry(key)
-        if hit is not None:
-            images, meta = hit
-            kept = np.asarray(meta["kept"], np.int64)
-            if len(kept) == len(images) and (len(kept) == 0 or kept.max() < len(listing.files)):
-                return DecodedFolder(listing, images, kept, [tuple(s) for s in meta["skipped"]], from_cache=True)
-    decoded = decode(listing, image_size, skip_bad=skip_bad, progress=progress, workers=workers)
-    if use_cache:
-        try:
-            datacache.write_entry(key, decoded.images, {"kept": decoded.kept.tolist(),
-                                                        "skipped": [list(s) for s in decoded.skipped],
-                                                        "root": str(listing.root)})
-        except OSError:
-            pass  # a read-only or full cache folder costs a re-decode next time, nothing else
-    return decoded
+    hit = datacache.read_entry(key)
+    if hit is not None:
+        images, meta = hit
+        kept = np.asarray(meta["kept"], np.int64)
+        if len(kept) == len(images) and (len(kept) == 0 or kept.max() < len(listing.files)):
+            return DecodedFolder(listing, images, kept, [tuple(s) for s in meta["skipped"]], from_cache=True)
+    try:
+        tmp = datacache.new_entry_dir()
+    except OSError:  # a read-only or full cache folder costs a decode per load, nothing else
+        return decode(listing, image_size, skip_bad=skip_bad, progress=progress, workers=workers)
+    try:
+        path, kept, skipped = _decode_to(tmp, listing, image_size, skip_bad, progress, workers)
+    except BaseException:
+        datacache.discard(tmp)
+        raise
+    meta = {"root": str(listing.root), "kept": kept.tolist(), "skipped": [list(s) for s in skipped]}
+    images = None
+    try:
+        if len(kept) == len(listing.files) and Path(path).name == GUESSED:
+            # The common case: the workers' array is the entry's array; no copy at all.
+            images = np.load(path, mmap_mode="r")
+            os.replace(path, tmp / "images.npy")
+            entry = datacache.commit_entry(key, tmp, images, meta)
+        else:  # rows were dropped or the array was made twice: store the compact one
+            images = _compact(path, kept)
+            datacache.discard(tmp)
+            entry = datacache.write_entry(key, images, meta)
+        images = np.load(entry / "images.npy", mmap_mode="r")
+    except OSError:  # the entry could not be stored: keep what was decoded (in memory)
+        images = np.array(images) if images is not None else _compact(path, kept)
+        datacache.discard(tmp)
+    return DecodedFolder(listing, images, kept, skipped)
