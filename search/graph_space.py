@@ -15,12 +15,15 @@ Net2Wider and the structure of the graph
     Whether and with what a layer widens comes from the same channel analysis the `widen` pass runs
     (`passes.channels.trace_channels`): channels summed by a residual add must keep one layout, so the add's
     producers form a *group* that the pass widens together with one mapping g; channels entering a concat
-    are a segment of it, remapped in every consumer. On the token side each group has one decision: its
-    first layer (token order) is widenable and carries `group` = its name, the other members carry the same
-    `group` and are masked, so a Bernoulli decision maps to exactly one pass, and the tokens re-encoded
-    after it show every member at the new width (the token simulator `tokens.apply_wider` does the same).
+    are a segment of it, remapped in every consumer. On the token side a group has one decision: its lead
+    (the first of its layers in token order) is widenable, the other members are masked and list the lead
+    in `coupled` (with how many times its channels reach them: a residual add over a concat couples a layer
+    to a segment of another's output, which then grows by the same number of units, not to the same width).
+    So a Bernoulli decision maps to exactly one pass, and the tokens re-encoded after it equal what the token
+    simulator `tokens.apply_wider` predicts (a property test checks this on random graphs).
     Layers the analysis refuses (their channels reach a graph output, feed a grouped or depthwise conv, a
-    softmax, ...) are masked, as is the output layer (the layer whose channels reach a graph output).
+    softmax, ...) are masked, as are output layers (whose value reaches a graph output without passing
+    another layer: the classifier, also behind a softmax).
 
 Net2Deeper
     The new layer goes after the chosen layer's unit (the layer and the batchnorm / relu / dropout nodes
@@ -38,7 +41,6 @@ from __future__ import annotations
 
 from easc.ir import Graph
 from easc.ir.ops import LAYER_OPS
-from easc.ir import OPS
 from easc.passes.base import PassError
 from easc.passes.channels import ChannelFlowError, trace_channels
 from easc.passes.pipeline import apply_pass
@@ -66,7 +68,8 @@ def _value_level(node) -> int | None:
 
 
 def _reaches_output(graph: Graph, layer: str) -> bool:
-    """Do `layer`'s channels reach a graph output through channel-wise ops and flattens (the classifier)?"""
+    """Does `layer`'s value reach a graph output without passing another layer (the classifier, or a layer
+    whose features are an output)? Such a layer can be neither widened nor followed by a new layer."""
     todo, seen = [layer], set()
     while todo:
         name = todo.pop()
@@ -75,10 +78,7 @@ def _reaches_output(graph: Graph, layer: str) -> bool:
         seen.add(name)
         if graph.output_names_of(name):
             return True
-        for c in graph.consumers(name):
-            node = graph.node(c)
-            if OPS[node.op].channelwise or node.op == "flatten":
-                todo.append(c)
+        todo.extend(c for c in graph.consumers(name) if graph.node(c).op not in LAYER_OPS)
     return False
 
 
@@ -104,8 +104,22 @@ def graph_tokens(graph: Graph) -> list:
         if level is not None and node.op != "input":
             first_at.setdefault(level, node.name)
 
-    group_of: dict = {}  # layer -> the first layer of its coupling group
-    flows: dict = {}
+    # Coupling groups, first: a layer is a lead when no earlier lead's pass widens it; the layers a lead's
+    # pass widens along (`flow.sources`) follow it, as often as its channels reach their output.
+    outputs = {node.name for node in layers if _reaches_output(graph, node.name)}
+    leads, followers = set(), {}
+    for node in layers:
+        if node.name in outputs or node.name in followers:
+            continue
+        try:
+            flow = trace_channels(graph, node.name)
+        except ChannelFlowError:
+            continue
+        leads.add(node.name)
+        for member in flow.sources:
+            if member != node.name:
+                followers.setdefault(member, []).append((node.name, len(flow.segments[member])))
+
     tokens, previous = [], None
     for node in layers:
         level = _level(node)
@@ -114,28 +128,14 @@ def graph_tokens(graph: Graph) -> list:
             tokens.append(LayerToken("pool", 0, 0, f"{mark}:down" if mark in graph and
                                      graph.node(mark).op in LAYER_OPS else mark))
         previous = level
-        is_output = _reaches_output(graph, node.name)
-        widenable, group = not is_output, ""
-        if node.name in group_of:
-            widenable, group = False, group_of[node.name]
-        elif widenable:
-            try:
-                flow = flows[node.name] = trace_channels(graph, node.name)
-            except ChannelFlowError:
-                widenable = False
-            else:
-                if len(flow.sources) > 1:
-                    group = node.name
-                    for member in flow.sources:
-                        group_of.setdefault(member, node.name)
-        deepenable = not is_output and _deepen_point(graph, node.name) is not None
+        is_output = node.name in outputs
+        common = dict(is_output=is_output, widenable=node.name in leads,
+                      deepenable=not is_output and _deepen_point(graph, node.name) is not None,
+                      coupled=tuple(followers.get(node.name, ())))
         if node.op == "conv2d":
-            kernel = int(node.attrs["kernel"][0])
-            tokens.append(LayerToken("conv", node.width, kernel, node.name, is_output=is_output,
-                                     widenable=widenable, deepenable=deepenable, group=group))
+            tokens.append(LayerToken("conv", node.width, int(node.attrs["kernel"][0]), node.name, **common))
         else:
-            tokens.append(LayerToken("fc", node.width, 0, node.name, is_output=is_output, widenable=widenable,
-                                     deepenable=deepenable, group=group))
+            tokens.append(LayerToken("fc", node.width, 0, node.name, **common))
     return tokens
 
 

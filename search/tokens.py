@@ -54,12 +54,13 @@ class LayerToken:
     name: str  # the IR node name the token stands for (the search maps actions back through it)
     is_output: bool = False  # the final classifier layer (never widened, never deepened after)
     # Spaces derived from arbitrary graphs (graph_space.py) also say what the IR allows: a layer whose channels
-    # cannot be remapped (e.g. they feed a depthwise conv) is not widenable; a layer coupled to an earlier one
-    # through a residual add is widened with it, so only the first of the group (`group` = its name on every
-    # member) is widenable, and widening it widens the whole group, here as in the pass.
+    # cannot be remapped (e.g. they feed a depthwise conv) is not widenable; a layer whose output channels
+    # are coupled to another layer's through a residual add is widened by that layer's pass (the group's
+    # lead), so it is not widenable itself and lists (lead, times) in `coupled`: widening the lead by d units
+    # widens it by times * d (times > 1 when the lead's channels reach it more than once, via a concat).
     widenable: bool = True
     deepenable: bool = True
-    group: str = ""
+    coupled: tuple = ()
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -186,18 +187,30 @@ def apply_wider(tokens: Sequence[LayerToken], widen: Sequence[bool], space: Sear
     """Widen every token whose mask entry is true to its next width; refuse a token that cannot be widened."""
     _check_length(tokens, widen)
     allowed = widen_mask(tokens, space)
-    out = []
     for t, w, ok in zip(tokens, widen, allowed):
         if w and not ok:
             why = "it is the output layer" if t.is_output else (
                 "it is a pool" if t.kind == "pool" else
                 "the network does not allow it" if not t.widenable else f"{t.width} is the maximum width")
             raise ValueError(f"cannot widen {t.name!r}: {why}")
-        out.append(dataclasses.replace(t, width=next_width(t, space)) if w else t)
-    # Coupled layers (same `group`) follow their group's first layer, as the widen pass makes them.
-    leads = {t.group: o for t, o in zip(tokens, out) if t.group and t.group == t.name}
-    return [dataclasses.replace(o, width=leads[o.group].width) if o.group in leads and o.group != o.name else o
-            for o in out]
+    # As the search applies a decision: one pass per marked layer, in order, each to the next width of the
+    # layer's width *before* the decision, skipped if an earlier pass already made it that wide; a pass that
+    # widens a lead by d widens the layers coupled to it by times * d.
+    widths = [t.width for t in tokens]
+    followers = {}
+    for k, t in enumerate(tokens):
+        for lead, times in t.coupled:
+            followers.setdefault(lead, []).append((k, times))
+    for i, (t, w) in enumerate(zip(tokens, widen)):
+        if not w:
+            continue
+        target = next_width(t, space)
+        if widths[i] >= target:
+            continue
+        delta, widths[i] = target - widths[i], target
+        for k, times in followers.get(t.name, ()):
+            widths[k] += times * delta
+    return [dataclasses.replace(t, width=wd) if wd != t.width else t for t, wd in zip(tokens, widths)]
 
 
 def _fresh_name(base: str, taken: set[str]) -> str:

@@ -58,8 +58,8 @@ def test_tokens_end_blocks_where_the_resolution_drops_and_group_coupled_layers()
         ["s", "c1", "c2", "pool", "d", "e", "f", "pool", "fc"]
     assert [[tokens[i].name for i in blk] for blk in blocks(tokens)] == [["s", "c1", "c2"], ["d", "e", "f"], ["fc"]]
     by = {t.name: t for t in tokens}
-    assert by["s"].group == by["c2"].group == "s" and by["d"].group == by["e"].group == "d"
-    assert by["c1"].group == by["f"].group == ""
+    assert by["c2"].coupled == (("s", 1),) and by["e"].coupled == (("d", 1),)
+    assert by["s"].coupled == by["c1"].coupled == by["d"].coupled == by["f"].coupled == ()
     mask = dict(zip([t.name for t in tokens], widen_mask(tokens, SPACE)))
     # One decision per coupling group (its first layer); the classifier is the output layer.
     assert {n for n, ok in mask.items() if ok} == {"s", "c1", "d", "f"}
@@ -181,3 +181,41 @@ def test_a_start_net_at_another_input_size_than_the_data_is_refused_in_one_line(
     assert result.exit_code == 2 and result.output.count("\n") == 1
     assert "(3, 32, 32)" in result.output and "(3, 16, 16)" in result.output
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------------------ properties
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from strategies import cnn_graphs  # noqa: E402
+
+WIDE = SearchSpace(conv_widths=tuple(range(2, 33)), fc_widths=tuple(range(2, 33)), kernels=(1, 3))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cnn_graphs())
+def test_every_action_the_masks_allow_is_applied_exactly_and_the_tokens_follow_it(graph):
+    """On random graphs (residual adds, concats, branches, grouped convs, softmax heads, second outputs): every
+    token the widen mask allows is widened by one exact pass, after which the re-encoded tokens equal the
+    token simulator's; every deepening point the masks allow is deepened exactly, inside its block."""
+    space = GraphSpace(WIDE)
+    tokens = space.tokens(graph)
+    probes = ProbeSet(probe_inputs(graph, 2))
+    for i, ok in enumerate(widen_mask(tokens, WIDE)):
+        if not ok:
+            continue
+        chosen = [j == i for j in range(len(tokens))]
+        child, records = space.apply_wider(graph, _wider(tokens, {tokens[i].name}), np.random.default_rng(0), probes)
+        assert len(records) == 1 and "skipped" not in records[0], records
+        assert [(t.name, t.width) for t in space.tokens(child)] == \
+            [(t.name, t.width) for t in apply_wider(tokens, chosen, WIDE)]
+    for b, points in enumerate(deepen_points(tokens)):
+        for j, ok in enumerate(points):
+            if not ok:
+                continue
+            kernel = 3 if tokens[blocks(tokens)[b][j]].kind == "conv" else None
+            child, (record,) = space.apply_deeper(graph, DeeperDecision(tuple(tokens), b, j, kernel, 0.0, 0.0),
+                                                  np.random.default_rng(0), probes)
+            assert "skipped" not in record, record
+            new = space.tokens(child)
+            assert len(blocks(new)) == len(blocks(tokens))
+            assert len(blocks(new)[b]) == len(blocks(tokens)[b]) + 1
