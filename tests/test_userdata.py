@@ -304,7 +304,7 @@ def _truncated_png(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:60])
 
 
-def test_a_truncated_image_is_named_and_skipped_only_when_asked(tmp_path):
+def test_a_truncated_image_is_named_and_skipped_only_when_asked(tmp_path, capsys):
     root = small_folder(tmp_path / "imgs")
     bad = root / "class_1" / "broken.png"
     _truncated_png(bad)
@@ -316,6 +316,8 @@ def test_a_truncated_image_is_named_and_skipped_only_when_asked(tmp_path):
     assert sorted(f for f, _ in s.split_record["skipped"]) == ["class_0/0.png", "class_1/broken.png",
                                                                "class_2/fake.jpg"]
     assert len(s.y_train) + len(s.y_val) + len(s.y_test) == 18
+    note = capsys.readouterr().err.strip()
+    assert note.count("\n") == 0 and "skipped 3 image(s)" in note and "class_0/0.png" in note
 
 
 def test_cli_bad_data_is_one_line_with_exit_code_2(tmp_path):

@@ -15,6 +15,7 @@ or `arrays.load_npz`), then splits, scales and standardises them exactly as `dat
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,11 @@ def load_path_dataset(path, *, seed: int = 0, val_size: int | None = None, image
             folder = load_folder(p, size, skip_bad=skip_bad_images, progress=progress)
         except ImageFolderError as e:
             raise DatasetError(str(e)) from None
+        if folder.skipped and progress and not folder.from_cache:
+            first, reason = folder.skipped[0]
+            more = f" and {len(folder.skipped) - 1} more" if len(folder.skipped) > 1 else ""
+            print(f"note: {p}: skipped {len(folder.skipped)} image(s) that cannot be decoded (--skip-bad-images): "
+                  f"{first} ({reason}){more}; the run's split record lists them", file=sys.stderr)
         listing = folder.listing
         kept = folder.kept
         images = folder.images.transpose(0, 3, 1, 2)  # NHWC -> NCHW view; copied per split below
