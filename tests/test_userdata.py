@@ -170,6 +170,14 @@ def test_default_size_is_the_most_common_and_image_size_resizes(tmp_path):
     assert first_odd.images.shape == (20, 6, 5, 3) and (first_odd.images[0] == 50).all()
 
 
+def test_a_folder_too_large_to_decode_at_its_own_size_asks_for_image_size(tmp_path, monkeypatch):
+    root = small_folder(tmp_path / "imgs")
+    monkeypatch.setattr(imagefolder, "MAX_DECODED_BYTES", 1000)
+    with pytest.raises(DatasetError, match=r"18 images of 6x5 would take .* pass --image-size"):
+        load_dataset(str(root))
+    assert load_dataset(str(root), image_size=4).input_shape == (3, 4, 4)
+
+
 def test_parallel_decoding_gives_the_same_array_as_one_process(tmp_path, monkeypatch):
     root = small_folder(tmp_path / "imgs", n_per_class=12, classes=3)
     monkeypatch.setattr(imagefolder, "PARALLEL_MIN_FILES", 1)

@@ -43,6 +43,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 SPLIT_FOLDERS = ("train", "val", "test")
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 CHUNK = 256  # files per task: large enough that a task's overhead (a pickle, a pipe round trip) is noise
+MAX_DECODED_BYTES = 16 << 30  # a decoded set larger than this is refused with a hint to pass --image-size
 GUESSED = "images-guess.npy"  # the first pass's array, shaped by the first image
 PARALLEL_MIN_FILES = 512  # below this a process pool costs more than it saves
 
@@ -295,6 +296,14 @@ def _new_array(folder: Path, name: str, shape) -> str:
     return str(path)
 
 
+def _check_bytes(listing: Listing, n: int, shape) -> None:
+    total = n * int(np.prod(shape))
+    if total > MAX_DECODED_BYTES:
+        raise ImageFolderError(f"{listing.root}: {n} images of {shape[0]}x{shape[1]} would take "
+                               f"{total / (1 << 30):.1f} GB decoded; pass --image-size (e.g. 64 or 224) to "
+                               f"resize them as they are decoded")
+
+
 def _decode_to(folder: Path, listing: Listing, image_size, skip_bad: bool, progress: bool, workers):
     """Decode into an .npy in `folder`: (path of the array, kept indices, skipped [(file, reason)]).
 
@@ -309,6 +318,10 @@ def _decode_to(folder: Path, listing: Listing, image_size, skip_bad: bool, progr
     size = None if image_size is None else tuple(image_size)
     guess_gray = bool(head and head[2])
     shape = (*(size or (head[:2] if head else (1, 1))), 1 if guess_gray else 3)
+    if size is not None:
+        _check_bytes(listing, n, shape)
+    elif n * int(np.prod(shape)) > MAX_DECODED_BYTES:
+        shape = (1, 1, shape[2])  # an unusually large first image: let the second pass size the array
     # A colour first image settles the kind (any colour image makes the set RGB): convert every image to RGB.
     gray_arg = None if guess_gray else False
     out = _new_array(folder, GUESSED, (n, *shape))
@@ -325,8 +338,10 @@ def _decode_to(folder: Path, listing: Listing, image_size, skip_bad: bool, progr
                                f"(first: {listing.files[0]}: {skipped[0][1]})")
     gray = all(results[i][2] for i in good)
     final = size or Counter(results[i][1] for i in good).most_common(1)[0][0]
+    _check_bytes(listing, n, (*final, 1 if gray else 3))
     if gray != guess_gray or tuple(final) != shape[:2]:
         redo, gray_arg = good, gray
+        os.remove(out)  # the guess was wrong: its array is of no use
         out = _new_array(folder, "images-again.npy", (n, *final, 1 if gray else 3))
     else:
         redo = [i for i in good if not results[i][0]]
