@@ -219,3 +219,37 @@ def test_every_action_the_masks_allow_is_applied_exactly_and_the_tokens_follow_i
             new = space.tokens(child)
             assert len(blocks(new)) == len(blocks(tokens))
             assert len(blocks(new)[b]) == len(blocks(tokens)[b]) + 1
+
+
+@pytest.mark.parametrize("arch", ["densenet121", "googlenet"])
+def test_concatenating_zoo_networks_get_one_block_per_resolution_and_grow_exactly(tmp_path, arch):
+    """DenseNet's dense blocks and GoogLeNet's inception branches join by concatenation: a widened layer is
+    a segment of every later concat, and the re-encoded tokens still agree with the simulator."""
+    from easc.backends.formats import load_model
+    from easc.backends.torch.zoo import ARCHITECTURES
+
+    torch.manual_seed(0)
+    model = ARCHITECTURES[arch](num_classes=10, width_mult=0.25).eval()
+    path = tmp_path / f"{arch}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, torch.randn(1, 3, 32, 32), str(path), input_names=["image"],
+                          output_names=["logits"], dynamo=False)
+    graph = load_model(path)
+    space = GraphSpace(SearchSpace.paper())
+    tokens = space.tokens(graph)
+    # ImageNet stems: 32x32 -> 16 (stem conv) -> 8 -> 4 -> 2 -> 1, then the classifier: six blocks.
+    assert len(blocks(tokens)) == 6
+    probes = ProbeSet(probe_inputs(graph, 2))
+    mask = widen_mask(tokens, SearchSpace.paper())
+    for i in [i for i, ok in enumerate(mask) if ok][1:4]:
+        chosen = [j == i for j in range(len(tokens))]
+        child, (record,) = space.apply_wider(graph, _wider(tokens, {tokens[i].name}), np.random.default_rng(0),
+                                             probes)
+        assert record["max_diff"] <= PRESERVATION_RTOL
+        assert [(t.name, t.width) for t in space.tokens(child)] == \
+            [(t.name, t.width) for t in apply_wider(tokens, chosen, SearchSpace.paper())]
+    last = len(blocks(tokens)) - 2  # the last spatial block
+    child, (record,) = space.apply_deeper(graph, DeeperDecision(tuple(tokens), last, 0, 3, 0.0, 0.0),
+                                          np.random.default_rng(0), probes, probe_inputs(graph, 8, seed=1)["image"])
+    assert "skipped" not in record and record["max_diff"] <= PRESERVATION_RTOL
