@@ -216,7 +216,7 @@ def test_second_load_comes_from_the_cache_keyed_by_a_hash_and_a_changed_file_is_
     assert (third.images[row] == 200).all()
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "meta"])
+@pytest.mark.parametrize("damage", ["truncate", "flip", "meta", "kept"])
 def test_a_corrupt_cache_entry_is_rebuilt_not_trusted(tmp_path, _cache, damage):
     root = small_folder(tmp_path / "imgs")
     good = imagefolder.load_folder(root).images.copy()
@@ -228,8 +228,11 @@ def test_a_corrupt_cache_entry_is_rebuilt_not_trusted(tmp_path, _cache, damage):
         raw = bytearray(data.read_bytes())
         raw[-1] ^= 0xFF
         data.write_bytes(bytes(raw))
-    else:
+    elif damage == "meta":
         (entry / "meta.json").write_text("{not json")
+    else:  # valid JSON, valid checksum, rows that point outside the folder
+        meta = json.loads((entry / "meta.json").read_text())
+        (entry / "meta.json").write_text(json.dumps({**meta, "kept": [10**6] * len(meta["kept"])}))
     again = imagefolder.load_folder(root)
     assert not again.from_cache and np.array_equal(again.images, good)
     assert imagefolder.load_folder(root).from_cache  # rebuilt in place

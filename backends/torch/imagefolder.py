@@ -22,8 +22,9 @@ afterwards; the parent only collects sizes and kinds. The array is shaped by the
 `image_size`). With an `image_size` every worker resizes as it decodes (JPEGs are decoded at a reduced
 scale first, Pillow's `draft`). Without one, images of another size are only checked, and the parent sends
 them through a second parallel pass at the most common size; if the first image itself was the odd one
-out, or grayscale in a set with colour images, everything is decoded again into an array of the right shape. Unreadable or truncated files are
-named in the error; with `skip_bad=True` they are left out and listed in the result instead.
+out, or grayscale in a set with colour images, everything is decoded again into an array of the right shape.
+Unreadable or truncated files are named in the error; with `skip_bad=True` they are left out and listed in the
+result instead. A set whose decoded array would pass MAX_DECODED_BYTES is refused with a hint to resize.
 """
 
 from __future__ import annotations
@@ -143,8 +144,9 @@ def scan(root) -> Listing:
     if "train" in per_split:
         missing = [c for c in classes if c not in per_split["train"]]
         if missing:
+            where = ", ".join(s for s in per_split if missing[0] in per_split[s])
             raise ImageFolderError(f"{root}/train: class {missing[0]!r} has no training images "
-                                   f"(it appears only in {', '.join(s for s in per_split if missing[0] in per_split[s])})")
+                                   f"(it appears only in {where})")
     return Listing(root, classes, files, np.asarray(labels, np.int64), splits, given, stats)
 
 
@@ -388,9 +390,15 @@ def load_folder(root, image_size=None, *, skip_bad: bool = False, progress: bool
     hit = datacache.read_entry(key)
     if hit is not None:
         images, meta = hit
-        kept = np.asarray(meta["kept"], np.int64)
-        if len(kept) == len(images) and (len(kept) == 0 or kept.max() < len(listing.files)):
-            return DecodedFolder(listing, images, kept, [tuple(s) for s in meta["skipped"]], from_cache=True)
+        try:  # the checksum covers the pixels; what meta.json says is checked here
+            kept = np.asarray(meta["kept"], np.int64).reshape(-1)
+            skipped = [(str(f), str(why)) for f, why in meta["skipped"]]
+            valid = len(kept) == len(images) and (
+                len(kept) == 0 or (kept.min() >= 0 and kept.max() < len(listing.files)))
+        except (KeyError, TypeError, ValueError):
+            valid = False
+        if valid:
+            return DecodedFolder(listing, images, kept, skipped, from_cache=True)
     try:
         tmp = datacache.new_entry_dir()
     except OSError:  # a read-only or full cache folder costs a decode per load, nothing else
