@@ -199,7 +199,8 @@ def _decode_chunk(args):
             results.append((a is not None, own, is_gray))
         except Exception as exc:  # noqa: BLE001 - any decoder failure is "this file is bad"
             results.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip())
-    out.flush()
+    # No flush: msync would write the pages to disk now, on every chunk; the shared mapping already makes them
+    # visible to the parent (one page cache), and the kernel writes them back in its own time.
     del out
     return results
 
@@ -294,7 +295,7 @@ def _bad(listing: Listing, i: int, reason: str, skip_bad: bool) -> None:
 
 def _new_array(folder: Path, name: str, shape) -> str:
     path = folder / name
-    np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=tuple(shape)).flush()
+    np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=tuple(shape))  # header + sized file
     return str(path)
 
 
