@@ -50,9 +50,12 @@ def listing_key(options: dict, listing) -> str:
     """The hex key of a folder state: `listing` is [(relative path, size, mtime_ns)], `options` JSON-able."""
     h = hashlib.sha256()
     h.update(json.dumps({"version": FORMAT_VERSION, "options": options}, sort_keys=True).encode())
-    for rel, size, mtime in listing:
-        # NUL never occurs in a path, so the fields cannot run into each other.
-        h.update(f"{rel}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
+    rows = list(listing)
+    # NUL never occurs in a path, so the names cannot run into each other; sizes and mtimes go in as one int64
+    # array (one hash update for 20,000 files instead of 20,000).
+    h.update(len(rows).to_bytes(8, "little"))
+    h.update("\0".join(r[0] for r in rows).encode("utf-8", "surrogateescape"))
+    h.update(np.asarray([(r[1], r[2]) for r in rows], dtype=np.int64).reshape(-1, 2).tobytes())
     return h.hexdigest()
 
 

@@ -30,6 +30,7 @@ result instead. A set whose decoded array would pass MAX_DECODED_BYTES is refuse
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -94,9 +95,10 @@ def _images_under(folder: Path, rel: str) -> list:
             continue
         if entry.is_dir(follow_symlinks=False):
             out.extend(_images_under(Path(entry.path), f"{rel}{entry.name}/"))
-        elif entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file():
+        elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
             st = entry.stat()
-            out.append((f"{rel}{entry.name}", st.st_size, st.st_mtime_ns))
+            if stat.S_ISREG(st.st_mode):
+                out.append((f"{rel}{entry.name}", st.st_size, st.st_mtime_ns))
     return out
 
 
