@@ -369,5 +369,5 @@ def test_bench_data_smoke_runs_all_arms_and_writes_json(tmp_path, monkeypatch):
     module.main(["--smoke", "--out", str(out)])
     report = json.loads(out.read_text())
     assert report["benchmark"] == "bench_data" and report["mode"] == "smoke" and report["arrays_equal"]
-    assert set(report["median_seconds"]) == {"plain", "easc", "decode", "cached"}
+    assert set(report["median_seconds"]) == {"plain", "easc", "decode", "one", "cached"}
     assert os.environ["EASC_CACHE_DIR"] == str(tmp_path / "cache")  # restored after the run
