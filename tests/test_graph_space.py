@@ -253,3 +253,17 @@ def test_concatenating_zoo_networks_get_one_block_per_resolution_and_grow_exactl
     child, (record,) = space.apply_deeper(graph, DeeperDecision(tuple(tokens), last, 0, 3, 0.0, 0.0),
                                           np.random.default_rng(0), probes, probe_inputs(graph, 8, seed=1)["image"])
     assert "skipped" not in record and record["max_diff"] <= PRESERVATION_RTOL
+
+
+@pytest.mark.parametrize("name, shape", [("digits-small", (1, 8, 8)), ("eas-small", (3, 32, 32)),
+                                         ("eas-paper", (3, 32, 32))])
+def test_on_a_conv_pool_chain_the_graph_space_sees_what_the_plain_space_sees(name, shape):
+    from easc.search.encode import graph_tokens as plain_tokens
+    from easc.search.start_nets import build_start_net
+
+    g = build_start_net(name, shape, 10)
+    ours, plain = graph_tokens(g), plain_tokens(g)
+    strip = lambda ts: [(t.kind, t.width, t.kernel, t.is_output) for t in ts]  # noqa: E731
+    assert strip(ours) == strip(plain)
+    assert widen_mask(ours, SearchSpace.paper()) == widen_mask(plain, SearchSpace.paper())
+    assert deepen_points(ours) == deepen_points(plain)
