@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from easc.ir import Graph, IRError, load_graph, save_graph
-from easc.ir.serialize import FORMAT
+from easc.ir.serialize import FORMAT, check_writable
 
 SAVE_SUFFIXES = (".onnx", ".easir")
 
@@ -35,6 +35,8 @@ def load_model(path) -> Graph:
         raise ModelFileError(f"{path}: no such file")
     if path.is_dir():
         raise ModelFileError(f"{path}: is a folder, not a model file (.onnx or .easir)")
+    if not path.is_file():  # /dev/zero, a FIFO: reading it would never end
+        raise ModelFileError(f"{path}: is not a regular file")
     if path.suffix == ".easir" or _is_ir_file(path):
         return load_graph(path)
     from easc.backends.onnx import load_onnx
@@ -43,13 +45,17 @@ def load_model(path) -> Graph:
 
 
 def check_save_path(path) -> Path:
-    """Fail early (before any work) when `path` cannot take a model: unknown suffix or no folder."""
+    """Fail early (before any work) when `path` cannot take a model: unknown suffix, no folder, or a
+    folder where no file can be written (read-only, /proc, no permission)."""
     path = Path(path)
     if path.suffix not in SAVE_SUFFIXES:
         raise ModelFileError(f"{path}: unknown model format {path.suffix or '(no suffix)'!r} "
                              f"(use {' or '.join(SAVE_SUFFIXES)})")
     if not path.parent.exists():
         raise ModelFileError(f"{path}: folder {path.parent} does not exist")
+    if path.is_dir():
+        raise ModelFileError(f"{path}: is a folder")
+    check_writable(path)
     return path
 
 

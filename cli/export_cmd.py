@@ -20,8 +20,23 @@ FORMATS = ("onnx", "torch", "ir")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Output file (onnx, ir) or folder (torch).")
 def command(source, fmt, best, child, output):
     """Export SOURCE (.onnx, .easir, or a run folder with --best / --child) in another format."""
-    from easc.backends.formats import load_model, save_model
+    from easc.backends.formats import check_save_path, load_model, save_model
+    from easc.ir.serialize import check_writable
 
+    out = Path(output)
+    # The output location is checked before the (possibly long) load, and named as the user gave it.
+    if fmt == "torch":
+        if out.exists() and not out.is_dir():
+            fail(f"{out}: exists and is not a folder (--format torch writes a folder)")
+        if out.is_dir():
+            check_writable(out / "model.py")
+        elif out.parent.is_dir():
+            check_writable(out)
+    else:
+        want = ".onnx" if fmt == "onnx" else ".easir"
+        if out.suffix != want:
+            fail(f"{out}: --format {fmt} writes a {want} file")
+        check_save_path(out)
     src = Path(source)
     if src.is_dir() or best or child is not None:
         if best and child is not None:
@@ -31,19 +46,13 @@ def command(source, fmt, best, child, output):
         graph = load_run_child(src, child)
     else:
         graph = load_model(src)
-    out = Path(output)
     if fmt == "torch":
         from easc.backends.torch import export_torch_source
 
-        if out.exists() and not out.is_dir():
-            fail(f"{out}: exists and is not a folder (--format torch writes a folder)")
         # export_torch_source creates the folder only after the generated code has been checked, so a
         # model that cannot be exported leaves no empty folder behind.
         export_torch_source(graph, out)
         click.echo(f"wrote {out / 'model.py'} and {out / 'weights.safetensors'}")
         return
-    want = ".onnx" if fmt == "onnx" else ".easir"
-    if out.suffix != want:
-        fail(f"{out}: --format {fmt} writes a {want} file")
     save_model(graph, out)
     click.echo(f"wrote {out}: {graph.op_count} nodes, depth {graph.depth}, {graph.params:,} parameters")

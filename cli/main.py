@@ -2,7 +2,8 @@
 
 Every command turns the errors users can cause (bad files, unknown layers, impossible options, and
 click's own usage errors) into one line on stderr and exit code 2, with no traceback; a pass that
-fails its verification exits 1. Outputs are written through a temporary file and renamed, so nothing
+fails its verification (or a disk that fills up mid-run) exits 1, an interrupted command 130, and
+anything else is a bug: exit 3, one line naming a log file with the traceback (cli/common.py). Outputs are written through a temporary file and renamed, so nothing
 is half-written.
 """
 
@@ -13,7 +14,7 @@ import click
 
 from easc import __version__
 
-from .common import (_NO_ARGS_IS_HELP, VERIFICATION_FAILED, EascCommand, fail,  # noqa: F401 - re-exported
+from .common import (_NO_ARGS_IS_HELP, VERIFICATION_FAILED, EascCommand, exit_for, fail,  # noqa: F401
                      usage_fail, user_errors)
 
 
@@ -35,16 +36,12 @@ class EascGroup(click.Group):
             raise
         except click.UsageError as e:  # a subcommand's options: parsed inside the group's invoke
             usage_fail(e)
-        except KeyboardInterrupt:
+        except click.exceptions.Abort:
             fail("interrupted", 130)
-        except Exception as e:  # noqa: BLE001 - turned into one line below, or re-raised
-            from easc.passes.base import FunctionNotPreservedError
-
-            if isinstance(e, FunctionNotPreservedError):
-                fail(str(e), VERIFICATION_FAILED)
-            if isinstance(e, user_errors()):
-                fail(str(e) if not isinstance(e, OSError) else f"{e.filename}: {e.strerror}")
-            raise
+        except click.ClickException as e:  # e.g. click.FileError
+            fail(e.format_message(), e.exit_code)
+        except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - every one leaves as one line
+            exit_for(e)
 
 
 @click.group(cls=EascGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -12,6 +12,18 @@ def _fmt(v, digits=4):
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+def _save_figure(fig, path: Path) -> None:
+    """Render to memory, then write through a temporary file and a rename, like every other output: a
+    symlink planted at `path` in the run folder is replaced, never followed to overwrite its target."""
+    import io
+
+    from easc.ir import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def write_plots(data: dict, run_dir: Path, compare: dict | None = None) -> list:
     """accuracy_per_step.png (mean and best per step, with the compared run) and accuracy_vs_params.png."""
     import matplotlib
@@ -35,8 +47,10 @@ def write_plots(data: dict, run_dir: Path, compare: dict | None = None) -> list:
         ax.legend()
     fig.tight_layout()
     path = run_dir / "accuracy_per_step.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        _save_figure(fig, path)
+    finally:
+        plt.close(fig)
     written.append(path)
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -48,8 +62,10 @@ def write_plots(data: dict, run_dir: Path, compare: dict | None = None) -> list:
     ax.set_title("accuracy against parameters")
     fig.tight_layout()
     path = run_dir / "accuracy_vs_params.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        _save_figure(fig, path)
+    finally:
+        plt.close(fig)
     written.append(path)
     return written
 
@@ -59,7 +75,7 @@ def write_plots(data: dict, run_dir: Path, compare: dict | None = None) -> list:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary (schema in the README).")
 @click.option("--compare", type=click.Path(file_okay=False), default=None,
               help="Another run (e.g. --strategy random) to plot on the same axes.")
-@click.option("--top", type=int, default=10, show_default=True, help="Rows of the leaderboard.")
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Rows of the leaderboard.")
 @click.option("--no-plots", is_flag=True, help="Do not write PNG plots.")
 def command(run, as_json, compare, top, no_plots):
     """Summarise the search in RUN: leaderboard, per-step accuracy, plots."""

@@ -35,7 +35,7 @@ def _devices(value):
 @click.option("--epochs", type=int, default=None, help="Child training epochs [default: 6 on digits, 20 otherwise].")
 @click.option("--widen-noise", type=float, default=None,
               help="Relative noise on widened copies, breaking their symmetry [default: 0.01; 0: exact].")
-@click.option("--seed", type=int, default=None, help="[default: 0]")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=None, help="[default: 0]")
 @click.option("--workers", type=int, default=None, help="Worker processes training children [default: 1].")
 @click.option("--threads", type=int, default=None, help="Torch CPU threads per worker [default: 1].")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N.")

@@ -24,12 +24,12 @@ from .common import fail
 @click.option("--batch-size", type=int, default=None, help="Batch size [default: 64].")
 @click.option("--lr", type=float, default=None, help="Initial learning rate, cosine-decayed to 0 [default: 0.02].")
 @click.option("--weight-decay", type=float, default=None, help="L2 weight decay [default: 1e-4].")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--config", type=click.Path(dir_okay=False), default=None,
               help="A TOML recipe (configs/*.toml); flags override it.")
 @click.option("--final", is_flag=True, help="Use the config's final-training schedule ([final] table).")
-@click.option("--threads", type=int, default=1, show_default=True,
+@click.option("--threads", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="CPU threads for torch (small nets train fastest on one).")
 @click.option("--quiet", is_flag=True, help="No per-epoch lines.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Trained model (.onnx/.easir).")

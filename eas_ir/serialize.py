@@ -35,32 +35,41 @@ def graph_to_bytes(graph: Graph) -> bytes:
 
 
 def graph_from_bytes(data: bytes, source: str = "<bytes>") -> Graph:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load
+    """The graph in an IR file's bytes.
 
-    try:
-        tensors = load(data)
-        meta = _metadata(data)
-    except (SafetensorError, ValueError, OSError, UnicodeDecodeError) as e:
-        raise IRFileError(f"{source}: not an easc IR file ({str(e).splitlines()[0][:80]})") from None
-    if meta.get("format") != FORMAT or "graph" not in meta:
+    Order matters for hostile files: the header is read and checked first (every tensor float32, its byte
+    range inside the file and of the size its shape says), then the graph text is parsed, and each node's
+    weights are taken from the file's tensor of the shape the node's attributes require. Nothing is
+    allocated from a declared shape alone: a conv declaring 5,000,000 output channels in a small file is
+    refused because the file holds no such tensor, without any memory spent on it.
+    """
+    header, body = _header(data, source)
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "graph" not in meta:
         raise IRFileError(f"{source}: not an easc IR file (no graph in its metadata)")
     if meta.get("version") != VERSION:
         raise IRFileError(f"{source}: IR file version {meta.get('version')!r}, this easc reads {VERSION!r}")
+    if not isinstance(meta["graph"], str):
+        raise IRFileError(f"{source}: not an easc IR file (its graph is not text)")
+
+    def weights(node_name: str, shapes: dict) -> dict:
+        out = {}
+        for key, shape in shapes.items():
+            full = f"{node_name}/{key}"
+            entry = header.get(full)
+            if not isinstance(entry, dict):
+                raise IRFileError(f"{source}: weight {full!r} is missing")
+            if tuple(entry["shape"]) != tuple(shape):
+                raise IRFileError(f"{source}: weight {full!r} has shape {tuple(entry['shape'])} in the file but "
+                                  f"the graph declares {tuple(shape)}")
+            begin, end = entry["data_offsets"]
+            out[key] = np.frombuffer(body, dtype="<f4", count=(end - begin) // 4, offset=begin).reshape(shape).copy()
+        return out
+
     try:
-        skeleton = parse_graph(meta["graph"])
+        graph = parse_graph(meta["graph"], weights=weights)
     except ParseError as e:
         raise IRFileError(f"{source}: {e}") from None
-    nodes = []
-    for node in skeleton.nodes:
-        weights = {}
-        for key in node.weights:
-            full = f"{node.name}/{key}"
-            if full not in tensors:
-                raise IRFileError(f"{source}: weight {full!r} is missing")
-            weights[key] = tensors[full]
-        nodes.append(node.replace(weights=weights))
-    graph = skeleton.replace(nodes=nodes)
     try:
         verify(graph)
     except IRError as e:
@@ -68,29 +77,109 @@ def graph_from_bytes(data: bytes, source: str = "<bytes>") -> Graph:
     return graph
 
 
-def _metadata(data: bytes) -> dict:
+def _header(data: bytes, source: str) -> tuple[dict, memoryview]:
+    """The safetensors header of `data`, checked entry by entry, and the byte buffer its offsets index."""
     import json
     import struct
 
+    def bad(reason: str) -> IRFileError:
+        return IRFileError(f"{source}: not an easc IR file ({reason})")
+
+    if len(data) < 8:
+        raise bad("too short")
     (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n].decode("utf-8"))
-    return header.get("__metadata__", {}) or {}
+    if n > len(data) - 8:
+        raise bad(f"its header claims {n:,} bytes but the file has {len(data) - 8:,} after the length; "
+                  "is it truncated?")
+    try:
+        header = json.loads(bytes(data[8:8 + n]).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise bad(f"its header is not JSON: {str(e).splitlines()[0][:80]}") from None
+    if not isinstance(header, dict):
+        raise bad("its header is not a JSON object")
+    body = memoryview(data)[8 + n:]
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if not (isinstance(entry, dict) and isinstance(entry.get("shape"), list)
+                and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2
+                and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                        for d in [*entry["shape"], *entry["data_offsets"]])):
+            raise bad(f"tensor {name!r} has a malformed header entry")
+        if entry.get("dtype") != "F32":
+            raise IRFileError(f"{source}: weight {name!r} is {entry.get('dtype')}, not float32 (F32)")
+        begin, end = entry["data_offsets"]
+        size = 4
+        for d in entry["shape"]:
+            size *= d
+        if end < begin or end > len(body) or end - begin != size:
+            raise bad(f"tensor {name!r} does not fit the file (bytes {begin}..{end} of {len(body)}); "
+                      "is it truncated?")
+    return header, body
+
+
+def _creation_mode() -> int:
+    """The mode a plain `open(path, "w")` would give a new file: 0666 less the process's umask.
+
+    mkstemp creates its file 0600 whatever the umask; an output the user shares (a model, a plot) must get
+    the mode their umask asks for. Linux reports the umask in /proc/self/status without changing it; the
+    os.umask round trip is the portable fallback.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+class OutputError(OSError):
+    """An output that cannot be written; `filename` is the path the user gave, never a temporary name."""
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and an atomic rename."""
+    """Write `data` to `path` through a temporary file in the same folder and an atomic rename.
+
+    The rename replaces a symlink planted at `path` by a regular file instead of writing through it to
+    its target. Errors (read-only file system, a folder under /proc, a full disk) are raised as an
+    `OutputError` naming `path`, with the errno of the cause, so that callers can tell a full disk
+    (ENOSPC) from a path the user got wrong.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), _creation_mode())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        tmp = None
+    except OSError as e:
+        raise OutputError(e.errno, f"cannot write ({e.strerror or e})", str(path)) from None
+    finally:
+        if tmp is not None and os.path.lexists(tmp):
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def check_writable(path) -> None:
+    """Fail now, naming `path`, when a file could not be written there later (read-only file system, no
+    permission, a folder such as /proc that takes no new files): commands check before hours of work."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    except OSError as e:
+        raise OutputError(e.errno, f"cannot write ({e.strerror or e})", str(path)) from None
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def save_graph(graph: Graph, path) -> None:

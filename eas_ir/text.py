@@ -23,8 +23,8 @@ import numpy as np
 
 from .builder import make_node
 from .graph import Graph, IRError, Node
-from .ops import OPS
-from .types import TensorType
+from .ops import OPS, ShapeError, normalise_attrs, weight_shapes
+from .types import TensorType, check_dims
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
 
@@ -126,8 +126,14 @@ def _parse_value(cur: _Cursor):
     return text
 
 
-def parse_graph(text: str, rng: np.random.Generator | None = None) -> Graph:
-    """Parse the text form. Weights are initialised from `rng` (seed 0 when not given)."""
+def parse_graph(text: str, rng: np.random.Generator | None = None, weights=None) -> Graph:
+    """Parse the text form. Weights are initialised from `rng` (seed 0 when not given), or, when
+    `weights` is given, come from `weights(node_name, shapes)`: the IR file passes the tensors it holds,
+    so that nothing is initialised only to be overwritten, and a shape the text declares is checked
+    against the file's tensor before any memory is spent on it.
+
+    Declared shapes must have positive dimensions and at most `types.MAX_ELEMENTS` elements per sample,
+    checked before a node's weights are made."""
     rng = rng if rng is not None else np.random.default_rng(0)
     nodes: list[Node] = []
     types: dict = {}
@@ -175,7 +181,11 @@ def parse_graph(text: str, rng: np.random.Generator | None = None) -> Graph:
         while cur.peek()[1] != "]":
             type_text += str(cur.take())
         type_text += cur.take("]")
-        declared = TensorType.parse(type_text)
+        try:
+            declared = TensorType.parse(type_text)
+            check_dims(declared.shape, f"{node_name!r}")
+        except ValueError as e:
+            raise ParseError(f"line {lineno}: {e}") from None
         origin = ""
         if cur.peek()[1] == "#":
             cur.take("#")
@@ -191,8 +201,16 @@ def parse_graph(text: str, rng: np.random.Generator | None = None) -> Graph:
             missing = [i for i in inputs if i not in types]
             if missing:
                 raise ParseError(f"line {lineno}: {node_name!r} reads {missing[0]!r}, which is not defined above it")
+            in_types = [types[i] for i in inputs]
             try:
-                node = make_node(node_name, op, inputs, [types[i] for i in inputs], attrs, None, rng, origin)
+                shapes = weight_shapes(op, in_types, normalise_attrs(op, dict(attrs)))
+                for key, shape in shapes.items():
+                    check_dims(tuple(shape), f"weight {key!r}")
+            except (ShapeError, ValueError) as e:
+                raise ParseError(f"line {lineno}: node {node_name!r} ({op}): {e}") from None
+            given = weights(node_name, shapes) if weights is not None else None
+            try:
+                node = make_node(node_name, op, inputs, in_types, attrs, given, rng, origin)
             except IRError as e:
                 raise ParseError(f"line {lineno}: {e}") from None
             if node.type != declared:

@@ -15,6 +15,11 @@ BATCH = "N"
 DTYPES = ("float32",)
 """Value dtypes the IR knows. CNNs exported by common tools compute in float32."""
 
+MAX_ELEMENTS = 2**30
+"""The most elements one tensor may have: a weight, or one sample of an activation (4 GiB of float32).
+Files declare shapes before any memory is spent on them; a dimension of 10^9 in a 200-byte file must be
+refused, not allocated. Real CNNs are far below it (a 64-channel 2048x2048 activation is 2^28)."""
+
 _SHORT = {"float32": "f32"}
 _LONG = {v: k for k, v in _SHORT.items()}
 
@@ -65,6 +70,21 @@ class TensorType:
             d = d.strip()
             shape.append(d if d == BATCH else int(d))
         return TensorType(tuple(shape), dtype)
+
+
+def check_dims(shape, what: str) -> None:
+    """Raise ValueError unless every dimension after the batch is a positive int and the sample has at
+    most MAX_ELEMENTS elements (for a weight, give the whole shape with `N` absent)."""
+    total = 1
+    for d in shape:
+        if d == BATCH:
+            continue
+        if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+            raise ValueError(f"{what} has dimension {d!r} in shape ({','.join(str(x) for x in shape)}); "
+                             "dimensions must be positive integers")
+        total *= d
+    if total > MAX_ELEMENTS:
+        raise ValueError(f"{what} has {total:,} elements per sample, more than easc's limit of {MAX_ELEMENTS:,}")
 
 
 def batched(sample_shape) -> TensorType:

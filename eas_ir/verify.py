@@ -3,6 +3,7 @@
 Checked, node by node in order:
 - names are unique and every input is defined earlier (so the order is topological and acyclic);
 - the op is in the closed op set, takes that many inputs, and its attributes are the normalised ones;
+- every dimension is a positive integer and no value exceeds `types.MAX_ELEMENTS` per sample;
 - the declared type equals the type the op's shape rule infers from its inputs;
 - the weights are exactly the ones the op needs, float32, of the right shapes, and finite;
 - there is at least one input and one output, and every output names a node.
@@ -17,6 +18,7 @@ import numpy as np
 
 from .graph import Graph, IRError
 from .ops import OPS, ShapeError, infer_type, normalise_attrs, weight_shapes
+from .types import check_dims
 
 
 class VerificationError(IRError):
@@ -55,6 +57,10 @@ def verify(graph: Graph) -> Graph:
                       f"{where}: input {name!r} is {'defined later' if later else 'not defined'}",
                       "move the node after its inputs (nodes must be in topological order)" if later
                       else "read a value defined above this node")
+        try:  # before the shape rule, which must not see zero, negative or absurd dimensions
+            check_dims(node.type.shape, where)
+        except ValueError as e:
+            _fail(graph, index, str(e), "")
         if node.op == "input":
             if node.inputs or node.weights or node.attrs:
                 _fail(graph, index, f"{where}: an input node takes no inputs, attributes or weights", "")

@@ -39,6 +39,7 @@ from .config import ConfigError, SearchConfig
 from .controller import Episode, ReinforcePolicy, make_policy, reward_from_accuracy
 from .executors import make_executor
 from .plain_space import PlainSpace, child_rng, default_space, widths_of
+from .runlock import check_unlocked
 from .store import ExperimentStore, StoreError
 from .worker import ChildJob, dataset_for
 
@@ -221,6 +222,7 @@ class Search:
     def start(cls, config: SearchConfig, out, on_event=None) -> "Search":
         config = resolve_defaults(config)
         run_dir = Path(out)
+        check_unlocked(run_dir)  # a search running there: name its process, not "already holds a search"
         if (run_dir / "search.sqlite").exists():
             raise SearchError(f"{run_dir}: already holds a search; use --resume {run_dir} or another --out")
         if run_dir.exists() and not run_dir.is_dir():
@@ -230,16 +232,22 @@ class Search:
         # Everything that can fail on bad options is checked before the run folder is created.
         created = not run_dir.exists()
         search = cls(config, run_dir, None, on_event)
+        owned = False  # cleaned up on failure only once we hold the lock on a folder no other search took
         try:
-            run_dir.mkdir(parents=True, exist_ok=True)
+            store = ExperimentStore(run_dir, lock=True)  # creates the folder; the lock is held until close()
+            if store.config() is not None:  # another `easc search` got there between our checks and the lock
+                store.close()
+                raise SearchError(f"{run_dir}: already holds a search; use --resume {run_dir} or another --out")
+            owned = True
             (run_dir / CHILDREN_DIR).mkdir(exist_ok=True)
-            store = ExperimentStore(run_dir)
             store.record_config(config.to_dict(), strategy=config.strategy)
             if search.data.split_record is not None:  # which image went to which split (users' data sets)
                 atomic_write_bytes(run_dir / SPLIT_FILE, json.dumps(search.data.split_record).encode())
         except BaseException:
             search.close()
-            if created:
+            if owned:
+                store.close()
+            if created and owned:
                 import shutil
 
                 shutil.rmtree(run_dir, ignore_errors=True)
@@ -250,7 +258,7 @@ class Search:
     @classmethod
     def resume(cls, out, overrides: dict | None = None, on_event=None) -> "Search":
         run_dir = Path(out)
-        store = ExperimentStore.open_existing(run_dir)
+        store = ExperimentStore.open_existing(run_dir, lock=True)
         try:
             saved = store.config()
             if saved is None:
@@ -266,7 +274,11 @@ class Search:
                     raise ConfigError(f"--{key.replace('_', '-')} {value}: cannot change when resuming {run_dir} "
                                       f"(recorded: {saved.get(key)}); only "
                                       f"{', '.join('--' + k.replace('_', '-') for k in RESUMABLE_OPTIONS)} can")
-            config = resolve_defaults(SearchConfig(**values))
+            try:
+                config = SearchConfig(**values)
+            except TypeError as e:  # e.g. a key this easc does not know: a corrupt (or newer) run, one line
+                raise StoreError(f"{run_dir}: the saved configuration cannot be read ({e})") from None
+            config = resolve_defaults(config)
             search = cls(config, run_dir, store, on_event)
         except BaseException:
             store.close()

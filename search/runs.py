@@ -19,7 +19,7 @@ from .store import ExperimentStore, StoreError
 
 
 def _open(run_dir) -> ExperimentStore:
-    return ExperimentStore.open_existing(run_dir)
+    return ExperimentStore.open_existing(run_dir)  # no lock: a report may read while the search runs
 
 
 def lineage(store: ExperimentStore, child_id: int) -> list:
@@ -68,6 +68,5 @@ def load_run_child(run_dir, child_id: int | None = None) -> Graph:
             record = board[0]
         else:
             record = store.child(child_id)
-        if not record.weights_path:
-            raise StoreError(f"{run_dir}: child {record.id} has no trained network (status {record.status})")
-        return load_graph(run_dir / record.weights_path)
+        # child_file refuses a path outside RUN/children/ (a database edited to point at /etc/passwd).
+        return load_graph(store.child_file(record))

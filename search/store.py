@@ -18,6 +18,21 @@ Durability
     ``synchronous=FULL``: a committed step survives a power loss, not only a process crash. The search writes
     a few rows per child, and each child trains for seconds to minutes, so an fsync per commit is cheap.
 
+Errors
+    Every SQLite error leaves a public method as a StoreError naming the run folder: a corrupt database
+    (a page of garbage, a row whose JSON does not parse, a child file outside ``RUN/children/``) is a
+    corrupt run; a write that finds the disk full is a ``StoreFullError`` (the CLI exits 1 for it, 2 for a
+    corrupt run). A failed write rolls its transaction back, so the store stays readable.
+
+Paths
+    A child's ``weights_path`` is read back only if it resolves (symlinks followed) inside
+    ``RUN/children/``: a database edited to point at ``/etc/passwd`` or ``../../x`` is a corrupt run, not a
+    file to read.
+
+Locking
+    ``lock=True`` (the search driver) holds the run folder's lock (``runlock.py``) while the store is open;
+    readers open without it.
+
 Controller state blobs
     ``torch.save`` of the policy's state dict (tensors, numbers, strings, lists, dicts), read back with
     ``torch.load(weights_only=True)``, which refuses arbitrary pickled objects: opening a run folder cannot
@@ -28,6 +43,7 @@ Controller state blobs
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import sqlite3
@@ -41,9 +57,13 @@ import torch
 
 from easc import __version__ as easc_version
 
-__all__ = ["ExperimentStore", "StoreError", "ChildRecord", "StepRecord", "STORE_FILE", "CHILD_STATUSES"]
+from .runlock import LOCK_FILE, RunLock
+
+__all__ = ["ExperimentStore", "StoreError", "StoreFullError", "ChildRecord", "StepRecord", "STORE_FILE",
+           "CHILD_STATUSES", "CHILDREN_DIR"]
 
 STORE_FILE = "search.sqlite"
+CHILDREN_DIR = "children"  # every child file a run records lives under RUN/children/
 SCHEMA_VERSION = 1
 # 'cached': the same canonical hash was already trained; the row copies that child's results.
 # 'lost': was pending or running when the driver stopped (see mark_in_flight_lost).
@@ -106,6 +126,48 @@ class StoreError(Exception):
     """A run folder that cannot be used, or a store operation that would break the run's bookkeeping."""
 
 
+class StoreFullError(StoreError):
+    """A write to the store failed for lack of room (disk or quota full, I/O error): the run itself is
+    intact up to its last commit, but this session cannot go on."""
+
+
+# SQLite result codes (sqlite3.Error.sqlite_errorcode & 0xff): a write that found no room, or an I/O error
+# (a file-size limit surfaces as one), against everything else (corrupt pages, not a database, ...).
+_SQLITE_IOERR, _SQLITE_FULL, _SQLITE_READONLY = 10, 13, 8
+
+
+def _store_error(run_dir: Path, error: sqlite3.Error) -> StoreError:
+    code = (getattr(error, "sqlite_errorcode", None) or 0) & 0xFF
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if code in (_SQLITE_FULL, _SQLITE_IOERR) or "disk is full" in reason:
+        return StoreFullError(f"{run_dir}: cannot write {STORE_FILE} ({reason}); free some space and resume "
+                              f"with --resume {run_dir}")
+    if code == _SQLITE_READONLY:
+        return StoreError(f"{run_dir}: cannot write {STORE_FILE} ({reason})")
+    return StoreError(f"{run_dir}: {STORE_FILE} is corrupt ({reason}); the run cannot be read")
+
+
+def _guard_sqlite_errors(cls):
+    """Wrap every public method so that an SQLite error leaves it as a StoreError naming the run folder.
+
+    A class decorator rather than a try in each method: a method added later is covered too, and a
+    corrupt page can surface in any read, even while a result set is being iterated.
+    """
+    def wrap(method):
+        @functools.wraps(method)
+        def guarded(self, *args, **kwargs):
+            try:
+                return method(self, *args, **kwargs)
+            except sqlite3.Error as e:
+                raise _store_error(self.run_dir, e) from None
+        return guarded
+
+    for name, value in list(vars(cls).items()):
+        if callable(value) and not name.startswith("_") and not isinstance(value, (classmethod, staticmethod)):
+            setattr(cls, name, wrap(value))
+    return cls
+
+
 @dataclass(frozen=True)
 class ChildRecord:
     id: int
@@ -144,11 +206,36 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _child(row: sqlite3.Row) -> ChildRecord:
+def _child(row: sqlite3.Row, run_dir: Path) -> ChildRecord:
     values = dict(row)
+    where = f"{run_dir}: {STORE_FILE} is corrupt (child {values.get('id')}"
     for col in _JSON_COLUMNS:
-        values[col] = json.loads(values[col])
-    return ChildRecord(**values)
+        try:
+            values[col] = json.loads(values[col])
+        except (TypeError, ValueError):
+            raise StoreError(f"{where}: column {col} is not valid JSON)") from None
+        if not isinstance(values[col], list):
+            raise StoreError(f"{where}: column {col} is not a JSON list)")
+    path = values.get("weights_path")
+    if path is not None:
+        _check_child_file(run_dir, path, where)
+    try:
+        return ChildRecord(**values)
+    except TypeError as e:  # a column this easc does not know
+        raise StoreError(f"{where}: {e})") from None
+
+
+def _check_child_file(run_dir: Path, path, where: str) -> Path:
+    """`RUN/path`, if it resolves (symlinks followed) inside RUN/children/; a corrupt-run error otherwise."""
+    if not isinstance(path, str) or not path or Path(path).is_absolute():
+        raise StoreError(f"{where}: weights path {path!r} is not a path inside {CHILDREN_DIR}/)")
+    if (run_dir / CHILDREN_DIR).is_symlink():
+        raise StoreError(f"{where}: {CHILDREN_DIR}/ is a symlink)")
+    children = (run_dir / CHILDREN_DIR).resolve()
+    full = (run_dir / path).resolve()
+    if not full.is_relative_to(children) or full == children:
+        raise StoreError(f"{where}: weights path {path!r} is outside {CHILDREN_DIR}/)")
+    return full
 
 
 def _encode_state(state: dict[str, Any]) -> bytes:
@@ -164,13 +251,20 @@ def _decode_state(blob: bytes) -> dict[str, Any]:
 class ExperimentStore:
     """``ExperimentStore(run_dir)`` opens the run folder's store, creating folder and store if missing.
 
-    ``create=False`` is for resuming: the folder must already be a run folder. Use as a context manager or
-    call ``close()``.
+    ``create=False`` is for resuming: the folder must already be a run folder. ``lock=True`` takes the run
+    folder's lock (``runlock.RunLockedError`` if another process holds it) until ``close()``. Use as a
+    context manager or call ``close()``.
     """
 
-    def __init__(self, run_dir: str | Path, *, create: bool = True):
+    def __init__(self, run_dir: str | Path, *, create: bool = True, lock: bool = False):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / STORE_FILE
+        self._lock = None
+        # SQLite and the search follow symlinks: one planted as the database, its journal or children/ would
+        # have them write outside the run folder.
+        for name in (STORE_FILE, f"{STORE_FILE}-wal", f"{STORE_FILE}-shm", CHILDREN_DIR, LOCK_FILE):
+            if (self.run_dir / name).is_symlink():
+                raise StoreError(f"{self.run_dir}: {name} is a symlink; a run folder holds its own files")
         exists = self.path.is_file()
         if not exists and not create:
             raise StoreError(f"{self.run_dir}: not a run folder (no {STORE_FILE})")
@@ -179,10 +273,17 @@ class ExperimentStore:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise StoreError(f"{self.run_dir}: cannot create the run folder ({e.strerror})") from None
+        if lock:
+            try:
+                self._lock = RunLock(self.run_dir)
+            except OSError as e:
+                raise StoreError(f"{self.run_dir}: cannot lock the run folder ({LOCK_FILE}: {e.strerror})") from None
+            exists = self.path.is_file()  # another process may have created it before we got the lock
         try:
             # isolation_level=None: no implicit transactions; _transaction() says where each one begins and ends.
             self._db = sqlite3.connect(self.path, isolation_level=None)
         except sqlite3.Error as e:
+            self._release()
             raise StoreError(f"{self.run_dir}: cannot open {STORE_FILE} ({e})") from None
         try:
             self._db.row_factory = sqlite3.Row
@@ -193,17 +294,27 @@ class ExperimentStore:
                 self._check_schema()
             else:
                 self._create_schema()
-        except sqlite3.DatabaseError as e:
+        except sqlite3.Error as e:
             self._db.close()
+            self._release()
+            error = _store_error(self.run_dir, e)
+            if isinstance(error, StoreFullError):
+                raise error from None
             raise StoreError(f"{self.run_dir}: {STORE_FILE} is not a usable experiment store ({e})") from None
         except BaseException:
             self._db.close()
+            self._release()
             raise
 
     @classmethod
-    def open_existing(cls, run_dir: str | Path) -> ExperimentStore:
-        """Open a run folder to resume it; StoreError if it is not one."""
-        return cls(run_dir, create=False)
+    def open_existing(cls, run_dir: str | Path, *, lock: bool = False) -> ExperimentStore:
+        """Open a run folder (to resume it: ``lock=True``); StoreError if it is not one."""
+        return cls(run_dir, create=False, lock=lock)
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _create_schema(self) -> None:
         with self._transaction():
@@ -224,7 +335,10 @@ class ExperimentStore:
             raise StoreError(f"{self.run_dir}: store schema version {version}, this easc reads {SCHEMA_VERSION}")
 
     def close(self) -> None:
-        self._db.close()
+        try:
+            self._db.close()
+        finally:
+            self._release()
 
     def __enter__(self) -> ExperimentStore:
         return self
@@ -238,10 +352,16 @@ class ExperimentStore:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # SQLite may have rolled back already (a full disk at COMMIT does); a second ROLLBACK would raise
+            # "no transaction is active" over the real error.
+            if self._db.in_transaction:
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
             raise
-        self._db.execute("COMMIT")
 
     # ------------------------------------------------------------------------------------------- run info
 
@@ -261,7 +381,23 @@ class ExperimentStore:
 
     def config(self) -> dict[str, Any] | None:
         text = self.run_info().get("config")
-        return None if text is None else json.loads(text)
+        if text is None:
+            return None
+        try:
+            config = json.loads(text)
+        except (TypeError, ValueError):
+            config = None
+        if not isinstance(config, dict):
+            raise StoreError(f"{self.run_dir}: {STORE_FILE} is corrupt (the saved configuration is not a JSON "
+                             f"object)")
+        return config
+
+    def child_file(self, record: ChildRecord) -> Path:
+        """The absolute path of a child's network file, checked to lie inside ``RUN/children/``."""
+        if not record.weights_path:
+            raise StoreError(f"{self.run_dir}: child {record.id} has no trained network (status {record.status})")
+        return _check_child_file(self.run_dir, record.weights_path,
+                                 f"{self.run_dir}: {STORE_FILE} is corrupt (child {record.id}")
 
     # ------------------------------------------------------------------------------------------- children
 
@@ -319,7 +455,7 @@ class ExperimentStore:
         row = self._db.execute("SELECT * FROM children WHERE id = ?", (child_id,)).fetchone()
         if row is None:
             raise StoreError(f"{self.run_dir}: no child {child_id}")
-        return _child(row)
+        return _child(row, self.run_dir)
 
     def children(self, *, step: int | None = None, status: str | None = None) -> list[ChildRecord]:
         where, args = [], []
@@ -331,13 +467,13 @@ class ExperimentStore:
             where.append("status = ?")
             args.append(status)
         sql = "SELECT * FROM children" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
-        return [_child(r) for r in self._db.execute(sql, args)]
+        return [_child(r, self.run_dir) for r in self._db.execute(sql, args)]
 
     def find_done_by_hash(self, hash: str) -> ChildRecord | None:
         """The first trained child with this canonical hash (the search trains each architecture once)."""
         row = self._db.execute("SELECT * FROM children WHERE hash = ? AND status = 'done' ORDER BY id LIMIT 1",
                                (hash,)).fetchone()
-        return None if row is None else _child(row)
+        return None if row is None else _child(row, self.run_dir)
 
     def mark_in_flight_lost(self) -> int:
         """On resume: children left 'pending' or 'running' by a stopped driver become 'lost'; returns how many."""
@@ -352,7 +488,7 @@ class ExperimentStore:
         """The k trained children with the best validation accuracy ('cached' rows repeat a trained one)."""
         rows = self._db.execute("SELECT * FROM children WHERE status = 'done' AND val_acc IS NOT NULL "
                                 "ORDER BY val_acc DESC, id ASC LIMIT ?", (k,))
-        return [_child(r) for r in rows]
+        return [_child(r, self.run_dir) for r in rows]
 
     # ---------------------------------------------------------------------------------------------- steps
 
@@ -425,8 +561,13 @@ class ExperimentStore:
                 p = p.resolve().relative_to(self.run_dir.resolve())
             except ValueError:
                 raise StoreError(f"{self.run_dir}: weights path {p} is outside the run folder") from None
+        # Checked on the way in as on the way out (_child): a path the store would refuse to read back is
+        # refused now, before the run depends on it.
+        _check_child_file(self.run_dir, p.as_posix(), f"{self.run_dir}: cannot record it (weights path")
         return p.as_posix()
 
     def journal_mode(self) -> str:
         return self._db.execute("PRAGMA journal_mode").fetchone()[0]
 
+
+_guard_sqlite_errors(ExperimentStore)

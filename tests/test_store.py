@@ -62,10 +62,10 @@ def test_finishing_and_failing_a_child_record_results_and_the_finish_time(store)
     a, b = add(store, hash="a"), add(store, hash="b")
     store.start_child(a)
     assert store.child(a).status == "running" and store.child(a).finished is None
-    store.finish_child(a, val_acc=0.71, reward=2.1, train_seconds=12.5, weights_path="weights/a.safetensors")
+    store.finish_child(a, val_acc=0.71, reward=2.1, train_seconds=12.5, weights_path="children/a.safetensors")
     done = store.child(a)
     assert (done.status, done.val_acc, done.reward, done.train_seconds) == ("done", 0.71, 2.1, 12.5)
-    assert done.weights_path == "weights/a.safetensors" and done.finished is not None
+    assert done.weights_path == "children/a.safetensors" and done.finished is not None
     store.fail_child(b, "RuntimeError: CUDA out of memory", train_seconds=1.0)
     failed = store.child(b)
     assert (failed.status, failed.reward, failed.error) == ("failed", 0.0, "RuntimeError: CUDA out of memory")
@@ -73,8 +73,8 @@ def test_finishing_and_failing_a_child_record_results_and_the_finish_time(store)
 
 def test_weights_paths_are_stored_relative_to_the_run_folder(store, tmp_path):
     a = add(store, hash="a")
-    store.update_child(a, weights_path=store.run_dir.resolve() / "weights" / "a.bin")
-    assert store.child(a).weights_path == "weights/a.bin"
+    store.update_child(a, weights_path=store.run_dir.resolve() / "children" / "a.bin")
+    assert store.child(a).weights_path == "children/a.bin"
     with pytest.raises(StoreError, match=r"weights path .*elsewhere.bin is outside the run folder"):
         store.update_child(a, weights_path=tmp_path / "elsewhere.bin")
 

@@ -39,6 +39,8 @@ from onnx import numpy_helper
 from easc.ir import BATCH, Graph, IRError, Node, TensorType, make_node, verify
 from easc.ir.ops import pool_output_size
 
+from .fold_budget import FoldBudget, FoldBudgetError
+
 SUPPORTED_OPS = (
     "Add", "AveragePool", "BatchNormalization", "Cast", "Concat", "Conv", "Dropout", "Flatten", "Gemm",
     "GlobalAveragePool", "Identity", "MatMul", "MaxPool", "ReduceMean", "Relu", "Reshape", "Shape", "Softmax",
@@ -120,6 +122,7 @@ class _Importer:
         self.tainted: set[str] = set()  # ONNX values whose inferred shape ONNX gets wrong (ceil pools)
         self.origin = ""  # of the node being lowered
         self.ir_names: set = set()  # every name _unique_names hands out
+        self.fold_budget = FoldBudget(model, self.opset)  # size and step limits of constant folding
 
     # -- helpers -------------------------------------------------------------------------------
     def fail(self, message: str) -> OnnxImportError:
@@ -147,8 +150,16 @@ class _Importer:
     def _infer_shapes(self) -> dict:
         """Sample shapes (dims after the batch) that ONNX shape inference gives each value, when static."""
         try:
-            inferred = onnx.shape_inference.infer_shapes(self.model, check_type=False, strict_mode=False,
-                                                         data_prop=True)
+            # Data propagation (which knows Reshape targets computed from shapes) costs time in the size of
+            # the vectors it propagates, and 40 doubling Concats in a small file make that 2^40: run it only
+            # when every vector the file computes is small (fold_budget.py holds the folding itself to budget).
+            # Those sizes come from a plain inference of the graph without its weights (cheap: the weights
+            # would be copied into the C++ inference for nothing).
+            inferred = onnx.shape_inference.infer_shapes(_without_weights(self.model), check_type=False,
+                                                         strict_mode=False)
+            if _vector_elements(inferred) <= _DATA_PROP_ELEMENTS:
+                inferred = onnx.shape_inference.infer_shapes(self.model, check_type=False, strict_mode=False,
+                                                             data_prop=True)
         except Exception:  # inference is a cross-check only; a model it cannot handle still imports
             return {}
         out = {}
@@ -288,7 +299,11 @@ class _Importer:
         g = self.model.graph
         initializers = {t.name: t for t in g.initializer}
         for name, tensor in initializers.items():
-            self.env[name] = _const(numpy_helper.to_array(tensor))
+            try:
+                self.env[name] = _const(numpy_helper.to_array(tensor))
+            except Exception as e:  # noqa: BLE001 - a size or type the data does not match, of many kinds
+                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise self.fail(f"initializer '{name}' cannot be read ({reason[:200]})") from None
         for inp in g.input:
             if inp.name in initializers:
                 continue  # IR version < 4 lists initializers among the inputs too
@@ -329,6 +344,8 @@ class _Importer:
             if not d.HasField("dim_value"):
                 raise self.fail(f"{where} has a dynamic dimension '{d.dim_param or '?'}' after the batch; "
                                 "easc needs fixed sample shapes")
+            if d.dim_value < 1:
+                raise self.fail(f"{where} has dimension {d.dim_value} after the batch; dimensions must be positive")
             sample.append(int(d.dim_value))
         node = Node(inp.name, "input", (), {}, TensorType((BATCH,) + tuple(sample)))
         self.index[inp.name] = len(self.nodes)
@@ -378,7 +395,11 @@ class _Importer:
         for run in ((0, 1) if dependent else (0,)):
             args = [None if e is None else (e.a if run == 0 else e.b) for e in ins]
             try:
+                self.fold_budget.before(node, args)
                 results.append(self._evaluate(node, args))
+                self.fold_budget.after(results[-1])
+            except FoldBudgetError as e:
+                raise self.fail(f"{where}: {e}") from None
             except OnnxImportError:
                 raise
             except Exception as e:  # the reference evaluator's errors are of many types
@@ -787,6 +808,32 @@ class _Importer:
         self._simple(node, name, where, "softmax", inputs=[x])
 
 
+_DATA_PROP_ELEMENTS = 2**20  # ~0.1 s of propagation
+
+
+def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its initializers declared as inputs of their type: what shape inference needs."""
+    graph = model.graph
+    declared = [onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in graph.initializer]
+    known = {i.name for i in graph.input}
+    stripped = onnx.helper.make_graph(list(graph.node), graph.name,
+                                      list(graph.input) + [d for d in declared if d.name not in known],
+                                      list(graph.output))
+    out = onnx.helper.make_model(stripped, opset_imports=list(model.opset_import))
+    out.ir_version = model.ir_version
+    return out
+
+
+def _vector_elements(model: onnx.ModelProto) -> int:
+    """Elements of all rank-0/1 values with a known length (what ONNX's data propagation would carry)."""
+    total = 0
+    for vi in model.graph.value_info:
+        t = vi.type.tensor_type
+        if t.HasField("shape") and len(t.shape.dim) <= 1:
+            total += sum(d.dim_value for d in t.shape.dim if d.HasField("dim_value"))
+    return total
+
+
 def _float32_value(x) -> float:
     """A float attribute as written (ONNX stores float32: 1e-5 comes back as 9.99999974e-06)."""
     return float(str(np.float32(x)))
@@ -816,6 +863,20 @@ def import_model(model: onnx.ModelProto, source: str = "<model>", name: str | No
     return _Importer(model, source, name).run()
 
 
+def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Every external-data file must lie inside the model's folder (symlinks resolved): a model file
+    must not make easc read `/etc/passwd` or `../../secret`."""
+    folder = path.parent.resolve()
+    for t in model.graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in t.external_data if e.key == "location"), "")
+        target = (folder / location).resolve()
+        if not location or Path(location).is_absolute() or not target.is_relative_to(folder) or target == folder:
+            raise OnnxImportError(f"{path}: initializer '{t.name}' keeps its data in {location!r}, which is not "
+                                  "a file in the model's folder")
+
+
 def load_onnx(path) -> Graph:
     """Read an ONNX file (with external data next to it, if any) and lower it to the IR.
 
@@ -837,6 +898,7 @@ def load_onnx(path) -> Graph:
         raise OnnxImportError(f"{path}: not an ONNX model (it does not parse as one: {reason}; is the file "
                               "truncated?)") from None
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        _check_external_data(model, path)
         try:
             onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
         except Exception as e:
