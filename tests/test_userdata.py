@@ -292,6 +292,21 @@ def test_bad_arrays_are_refused_in_one_line_naming_the_array(tmp_path, arrays, m
     assert "\n" not in str(info.value) and str(path) in str(info.value)
 
 
+def test_an_npz_whose_arrays_would_not_fit_in_memory_is_refused_before_reading(tmp_path, monkeypatch):
+    from easc.backends.torch import arrays
+
+    np.savez_compressed(tmp_path / "big.npz", x_train=np.zeros((64, 8, 8, 3), np.uint8), y_train=np.arange(64) % 2)
+    monkeypatch.setattr(arrays, "MAX_ARRAY_BYTES", 10_000)
+    with pytest.raises(DatasetError, match=r"x_train is uint8 \(64, 8, 8, 3\)"):
+        load_dataset(str(tmp_path / "big.npz"))
+
+
+def test_a_fifo_named_like_an_npz_is_refused_without_reading(tmp_path):
+    os.mkfifo(tmp_path / "pipe.npz")
+    with pytest.raises(DatasetError, match="not a regular file"):
+        load_dataset(str(tmp_path / "pipe.npz"))
+
+
 # ------------------------------------------------------------------------------------------ bad folders
 
 

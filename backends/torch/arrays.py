@@ -21,6 +21,7 @@ import numpy as np
 
 SPLITS = ("train", "val", "test")
 CHANNEL_COUNTS = (1, 3)
+MAX_ARRAY_BYTES = 16 << 30  # an array that would decompress to more is refused before it is read
 
 
 class ArraysError(ValueError):
@@ -61,9 +62,28 @@ def _labels(path: Path, name: str, y: np.ndarray) -> np.ndarray:
     return y.astype(np.int64)
 
 
+def _check_sizes(path: Path, archive) -> None:
+    """Read each member's .npy header (not its data): a small compressed file can hold a huge array."""
+    for name in archive.files:
+        try:
+            with archive.zip.open(f"{name}.npy") as f:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(f)
+        except Exception:  # noqa: BLE001 - unreadable headers are reported when the array is read
+            continue
+        nbytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+        if nbytes > MAX_ARRAY_BYTES:
+            raise ArraysError(f"{path}: {name} is {dtype} {shape}, {nbytes / (1 << 30):.1f} GB in memory; "
+                              f"the limit is {MAX_ARRAY_BYTES >> 30} GB")
+
+
 def load_npz(path) -> tuple[dict, float, int]:
     """({split: (images N x C x H x W, labels)} for the splits present, pixel scale, class count)."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise ArraysError(f"{path}: not a regular file")  # a FIFO or device would block or never end
     try:
         archive = np.load(path, allow_pickle=False)
     except FileNotFoundError:
@@ -73,6 +93,7 @@ def load_npz(path) -> tuple[dict, float, int]:
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise ArraysError(f"{path}: holds a single array; expected an .npz with x_train and y_train")
     with archive:
+        _check_sizes(path, archive)
         names = set(archive.files)
         if "x_train" not in names or "y_train" not in names:
             raise ArraysError(f"{path}: has {', '.join(sorted(names)) or 'no arrays'}; expected x_train and y_train "
