@@ -325,6 +325,15 @@ def test_bad_folders_are_refused_in_one_line(tmp_path):
         load_dataset("cifar11")
 
 
+def test_fifos_and_symlink_loops_in_a_folder_are_never_read_or_followed(tmp_path):
+    root = small_folder(tmp_path / "imgs")
+    os.mkfifo(root / "class_0" / "pipe.png")  # opening it would block for ever
+    os.symlink(root, root / "class_1" / "loop")  # following it would never end
+    s = load_dataset(str(root))
+    files = s.split_record["train"] + s.split_record["val"] + s.split_record["test"]
+    assert len(files) == 18 and not any("pipe" in f or "loop" in f for f in files)
+
+
 def _truncated_png(path: Path) -> None:
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (6, 5, 3), dtype=np.uint8)).save(path)
     path.write_bytes(path.read_bytes()[:60])
