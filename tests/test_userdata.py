@@ -232,7 +232,7 @@ def test_a_corrupt_cache_entry_is_rebuilt_not_trusted(tmp_path, _cache, damage):
         (entry / "meta.json").write_text("{not json")
     else:  # valid JSON, valid checksum, rows that point outside the folder
         meta = json.loads((entry / "meta.json").read_text())
-        (entry / "meta.json").write_text(json.dumps({**meta, "kept": [10**6] * len(meta["kept"])}))
+        (entry / "meta.json").write_text(json.dumps({**meta, "kept": [10**6] * len(good)}))
     again = imagefolder.load_folder(root)
     assert not again.from_cache and np.array_equal(again.images, good)
     assert imagefolder.load_folder(root).from_cache  # rebuilt in place
@@ -353,6 +353,9 @@ def test_a_truncated_image_is_named_and_skipped_only_when_asked(tmp_path, capsys
     assert len(s.y_train) + len(s.y_val) + len(s.y_test) == 18
     note = capsys.readouterr().err.strip()
     assert note.count("\n") == 0 and "skipped 3 image(s)" in note and "class_0/0.png" in note
+    again = load_dataset(str(root), skip_bad_images=True)  # from the cache: the same rows, the same record
+    assert torch.equal(again.x_train, s.x_train) and again.split_record == s.split_record
+    assert imagefolder.load_folder(root, skip_bad=True).from_cache
 
 
 def test_cli_bad_data_is_one_line_with_exit_code_2(tmp_path):

@@ -394,7 +394,8 @@ def load_folder(root, image_size=None, *, skip_bad: bool = False, progress: bool
     if hit is not None:
         images, meta = hit
         try:  # the checksum covers the pixels; what meta.json says is checked here
-            kept = np.asarray(meta["kept"], np.int64).reshape(-1)
+            # null: every file was kept (20,000 indices in JSON would cost more to parse than the rest of meta)
+            kept = np.arange(len(images)) if meta["kept"] is None else np.asarray(meta["kept"], np.int64).reshape(-1)
             skipped = [(str(f), str(why)) for f, why in meta["skipped"]]
             valid = len(kept) == len(images) and (
                 len(kept) == 0 or (kept.min() >= 0 and kept.max() < len(listing.files)))
@@ -411,7 +412,8 @@ def load_folder(root, image_size=None, *, skip_bad: bool = False, progress: bool
     except BaseException:
         datacache.discard(tmp)
         raise
-    meta = {"root": str(listing.root), "kept": kept.tolist(), "skipped": [list(s) for s in skipped]}
+    meta = {"root": str(listing.root), "kept": None if len(kept) == len(listing.files) else kept.tolist(),
+            "skipped": [list(s) for s in skipped]}
     images = None
     try:
         if len(kept) == len(listing.files) and Path(path).name == GUESSED:
