@@ -179,7 +179,7 @@ def _decode_one(path: str, size, gray: bool | None, expect=None):
         else:
             im.load()
         if size is not None and (im.height, im.width) != tuple(size):
-            im = im.resize((size[1], size[0]), Image.BILINEAR)
+            im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
         return np.asarray(im, dtype=np.uint8), own, is_gray
 
 
