@@ -178,6 +178,21 @@ def test_a_folder_too_large_to_decode_at_its_own_size_asks_for_image_size(tmp_pa
     assert load_dataset(str(root), image_size=4).input_shape == (3, 4, 4)
 
 
+def test_large_jpegs_are_decoded_at_reduced_scale_and_resized(tmp_path):
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        (tmp_path / "jpg" / f"c{c}").mkdir(parents=True)
+        for i in range(5):
+            colour = rng.integers(0, 256, 3)
+            img = np.broadcast_to(colour, (64, 48, 3)).astype(np.uint8)
+            Image.fromarray(img).save(tmp_path / "jpg" / f"c{c}" / f"{i}.jpeg", quality=95)
+    decoded = imagefolder.load_folder(tmp_path / "jpg", (8, 6), use_cache=False)
+    assert decoded.images.shape == (10, 8, 6, 3)
+    first = np.asarray(Image.open(tmp_path / "jpg" / "c0" / "0.jpeg").convert("RGB"), dtype=np.int16)
+    # A flat colour survives draft decoding and resampling within JPEG's rounding.
+    assert np.abs(decoded.images[0].astype(np.int16) - first[:8, :6]).max() <= 3
+
+
 def test_parallel_decoding_gives_the_same_array_as_one_process(tmp_path, monkeypatch):
     root = small_folder(tmp_path / "imgs", n_per_class=12, classes=3)
     monkeypatch.setattr(imagefolder, "PARALLEL_MIN_FILES", 1)
