@@ -5,7 +5,7 @@ set and its shape rules), `verify.py`, `text.py` (print / parse), `hashing.py`, 
 (the `.easir` file) and `interpret.py` (reference semantics).
 """
 
-from .analysis import is_nonnegative, nonnegative_values
+from .analysis import identity_domain, is_nonnegative, nonnegative_values, value_ranges
 from .builder import GraphBuilder, init_weights, make_node
 from .graph import Graph, IRError, Node, UnknownNodeError
 from .hashing import structural_hash
@@ -19,7 +19,7 @@ from .verify import VerificationError, verify
 __all__ = [
     "BATCH", "Graph", "GraphBuilder", "IRError", "IRFileError", "LAYER_OPS", "Node", "OPS", "ParseError",
     "ShapeError", "TensorType", "UnknownNodeError", "VerificationError", "atomic_write_bytes", "format_node",
-    "graph_from_bytes", "graph_to_bytes", "init_weights", "is_nonnegative", "load_graph", "make_node",
+    "graph_from_bytes", "graph_to_bytes", "identity_domain", "init_weights", "is_nonnegative", "load_graph", "make_node",
     "nonnegative_values", "parse_graph", "print_graph", "probe_inputs", "run", "run_all", "save_graph",
-    "structural_hash", "verify",
+    "structural_hash", "value_ranges", "verify",
 ]

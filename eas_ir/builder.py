@@ -68,6 +68,8 @@ class GraphBuilder:
         self.types: dict[str, TensorType] = {}
         self.outputs: dict[str, str] = {}
         self._counters: dict[str, int] = {}
+        self._position: dict[str, int] = {}
+        self.reserved: set = set()  # names a source model uses further on (`fresh` avoids them)
 
     def _name(self, op: str, name: str | None) -> str:
         if name is not None:
@@ -81,16 +83,39 @@ class GraphBuilder:
             if candidate not in self.types:
                 return candidate
 
-    def add(self, op: str, inputs, attrs=None, weights=None, name: str | None = None) -> str:
+    def add(self, op: str, inputs, attrs=None, weights=None, name: str | None = None, origin: str = "",
+            expect=None) -> str:
+        """Append a node; `expect`: the sample shape the source model says it has (importers cross-check)."""
         inputs = [inputs] if isinstance(inputs, str) else list(inputs)
         for i in inputs:
             if i not in self.types:
                 raise IRError(f"{op}: input {i!r} is not defined yet")
         node = make_node(self._name(op, name), op, inputs, [self.types[i] for i in inputs],
-                         attrs, weights, self.rng)
+                         attrs, weights, self.rng, origin)
+        if expect is not None and tuple(expect) != node.type.sample_shape:
+            raise IRError(f"node {node.name!r} ({op}): easc computes samples of shape {node.type.sample_shape}, "
+                          f"the source model says {tuple(expect)}")
+        self._position[node.name] = len(self.nodes)
         self.nodes.append(node)
         self.types[node.name] = node.type
         return node.name
+
+    def node(self, name: str) -> Node:
+        return self.nodes[self._position[name]]
+
+    def replace_node(self, node: Node) -> None:
+        """Put `node` in place of the node of the same name and type (a bias folded into its layer)."""
+        old = self.node(node.name)
+        if node.type != old.type:
+            raise IRError(f"node {node.name!r}: a replacement must keep the type {old.type}, got {node.type}")
+        self.nodes[self._position[node.name]] = node
+
+    def fresh(self, base: str) -> str:
+        """`base` if no node has it and no source name is reserved, else `base_2`, `base_3`, ..."""
+        name, k = base, 2
+        while name in self.types or name in self.reserved:
+            name, k = f"{base}_{k}", k + 1
+        return name
 
     def type_of(self, name: str) -> TensorType:
         return self.types[name]
@@ -99,6 +124,7 @@ class GraphBuilder:
     def input(self, name: str, sample_shape) -> str:
         name = self._name("input", name)
         node = Node(name, "input", (), {}, batched(sample_shape))
+        self._position[name] = len(self.nodes)
         self.nodes.append(node)
         self.types[name] = node.type
         return name

@@ -1,9 +1,12 @@
 """The closed op set of the IR: each op with its attributes, weights and shape rule.
 
 An op spec is data: the attributes it takes (with defaults), how many inputs, which weights and
-their shapes, and a function from input types and attributes to the output type. The verifier, the
-text parser, the builder and the backends all read these specs, so adding an op is one entry here
-plus its lowering in each backend.
+their shapes, a function from input types and attributes to the output type, and its numpy kernel
+(`kernels.py`, the reference semantics the interpreter runs). The verifier, the text parser, the
+builder and the interpreter read these specs; the backends read the matching entry of
+`easc.backends.optable` (ONNX patterns in and out, torch module or function, code line), which
+lives outside the IR because the IR imports neither torch nor onnx. Adding an op is one entry here
+and one entry there.
 
 Conventions: values are NCHW (rank 4) or NC (rank 2); the channel axis is 1; spatial attributes
 are pairs `(height, width)`; padding is symmetric per axis, as in torch.nn.Conv2d.
@@ -15,6 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
+from . import kernels
 from .types import BATCH, TensorType
 
 
@@ -47,6 +51,17 @@ def pool_output_size(size: int, kernel: int, stride: int, pad: int, dilation: in
     else:
         out = span // stride + 1
     return out
+
+
+def ceil_overhang(size: int, kernel: int, stride: int, pad: int, out: int) -> int:
+    """Extra right padding a pool of `out` windows needs beyond its symmetric `pad` (ceil mode's last window)."""
+    return max(0, (out - 1) * stride + kernel - (size + 2 * pad))
+
+
+def plain_ceil_output_size(size: int, kernel: int, stride: int, pad: int) -> int:
+    """The output length ONNX shape inference (onnx 1.23) gives a ceil_mode=1 pool: the plain ceiling,
+    keeping a last window that starts in the right padding (torch and onnxruntime drop it)."""
+    return -(-(size + 2 * pad - kernel) // stride) + 1
 
 
 def _expect_rank(t: TensorType, rank: int, what: str):
@@ -154,6 +169,51 @@ def _softmax_rule(inputs, attrs):
     return inputs[0]
 
 
+def _mul_rule(inputs, attrs):
+    x, gate = inputs
+    if gate == x:
+        return x
+    if x.rank == 4 and gate.channels == x.channels and (gate.rank == 2 or tuple(gate.shape[2:]) == (1, 1)):
+        return x  # a squeeze-excitation gate: one factor per channel, broadcast over H, W
+    raise ShapeError(f"mul inputs must have the same type, or the second must be (N, C, 1, 1) or (N, C) with the "
+                     f"first's C channels: {x} vs {gate}")
+
+
+def _slice_rule(inputs, attrs):
+    (x,) = inputs
+    start, end = attrs["start"], attrs["end"]
+    if not 0 <= start < end <= x.channels:
+        raise ShapeError(f"slice [{start}, {end}) is not a non-empty range of the {x.channels} channels of {x}")
+    return x.with_channels(end - start)
+
+
+def _shuffle_rule(inputs, attrs):
+    (x,) = inputs
+    g = attrs["groups"]
+    if x.rank != 4 or g < 1 or x.channels % g:
+        raise ShapeError(f"channel_shuffle(groups={g}) needs an NCHW input whose channels it divides, got {x}")
+    return x
+
+
+def _pad_rule(inputs, attrs):
+    (x,) = inputs
+    _expect_rank(x, 4, "pad")
+    top, left, bottom, right = attrs["pads"]
+    if min(top, left, bottom, right) < 0:
+        raise ShapeError(f"pads {attrs['pads']} must be >= 0 (cropping is not a pad)")
+    return TensorType((BATCH, x.channels, x.shape[2] + top + bottom, x.shape[3] + left + right), x.dtype)
+
+
+def _clip_check(attrs):
+    if not attrs["min"] < attrs["max"]:
+        raise ShapeError(f"clip needs min < max, got [{attrs['min']}, {attrs['max']}]")
+
+
+def _clip_rule(inputs, attrs):
+    _clip_check(attrs)
+    return inputs[0]
+
+
 @dataclass(frozen=True)
 class OpSpec:
     """What the IR knows about one op."""
@@ -166,6 +226,9 @@ class OpSpec:
     weights: Callable | None = None  # (input types, attrs) -> {weight name: shape}
     channelwise: bool = False  # maps channel c of its input to channel c of its output
     pairs: tuple = ()  # attributes given as (height, width) pairs
+    kernel: Callable | None = None  # (node, input values) -> value: the reference semantics (float64)
+    quads: tuple = ()  # attributes given as 4-tuples of ints
+    ints: tuple = ()  # attributes that are whole numbers
 
 
 OPS: dict[str, OpSpec] = {}
@@ -177,40 +240,73 @@ def _op(spec: OpSpec):
 
 # A graph input; its type is declared, not inferred.
 _op(OpSpec("input", "a graph input", arity=(0, 0)))
-# y = conv(x, weight) + bias: NCHW -> N,out,H',W' with H' = floor((H + 2p - d(k-1) - 1)/s) + 1
+# y = conv(x, weight) + bias: NCHW -> N,out,H',W' with H' = floor((H + 2p - d(k-1) - 1)/s) + 1;
+# groups = in = out is a depthwise conv (one k x k filter per channel)
 _op(OpSpec("conv2d", "2-D convolution",
            {"out": None, "kernel": None, "stride": (1, 1), "padding": (0, 0), "dilation": (1, 1),
             "groups": 1, "bias": True},
-           rule=_conv2d_rule, weights=_conv2d_weights, pairs=("kernel", "stride", "padding", "dilation")))
+           rule=_conv2d_rule, weights=_conv2d_weights, pairs=("kernel", "stride", "padding", "dilation"),
+           kernel=kernels.conv2d, ints=("out", "groups")))
 # y = scale (x - mean) / sqrt(var + eps) + bias per channel; shape unchanged (NC or NCHW)
 _op(OpSpec("batchnorm", "batch normalisation (running statistics in eval mode)",
            {"eps": 1e-5, "momentum": 0.1}, rule=_batchnorm_rule, weights=_batchnorm_weights,
-           channelwise=True))
+           channelwise=True, kernel=kernels.batchnorm))
 # y = max(x, 0); shape unchanged
-_op(OpSpec("relu", "rectified linear unit", channelwise=True))
+_op(OpSpec("relu", "rectified linear unit", channelwise=True, kernel=kernels.relu))
+# y = min(max(x, min), max); ReLU6 is clip [0, 6]; shape unchanged
+_op(OpSpec("clip", "clip to [min, max] (ReLU6: [0, 6])", {"min": 0.0, "max": 6.0}, rule=_clip_rule,
+           channelwise=True, kernel=kernels.clip))
+# y = x for x >= 0, slope x otherwise; shape unchanged
+_op(OpSpec("leaky_relu", "leaky rectified linear unit", {"slope": 0.01}, channelwise=True,
+           kernel=kernels.leaky_relu))
+# y = 1 / (1 + exp(-x)); shape unchanged
+_op(OpSpec("sigmoid", "logistic sigmoid", channelwise=True, kernel=kernels.sigmoid))
+# y = x sigmoid(x) (swish); shape unchanged
+_op(OpSpec("silu", "sigmoid-weighted linear unit (swish)", channelwise=True, kernel=kernels.silu))
+# y = clip(x / 6 + 1/2, 0, 1) (torch's Hardsigmoid); shape unchanged
+_op(OpSpec("hardsigmoid", "hard sigmoid, relu6(x + 3) / 6", channelwise=True, kernel=kernels.hardsigmoid))
+# y = x relu6(x + 3) / 6; shape unchanged
+_op(OpSpec("hardswish", "hard swish, x relu6(x + 3) / 6", channelwise=True, kernel=kernels.hardswish))
 # y = max over k x k windows; H' as conv (ceil optional), channels unchanged
 _op(OpSpec("maxpool2d", "2-D max pooling",
            {"kernel": None, "stride": None, "padding": (0, 0), "ceil": False},
-           rule=_pool_rule, channelwise=True, pairs=("kernel", "stride", "padding")))
+           rule=_pool_rule, channelwise=True, pairs=("kernel", "stride", "padding"), kernel=kernels.maxpool2d))
 # y = mean over k x k windows; H' as conv (ceil optional), channels unchanged
 _op(OpSpec("avgpool2d", "2-D average pooling",
            {"kernel": None, "stride": None, "padding": (0, 0), "ceil": False, "count_include_pad": True},
-           rule=_pool_rule, channelwise=True, pairs=("kernel", "stride", "padding")))
+           rule=_pool_rule, channelwise=True, pairs=("kernel", "stride", "padding"), kernel=kernels.avgpool2d))
 # y = mean over H, W: NCHW -> N,C,1,1
-_op(OpSpec("global_avgpool", "global average pooling", rule=_global_avgpool_rule, channelwise=True))
+_op(OpSpec("global_avgpool", "global average pooling", rule=_global_avgpool_rule, channelwise=True,
+           kernel=kernels.global_avgpool))
+# y = x with a constant border: pads = (top, left, bottom, right); NCHW -> N,C,H+top+bottom,W+left+right
+_op(OpSpec("pad", "constant padding of H and W", {"pads": None, "value": 0.0}, rule=_pad_rule,
+           channelwise=True, quads=("pads",), kernel=kernels.pad))
 # y = x reshaped to (N, prod(rest)); channel c of NCHW becomes columns [c HW, (c+1) HW)
-_op(OpSpec("flatten", "flatten all but the batch axis", rule=_flatten_rule))
+_op(OpSpec("flatten", "flatten all but the batch axis", rule=_flatten_rule, kernel=kernels.flatten))
 # y = x weight^T + bias: N,in -> N,out
 _op(OpSpec("linear", "fully connected layer", {"out": None, "bias": True},
-           rule=_linear_rule, weights=_linear_weights))
+           rule=_linear_rule, weights=_linear_weights, kernel=kernels.linear, ints=("out",)))
 # y = x in eval mode (random zeroing with probability p while training); shape unchanged
-_op(OpSpec("dropout", "dropout", {"p": 0.5}, channelwise=True))
+_op(OpSpec("dropout", "dropout", {"p": 0.5}, channelwise=True, kernel=kernels.identity))
 # y = inputs stacked along the channel axis; other axes must agree
-_op(OpSpec("concat", "concatenation along the channel axis", arity=(1, None), rule=_concat_rule))
+_op(OpSpec("concat", "concatenation along the channel axis", arity=(1, None), rule=_concat_rule,
+           kernel=kernels.concat))
+# y = channels [start, end) of x (one part of a channel split)
+_op(OpSpec("slice", "channels start..end-1 (a channel split)", {"start": None, "end": None}, rule=_slice_rule,
+           kernel=kernels.slice_channels, ints=("start", "end")))
+# y[:, j g + i] = x[:, i (C/g) + j]: view C as (g, C/g), swap, flatten back (ShuffleNet); shape unchanged
+_op(OpSpec("channel_shuffle", "channel shuffle (reshape-transpose-reshape)", {"groups": None},
+           rule=_shuffle_rule, kernel=kernels.channel_shuffle, ints=("groups",)))
 # y = sum of inputs; all inputs have the same type
-_op(OpSpec("add", "element-wise sum", arity=(2, None), rule=_add_rule))
+_op(OpSpec("add", "element-wise sum", arity=(2, None), rule=_add_rule, kernel=kernels.add))
+# y = a * b; b has a's type or is (N, C, 1, 1) or (N, C) (a squeeze-excitation gate, broadcast over H, W)
+_op(OpSpec("mul", "element-wise product (per-channel gate broadcast)", arity=(2, 2), rule=_mul_rule,
+           kernel=kernels.mul))
 # y = exp(x) / sum exp(x) over the class axis; N,C -> N,C
-_op(OpSpec("softmax", "softmax over axis 1", rule=_softmax_rule))
+_op(OpSpec("softmax", "softmax over axis 1", rule=_softmax_rule, kernel=kernels.softmax))
+
+ACTIVATION_OPS = ("relu", "clip", "leaky_relu", "sigmoid", "silu", "hardsigmoid", "hardswish")
+"""Element-wise non-linearities (one value in, one out, channel by channel)."""
 
 WEIGHTED_OPS = tuple(name for name, spec in OPS.items() if spec.weights is not None)
 LAYER_OPS = ("conv2d", "linear")
@@ -235,11 +331,15 @@ def normalise_attrs(op: str, attrs: dict) -> dict:
             raise ShapeError(f"{op} needs attribute {key!r}")
         if key in spec.pairs:
             value = _pair(value)
+        elif key in spec.quads:
+            if not isinstance(value, (list, tuple)) or len(value) != 4:
+                raise ShapeError(f"{op} attribute {key!r} must be 4 integers, got {value!r}")
+            value = tuple(int(v) for v in value)
         elif isinstance(default, bool) or isinstance(value, bool):
             value = bool(value)
         elif isinstance(default, float):
             value = float(value)
-        elif key in ("out", "groups"):
+        elif key in spec.ints:
             value = int(value)
         out[key] = value
     return out

@@ -13,10 +13,18 @@ several segments (concat(x, x) carries x's channels twice); all of them are wide
 The flow is the least set of (value, segment) facts closed under these rules, each an "if and only if":
 
     channel-wise op (OPS[op].channelwise)   input carries S        <=>  output carries S
+    depthwise conv (groups = in = out)      input carries S        <=>  output carries S
     flatten of (N, C, H, W)                 input carries (s, 1)   <=>  output carries (s HW, HW)
     concat                                  input k carries S      <=>  output carries S shifted by the
                                                                         channels of inputs 0..k-1
-    add                                     every input carries S  <=>  output carries S
+    slice [a, b) (a channel split)          input carries S in [a, b)  <=>  output carries S shifted by -a
+    add, mul                                every input carries S  <=>  output carries S
+
+A depthwise conv filters each channel on its own, so a copied channel takes a copy of its filter (and bias)
+and the conv stays depthwise with groups = out = the new width. Through mul the gate of a squeeze-excitation
+block, (N, C, 1, 1), is one of the inputs: the rule couples the excite conv producing it to the trunk, so
+the gate of a copied channel is the copy of its gate, while the squeeze conv reading the pooled trunk is an
+ordinary consumer. A slice that holds none of the channels only moves when they sit before it.
 
 The backward half of the add rule is what couples layers: channels summed by a residual add must be
 laid out identically on every input, so the producer of each other input gets widened with the same g.
@@ -24,7 +32,15 @@ The backward walk stops at conv2d / linear nodes, which become *sources* (their 
 anything else there (a graph input, a softmax, a concat whose inputs the segment straddles) is refused.
 The forward walk stops at conv2d / linear consumers, the *sinks*, whose input columns are gathered and
 divided by copy counts. A value carrying the channels that is a graph output, an op without a rule above
-(softmax, ...), and grouped convolutions on either side are refused with a reason.
+(softmax, ...) and a channel shuffle are refused with a reason: a shuffle interleaves equal groups, and
+widening one group alone would move the other groups' channels.
+
+Grouped convs (groups G, not depthwise) are widened group-consistently: a grouped conv reading all n
+channels, or producing them, sees them as G blocks of n/G, and a copy must stay in its original's block
+(a row of group i only reads input group i). The flow records G (`ChannelFlow.groups`); the mapping g then
+widens every block by the same number of copies drawn from that block and lays each block's copies right
+after it, so the layout stays G equal blocks. A grouped conv reading only part of the channels, or two
+different group counts, is refused.
 """
 
 from __future__ import annotations
@@ -79,6 +95,7 @@ class ChannelFlow:
     sources:   layer name -> the add that coupled it to `layer` ("" for `layer` itself); output rows gathered
     consumers: conv2d / linear layers reading a value that carries the channels; input columns gathered
     couplings: add name -> the sources reached backwards through it
+    groups:    G when a grouped conv reads or produces all the channels (g must keep G equal blocks), else 1
     """
 
     layer: str
@@ -88,6 +105,7 @@ class ChannelFlow:
     sources: dict
     consumers: tuple
     couplings: dict
+    groups: int = 1
 
     def remap(self, value: str, g: np.ndarray) -> Remap:
         """The gather of `value`'s axis 1 under the mapping g (len(g) = m >= n, g[:n] = 0..n-1)."""
@@ -102,7 +120,7 @@ class ChannelFlow:
             within = np.arange(seg.block)
             index.append((seg.start + g[:, None] * seg.block + within[None, :]).ravel())
             divisor.append(np.repeat(counts[g], seg.block))
-            new.append(np.repeat(np.arange(len(g)) >= n, seg.block))
+            new.append(np.repeat(_copies(g), seg.block))
             pos = seg.end(n)
         size = self.channels[value]
         index.append(np.arange(pos, size))
@@ -111,12 +129,26 @@ class ChannelFlow:
         return Remap(np.concatenate(index).astype(np.int64), np.concatenate(divisor), np.concatenate(new))
 
 
+def _copies(g: np.ndarray) -> np.ndarray:
+    """True for the columns of g that repeat a unit seen earlier: the new copies."""
+    first = np.zeros(len(g), dtype=bool)
+    first[np.unique(g, return_index=True)[1]] = True
+    return ~first
+
+
 def _describe(node) -> str:
     return f"{node.name}, a graph input" if node.op == "input" else f"{node.name} ({node.op})"
 
 
+def is_depthwise(node) -> bool:
+    """A conv2d with one k x k filter per channel: groups = input channels = output channels (its weight
+    has one input channel per group)."""
+    return node.op == "conv2d" and node.attrs["groups"] > 1 and node.attrs["out"] == node.attrs["groups"] \
+        and node.weights["weight"].shape[1] == 1
+
+
 def _grouped(node) -> bool:
-    return node.op == "conv2d" and node.attrs["groups"] > 1
+    return node.op == "conv2d" and node.attrs["groups"] > 1 and not is_depthwise(node)
 
 
 def trace_channels(graph: Graph, layer: str) -> ChannelFlow:
@@ -128,10 +160,20 @@ def trace_channels(graph: Graph, layer: str) -> ChannelFlow:
     start = graph.node(layer)
     if start.op not in LAYER_OPS:
         raise ChannelFlowError(f"it is a {start.op}, not a conv2d or linear layer")
-    if _grouped(start):
-        raise ChannelFlowError(f"it is a grouped conv (groups={start.attrs['groups']}); "
-                               f"widen does not gather grouped output channels")
+    if is_depthwise(start):
+        raise ChannelFlowError(f"it is a depthwise conv: its channels are its input's, one filter each; widen "
+                               f"the layer producing {start.inputs[0]} and the depthwise conv follows")
     n = start.width
+    groups = [start.attrs["groups"]] if _grouped(start) else []
+
+    def need_groups(node, what: str):
+        g = node.attrs["groups"]
+        if groups and groups[0] != g:
+            raise ChannelFlowError(f"its channels meet {node.name}, a grouped conv (groups={g}), and another with "
+                                   f"groups={groups[0]}; one mapping cannot keep both groupings")
+        if what:
+            raise ChannelFlowError(what)
+        groups[:1] = [g]
     segments: dict = {}
     sources: dict = {}
     consumers: dict = {}
@@ -162,18 +204,23 @@ def trace_channels(graph: Graph, layer: str) -> ChannelFlow:
         node = graph.node(value)
 
         # producer side: whatever makes `value` must lay the channels out at `seg`
-        if node.op in LAYER_OPS:
+        if is_depthwise(node):
+            work.append((node.inputs[0], seg, via))
+        elif node.op == "slice":
+            work.append((node.inputs[0], Segment(seg.start + node.attrs["start"], seg.block), via))
+        elif node.op in LAYER_OPS:
             if _grouped(node):
-                raise ChannelFlowError(f"its output feeds {via} whose other input comes from {node.name}, "
-                                       f"a grouped conv (groups={node.attrs['groups']}) whose output "
-                                       f"channels widen does not gather; widen both or neither")
+                partial = seg != Segment(0, 1) or node.width != n
+                need_groups(node, f"its output feeds {via} whose other input comes from {node.name}, a grouped "
+                                  f"conv (groups={node.attrs['groups']}) of another width; widen both or neither"
+                            if partial else "")
             if node.name not in sources:
                 sources[node.name] = via
                 if via:
                     couplings.setdefault(via, []).append(node.name)
         elif OPS[node.op].channelwise:
             work.append((node.inputs[0], seg, via))
-        elif node.op == "add":
+        elif node.op in ("add", "mul"):
             for i in dict.fromkeys(node.inputs):
                 work.append((i, seg, value))
         elif node.op == "concat":
@@ -206,12 +253,28 @@ def trace_channels(graph: Graph, layer: str) -> ChannelFlow:
         # consumer side: every reader of `value` sees the channels at `seg`
         for c in graph.consumers(value):
             cnode = graph.node(c)
-            if cnode.op in LAYER_OPS:
+            if is_depthwise(cnode):
+                work.append((c, seg, ""))
+            elif cnode.op == "slice":
+                a, b = cnode.attrs["start"], cnode.attrs["end"]
+                if a <= seg.start and seg.end(n) <= b:
+                    work.append((c, Segment(seg.start - a, seg.block), ""))
+                elif seg.end(n) > a and seg.start < b:
+                    raise ChannelFlowError(f"its channels (columns {seg.start}..{seg.end(n) - 1} of {value}) straddle "
+                                           f"the edge of {c}, a slice of channels {a}..{b - 1}; one mapping cannot "
+                                           f"widen both parts")
+            elif cnode.op == "channel_shuffle":
+                raise ChannelFlowError(f"its channels reach {c}, a channel shuffle (groups={cnode.attrs['groups']}), "
+                                       f"which interleaves equal groups: widening one group alone would move the "
+                                       f"other groups' channels")
+            elif cnode.op in LAYER_OPS:
                 if _grouped(cnode):
-                    raise ChannelFlowError(f"its channels feed {c}, a grouped conv (groups="
-                                           f"{cnode.attrs['groups']}), whose input channels widen does not remap")
+                    partial = seg != Segment(0, 1) or node.type.channels != n
+                    need_groups(cnode, f"its channels are part of the input of {c}, a grouped conv (groups="
+                                       f"{cnode.attrs['groups']}): copies would make its groups unequal"
+                                if partial else "")
                 consumers.setdefault(c, None)
-            elif OPS[cnode.op].channelwise or cnode.op == "add":
+            elif OPS[cnode.op].channelwise or cnode.op in ("add", "mul"):
                 work.append((c, seg, ""))
             elif cnode.op == "flatten":
                 src = node.type
@@ -239,4 +302,5 @@ def trace_channels(graph: Graph, layer: str) -> ChannelFlow:
         sources={s: sources[s] for s in by_order(sources)},
         consumers=tuple(by_order(consumers)),
         couplings={a: tuple(by_order(couplings[a])) for a in by_order(couplings)},
+        groups=groups[0] if groups else 1,
     )

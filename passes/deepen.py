@@ -17,9 +17,13 @@ set to undo itself:
   bn(y) = sqrt(sigma^2 + eps) (y - mu) / sqrt(sigma^2 + eps) + mu = y; exact in eval mode and close to the
   identity in train mode, whose batch statistics are close to mu and sigma^2 (EAS, Net2Deeper with BN).
 
-Last a relu, but only when x is provably non-negative (`easc.ir.is_nonnegative`: x comes from a relu, or from
-pooling / concat / add / flatten of non-negative values): relu(y) = y holds exactly when y >= 0, so anywhere else
-a relu would change the function and the block is left without an activation (the changes say so).
+Last an activation, but only where the range analysis (`easc.ir.value_ranges`) proves it is the identity on x.
+The activation is the one `after` is (relu, leaky_relu, clip such as ReLU6), or relu when `after` is not an
+activation: relu(y) = y and leaky_relu(y) = y exactly when y >= 0, clip(y) = y exactly when min <= y <= max.
+After relu x >= 0, after ReLU6 x lies in [0, 6], after a pooling of such values the same: the activation is
+added. Anywhere else (after sigmoid, silu, hardswish, which are the identity nowhere, or after a value that can
+leave the domain) an activation would change the function, and the block is left without one (the changes say
+so).
 
 Every consumer of x then reads the block's output instead. A value that is a graph output is refused: the
 block would sit after the output, or change it.
@@ -29,7 +33,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from easc.ir import Graph, UnknownNodeError, is_nonnegative, make_node, run_all
+from easc.ir import Graph, UnknownNodeError, identity_domain, make_node, run_all, value_ranges
+from easc.ir.ops import ACTIVATION_OPS
 
 from .base import PassError, PassResult
 
@@ -121,6 +126,35 @@ def _batchnorm(name: str, layer, origin: str, calibration) -> tuple:
     return bn, line
 
 
+def _activation(graph: Graph, node, bn, taken: list, changes: list) -> list:
+    """The activation closing the block, if the range analysis proves it the identity on `node`'s value."""
+    after = node.name
+    model = node if node.op in ACTIVATION_OPS else None
+    op, attrs = (model.op, dict(model.attrs)) if model is not None else ("relu", {})
+    lo, hi = value_ranges(graph)[after]
+    probe = make_node("probe", op, [bn.name], [bn.type], attrs)
+    domain = identity_domain(probe)
+    if domain is None:
+        changes.append(f"no activation: {op} is the identity on no interval, so after {after} the block has none")
+        return []
+    if not (domain[0] <= lo and hi <= domain[1]):
+        if op == "relu":
+            changes.append(f"no relu: {after}'s value can be negative and relu(x) = x only for x >= 0, "
+                           f"so the block has no activation")
+        else:
+            changes.append(f"no {op}: {after}'s value lies in [{lo:g}, {hi:g}] but {op}(x) = x only on "
+                           f"[{domain[0]:g}, {domain[1]:g}], so the block has no activation")
+        return []
+    name = unique_name(graph, f"deepen_{after}_{op}", taken)
+    taken.append(name)
+    what = f"{op} {attrs}" if attrs else op
+    if op == "relu":
+        changes.append(f"{name}: relu ({after}'s value is non-negative, so relu is the identity on it)")
+    else:
+        changes.append(f"{name}: {what} ({after}'s value lies in [{lo:g}, {hi:g}], where {op} is the identity)")
+    return [make_node(name, op, [bn.name], [bn.type], attrs, origin=after)]
+
+
 def deepen(graph: Graph, after: str, *, kernel: int = 3, rng: np.random.Generator | None = None,
            calibration=None) -> PassResult:
     """Insert an identity conv2d/linear -> batchnorm (-> relu) block after node `after` (see module doc).
@@ -159,13 +193,7 @@ def deepen(graph: Graph, after: str, *, kernel: int = 3, rng: np.random.Generato
     layer, line = _identity_layer(layer_name, node, kernel)
     bn, bn_line = _batchnorm(bn_name, layer, after, calibration)
     block, changes = [layer, bn], [line, bn_line]
-    if is_nonnegative(graph, after):
-        relu_name = unique_name(graph, f"deepen_{after}_relu", taken)
-        block.append(make_node(relu_name, "relu", [bn.name], [bn.type], origin=after))
-        changes.append(f"{relu_name}: relu ({after}'s value is non-negative, so relu is the identity on it)")
-    else:
-        changes.append(f"no relu: {after}'s value can be negative and relu(x) = x only for x >= 0, "
-                       f"so the block has no activation")
+    block.extend(_activation(graph, node, bn, taken, changes))
     out = block[-1].name
     changes.append(f"{', '.join(consumers)} now read{'s' if len(consumers) == 1 else ''} {out} instead of {after}")
 

@@ -46,12 +46,13 @@ def widen_all(graph: Graph, factor: float, *, rng=None, probes=None, executor=ru
     Layers coupled through a residual add are widened together by the first of them, so the later
     ones are already at their target width and are skipped.
     """
-    from .widen import widenable_layers
+    from .widen import nearest_valid_width, widenable_layers
 
     if not factor > 1:
         raise PassError(f"--factor must be greater than 1, got {factor}")
     results = []
-    targets = {name: math.ceil(graph.node(name).width * factor) for name in widenable_layers(graph)}
+    targets = {name: nearest_valid_width(graph, name, math.ceil(graph.node(name).width * factor))
+               for name in widenable_layers(graph)}
     for name, width in targets.items():
         if graph.node(name).width >= width:
             continue

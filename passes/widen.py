@@ -40,7 +40,7 @@ from easc.ir import OPS, Graph, UnknownNodeError
 from easc.ir.ops import LAYER_OPS, infer_type
 
 from .base import PRESERVATION_RTOL, PassError, PassResult, default_rng
-from .channels import ChannelFlow, ChannelFlowError, trace_channels
+from .channels import ChannelFlow, ChannelFlowError, is_depthwise, trace_channels
 
 NOISE_TOLERANCE_FACTOR = 10.0
 """Allowed output change per unit of noise, relative to (1 + max |output|).
@@ -52,9 +52,19 @@ that changes the function on purpose, not a rounding argument.
 """
 
 
-def wider_mapping(n: int, m: int, rng: np.random.Generator) -> np.ndarray:
-    """g: units 0..n-1 keep their place; units n..m-1 copy a unit drawn uniformly (with replacement)."""
-    return np.concatenate([np.arange(n), rng.integers(0, n, size=m - n)]).astype(np.int64)
+def wider_mapping(n: int, m: int, rng: np.random.Generator, groups: int = 1) -> np.ndarray:
+    """g: units 0..n-1 keep their place; units n..m-1 copy a unit drawn uniformly (with replacement).
+
+    With groups G > 1 (a grouped conv reads or makes the channels): G blocks of n/G units, each followed by
+    its (m - n)/G copies drawn from that block, so every group grows alike and keeps its own units.
+    """
+    if groups == 1:
+        return np.concatenate([np.arange(n), rng.integers(0, n, size=m - n)]).astype(np.int64)
+    b, k = n // groups, (m - n) // groups
+    parts = []
+    for i in range(groups):
+        parts += [np.arange(i * b, (i + 1) * b), rng.integers(i * b, (i + 1) * b, size=k)]
+    return np.concatenate(parts).astype(np.int64)
 
 
 def _layer(graph: Graph, layer: str):
@@ -81,6 +91,13 @@ def widen_reason(graph: Graph, layer: str) -> str | None:
     except PassError as e:
         return str(e)
     return None
+
+
+def nearest_valid_width(graph: Graph, layer: str, width: int) -> int:
+    """The smallest width >= `width` that `widen` accepts for `layer`: through a grouped conv with G groups
+    the layer grows by a multiple of G (see `channels.py`)."""
+    n, groups = _layer(graph, layer).width, _flow(graph, layer).groups
+    return n + -(-(width - n) // groups) * groups
 
 
 def widenable_layers(graph: Graph) -> list:
@@ -121,8 +138,11 @@ def widen(graph: Graph, layer: str, width: int, *, rng: np.random.Generator | No
             or not (noise >= 0 and math.isfinite(noise)):
         raise PassError(f"widen {layer}: noise must be a finite number >= 0, got {noise!r}")
     flow = _flow(graph, layer)
+    if (width - n) % flow.groups:
+        raise PassError(f"widen {layer}: its channels pass through a grouped conv (groups={flow.groups}), so it "
+                        f"grows by a multiple of {flow.groups} (every group alike); {width} is {n} + {width - n}")
     rng = default_rng(rng)
-    g = wider_mapping(n, width, rng)
+    g = wider_mapping(n, width, rng, flow.groups)
     remaps = {value: flow.remap(value, g) for value in flow.segments}
 
     new_nodes, types, edits = [], {}, {}
@@ -141,9 +161,19 @@ def widen(graph: Graph, layer: str, width: int, *, rng: np.random.Generator | No
             attrs["out"] = len(rows)
             lines.append(f"{node.name}: {node.width} -> {len(rows)} {_unit(node)}"
                          + _coupling_note(flow, node.name))
+        elif here is not None and is_depthwise(node):
+            weights = {k: w[here.index] for k, w in weights.items()}
+            attrs["out"] = attrs["groups"] = len(here.index)
+            lines.append(f"{node.name}: depthwise, {len(here.index)} filters (copies of their channels' filters)")
         elif here is not None and node.weights and OPS[node.op].channelwise:
             weights = {k: w[here.index] for k, w in weights.items()}
             lines.append(f"{node.name}: gathered {len(here.index)} channels")
+        if node.op == "slice" and node.inputs[0] in remaps:
+            moved = _moved_slice(node, remaps[node.inputs[0]])
+            if moved != {"start": attrs["start"], "end": attrs["end"]}:
+                attrs.update(moved)
+                lines.append(f"{node.name}: channels {node.attrs['start']}..{node.attrs['end'] - 1} are now "
+                             f"{moved['start']}..{moved['end'] - 1}")
         if node.name in flow.consumers:
             lines.append(_remap_consumer(node, weights, remaps[node.inputs[0]], flow, noise, rng))
         if node.op in ("concat", "add") and here is not None:
@@ -164,6 +194,14 @@ def widen(graph: Graph, layer: str, width: int, *, rng: np.random.Generator | No
         result.exact = False
         result.tolerance = max(PRESERVATION_RTOL, NOISE_TOLERANCE_FACTOR * noise * math.sqrt((width - n) / n))
     return result
+
+
+def _moved_slice(node, remap) -> dict:
+    """A slice's new [start, end) after its input was gathered: the new columns copying its old ones
+    (contiguous: the flow refuses a slice whose edge cuts the widened channels)."""
+    a, b = node.attrs["start"], node.attrs["end"]
+    inside = np.flatnonzero((remap.index >= a) & (remap.index < b))
+    return {"start": int(inside[0]), "end": int(inside[-1]) + 1}
 
 
 def _coupling_note(flow: ChannelFlow, name: str) -> str:
@@ -192,12 +230,26 @@ def _join_note(node, flow: ChannelFlow, remap) -> str:
 def _remap_consumer(node, weights: dict, remap, flow: ChannelFlow, noise: float, rng) -> str:
     """Gather the consumer's input axis (1) by g, divide by copy counts, add noise to new copies' columns."""
     original = weights["weight"]
-    w = np.take(original.astype(np.float64), remap.index, axis=1)
-    shape = (1, -1) + (1,) * (w.ndim - 2)
-    w /= remap.divisor.reshape(shape)
-    if noise > 0:
-        std = float(np.std(original.astype(np.float64)))
-        w[:, remap.new] += rng.normal(0.0, noise * std, size=w[:, remap.new].shape)
+    groups = node.attrs.get("groups", 1) if node.op == "conv2d" else 1
+    if groups > 1:  # each group's rows gather within the group's block of columns (see channels.py)
+        old_c, new_c, o = original.shape[1], len(remap.index) // groups, original.shape[0] // groups
+        blocks = []
+        for i in range(groups):
+            cols = slice(i * new_c, (i + 1) * new_c)
+            block = np.take(original[i * o:(i + 1) * o].astype(np.float64), remap.index[cols] - i * old_c, axis=1)
+            block /= remap.divisor[cols].reshape(1, -1, 1, 1)
+            if noise > 0:
+                new = remap.new[cols]
+                block[:, new] += rng.normal(0.0, noise * float(np.std(original)), size=block[:, new].shape)
+            blocks.append(block)
+        w = np.concatenate(blocks)
+    else:
+        w = np.take(original.astype(np.float64), remap.index, axis=1)
+        shape = (1, -1) + (1,) * (w.ndim - 2)
+        w /= remap.divisor.reshape(shape)
+        if noise > 0:
+            std = float(np.std(original.astype(np.float64)))
+            w[:, remap.new] += rng.normal(0.0, noise * std, size=w[:, remap.new].shape)
     weights["weight"] = w.astype(np.float32)
     old, new = original.shape[1], w.shape[1]
     note = f"; noise {noise:g} x std on the {int(remap.new.sum())} new {'channels' if node.op == 'conv2d' else 'columns'}" \

@@ -198,8 +198,6 @@ def test_names_built_to_break_out_of_generated_code_are_data_to_every_command(tm
     assert list(load_model(out / "e.onnx").outputs) == names
 
 
-@pytest.mark.xfail(reason="the code exporter's name escaping (issue 12 item 1) is owned by issue 10 and lands with "
-                          "its branch; remove this mark when it is merged", strict=False)
 @pytest.mark.parametrize("fmt", ["onnx", "easir"])
 def test_export_torch_of_names_built_to_break_out_of_generated_code_runs_no_command(tmp_path, fmt):
     """`export --format torch` must neither run such a name while checking the code it generates nor write a

@@ -37,6 +37,20 @@ def feeds_for(graph, batch=3, seed=0):
     return {n.name: rng.standard_normal((batch,) + n.type.sample_shape).astype(np.float32) for n in graph.inputs}
 
 
+def modern_ops_branch(b, h):
+    """The ops of mobile networks on an NCHW value (6 channels): activations, pad, depthwise conv,
+    squeeze-excitation gate, channel shuffle and split; returns a pooled (N, 4, 1, 1) value."""
+    e = b.add("clip", [h], {"min": 0.0, "max": 6.0})
+    e = b.add("leaky_relu", [b.add("hardswish", [e])], {"slope": 0.1})
+    p = b.add("pad", [e], {"pads": (1, 0, 2, 1), "value": 0.5})
+    dw = b.conv2d(p, 6, 3, groups=6)
+    gate = b.add("hardsigmoid", [b.conv2d(b.add("silu", [b.conv2d(b.global_avgpool(dw), 3, 1)]), 6, 1)])
+    se = b.add("mul", [dw, gate])
+    sl = b.add("slice", [b.add("channel_shuffle", [se], {"groups": 3})], {"start": 1, "end": 5})
+    s = b.add("mul", [b.add("sigmoid", [sl]), b.add("clip", [sl], {"min": -1.0, "max": 0.75})])
+    return b.global_avgpool(s)
+
+
 def every_op_graph():
     """A graph using every op of the IR, with non-trivial batchnorm statistics."""
     rng = np.random.default_rng(1)
@@ -52,7 +66,7 @@ def every_op_graph():
     m = b.maxpool2d(s3, 3, 2, 1, ceil=True)
     a = b.avgpool2d(m, 2, 2, 1, ceil=True, count_include_pad=False)
     a2 = b.avgpool2d(m, 3, 1, 1, count_include_pad=True)
-    c = b.concat([b.global_avgpool(a), b.global_avgpool(a2)])
+    c = b.concat([b.global_avgpool(a), b.global_avgpool(a2), modern_ops_branch(b, h)])
     f = b.dropout(b.flatten(c), 0.3)
     logits = b.batchnorm(b.linear(f, 5))
     b.output("logits", logits)

@@ -474,24 +474,98 @@ graph grouped
 """
 
 
-def test_widen_refuses_grouped_convolutions_with_a_reason():
+def test_widen_through_a_grouped_conv_grows_every_group_alike_and_keeps_copies_in_their_group():
     graph = _graph(GROUPED)
+    result = _run_pass_and_check(graph, layer="conv_1", width=8)
+    assert result.graph.node("conv_2").attrs["groups"] == 2 and result.graph.node("conv_2").width == 8
+    g = trace_channels(graph, "conv_1")
+    assert g.groups == 2 and set(g.sources) == {"conv_1", "conv_2"}  # coupled through add_1
+    rows = result.graph.node("conv_1").weights["weight"][:, :, 0, 0]
+    old = graph.node("conv_1").weights["weight"][:, :, 0, 0]
+    for j in range(8):  # new channel j of block j // 4 copies a channel of old block j // 4
+        k = next(k for k in range(4) if np.array_equal(rows[j], old[k]))
+        assert k // 2 == j // 4
     with pytest.raises(PassError) as err:
-        widen(graph, "conv_1", 6)
-    assert str(err.value) == ("widen conv_1: its channels feed conv_2, a grouped conv (groups=2), whose input "
-                              "channels widen does not remap")
-    assert widen_reason(graph, "conv_2") == ("widen conv_2: it is a grouped conv (groups=2); widen does not "
-                                             "gather grouped output channels")
-    assert widenable_layers(graph) == ["conv_3"]
+        widen(graph, "conv_1", 7)
+    assert str(err.value) == ("widen conv_1: its channels pass through a grouped conv (groups=2), so it grows by a "
+                              "multiple of 2 (every group alike); 7 is 4 + 3")
+    _run_pass_and_check(graph, layer="conv_2", width=6)
 
 
-def test_widen_refuses_a_grouped_conv_on_the_other_side_of_an_add():
-    text = GROUPED.replace("conv_2 = conv2d(conv_1)", "conv_2 = conv2d(x)")
+def test_widen_refuses_a_grouped_conv_reading_only_part_of_the_channels():
+    text = GROUPED.replace("conv_2 = conv2d(conv_1) {out=4, kernel=3, padding=1, groups=2} : f32[N,4,4,4]",
+                           "cat_1 = concat(conv_1, x) : f32[N,8,4,4]\n"
+                           "  conv_2 = conv2d(cat_1) {out=4, kernel=3, padding=1, groups=2} : f32[N,4,4,4]")
     with pytest.raises(PassError) as err:
         widen(_graph(text), "conv_1", 6)
-    assert str(err.value) == ("widen conv_1: its output feeds add_1 whose other input comes from conv_2, a "
-                              "grouped conv (groups=2) whose output channels widen does not gather; widen both "
-                              "or neither")
+    assert str(err.value) == ("widen conv_1: its channels are part of the input of conv_2, a grouped conv "
+                              "(groups=2): copies would make its groups unequal")
+
+
+DEPTHWISE_SE = """
+graph mobile
+  x = input() : f32[N,3,6,6]
+  conv_1 = conv2d(x) {out=4, kernel=1} : f32[N,4,6,6]
+  bn_1 = batchnorm(conv_1) : f32[N,4,6,6]
+  clip_1 = clip(bn_1) {min=0.0, max=6.0} : f32[N,4,6,6]
+  dw_1 = conv2d(clip_1) {out=4, kernel=3, padding=1, groups=4} : f32[N,4,6,6]
+  hs_1 = hardswish(dw_1) : f32[N,4,6,6]
+  gap_1 = global_avgpool(hs_1) : f32[N,4,1,1]
+  sq_1 = conv2d(gap_1) {out=2, kernel=1} : f32[N,2,1,1]
+  silu_1 = silu(sq_1) : f32[N,2,1,1]
+  ex_1 = conv2d(silu_1) {out=4, kernel=1} : f32[N,4,1,1]
+  gate_1 = hardsigmoid(ex_1) : f32[N,4,1,1]
+  mul_1 = mul(hs_1, gate_1) : f32[N,4,6,6]
+  conv_3 = conv2d(x) {out=2, kernel=1} : f32[N,2,6,6]
+  cat_0 = concat(mul_1, conv_3) : f32[N,6,6,6]
+  part_1 = slice(cat_0) {start=0, end=4} : f32[N,4,6,6]
+  part_2 = slice(cat_0) {start=4, end=6} : f32[N,2,6,6]
+  conv_2 = conv2d(part_2) {out=2, kernel=1} : f32[N,2,6,6]
+  shuffle_1 = channel_shuffle(conv_2) {groups=2} : f32[N,2,6,6]
+  cat_1 = concat(part_1, shuffle_1) : f32[N,6,6,6]
+  pad_1 = pad(cat_1) {pads=(1,0,1,2), value=0.0} : f32[N,6,8,8]
+  lrelu_1 = leaky_relu(pad_1) {slope=0.1} : f32[N,6,8,8]
+  gap_2 = global_avgpool(lrelu_1) : f32[N,6,1,1]
+  flat_1 = flatten(gap_2) : f32[N,6]
+  fc_1 = linear(flat_1) {out=3} : f32[N,3]
+  output y = fc_1
+"""
+
+
+def test_widen_through_depthwise_conv_and_squeeze_excitation_copies_filters_and_gates():
+    graph = _graph(DEPTHWISE_SE)
+    result = _run_pass_and_check(graph, layer="conv_1", width=7)
+    new = result.graph
+    g = trace_channels(graph, "conv_1")
+    assert "ex_1" in g.sources and "sq_1" in g.consumers  # gate coupled, squeeze conv a consumer
+    dw = new.node("dw_1")
+    assert dw.attrs["groups"] == dw.attrs["out"] == 7
+    rows = new.node("conv_1").weights["weight"]
+    for j in range(4, 7):  # a copied channel gets its original's depthwise filter and excite row
+        k = next(k for k in range(4) if np.array_equal(rows[j], graph.node("conv_1").weights["weight"][k]))
+        np.testing.assert_array_equal(dw.weights["weight"][j], graph.node("dw_1").weights["weight"][k])
+        np.testing.assert_array_equal(new.node("ex_1").weights["weight"][j], graph.node("ex_1").weights["weight"][k])
+    # the split follows: part_1 holds the widened channels, part_2 the same two channels as before
+    assert (new.node("part_1").attrs["start"], new.node("part_1").attrs["end"]) == (0, 7)
+    assert (new.node("part_2").attrs["start"], new.node("part_2").attrs["end"]) == (7, 9)
+
+
+def test_widen_refuses_channels_reaching_a_channel_shuffle_or_straddling_a_split():
+    graph = _graph(DEPTHWISE_SE)
+    assert widen_reason(graph, "conv_2") == (
+        "widen conv_2: its channels reach shuffle_1, a channel shuffle (groups=2), which interleaves equal groups: "
+        "widening one group alone would move the other groups' channels")
+    assert widen_reason(graph, "dw_1").startswith("widen dw_1: it is a depthwise conv")
+    straddle = (DEPTHWISE_SE.replace("{start=0, end=4} : f32[N,4,6,6]", "{start=0, end=5} : f32[N,5,6,6]")
+                .replace("{start=4, end=6} : f32[N,2,6,6]", "{start=5, end=6} : f32[N,1,6,6]")
+                .replace("cat_1 = concat(part_1, shuffle_1) : f32[N,6,6,6]", "cat_1 = concat(part_1, shuffle_1) : f32[N,7,6,6]")
+                .replace("f32[N,6,8,8]", "f32[N,7,8,8]").replace("gap_2 = global_avgpool(lrelu_1) : f32[N,6,1,1]",
+                                                                "gap_2 = global_avgpool(lrelu_1) : f32[N,7,1,1]")
+                .replace("flat_1 = flatten(gap_2) : f32[N,6]", "flat_1 = flatten(gap_2) : f32[N,7]"))
+    with pytest.raises(PassError) as err:
+        widen(_graph(straddle), "conv_3", 4)
+    assert str(err.value) == ("widen conv_3: its channels (columns 4..5 of cat_0) straddle the edge of part_1, a "
+                              "slice of channels 0..4; one mapping cannot widen both parts")
 
 
 def test_widen_unknown_layer_lists_the_valid_layer_names():
@@ -615,3 +689,29 @@ def test_random_widen_chains_preserve_outputs(graph, data):
             if other.name not in trace_channels(graph, name).sources:
                 assert result.graph.node(other.name).width == other.width
         graph = result.graph
+
+
+def test_a_conv_with_as_many_groups_as_outputs_but_two_inputs_per_group_is_grouped_not_depthwise():
+    text = """
+graph g
+  x = input() : f32[N,3,4,4]
+  conv_1 = conv2d(x) {out=4, kernel=1} : f32[N,4,4,4]
+  conv_2 = conv2d(conv_1) {out=2, kernel=3, padding=1, groups=2} : f32[N,2,4,4]
+  flatten_1 = flatten(conv_2) : f32[N,32]
+  fc_1 = linear(flatten_1) {out=2} : f32[N,2]
+  output y = fc_1
+"""
+    graph = _graph(text)
+    assert trace_channels(graph, "conv_1").groups == 2  # a grouped consumer, not a channel-wise one
+    result = _run_pass_and_check(graph, layer="conv_1", width=8)
+    assert result.graph.node("conv_2").weights["weight"].shape == (2, 4, 3, 3)
+
+
+def test_widen_with_noise_through_a_grouped_conv_perturbs_only_the_copies_within_the_stated_tolerance():
+    graph = _graph(GROUPED)
+    exact = widen(graph, "conv_1", 8, rng=np.random.default_rng(0)).graph
+    noisy = checked(graph, widen(graph, "conv_1", 8, rng=np.random.default_rng(0), noise=0.05))
+    assert not noisy.exact
+    w_exact, w_noisy = _w(exact, "conv_2"), _w(noisy.graph, "conv_2")
+    changed = np.flatnonzero(np.abs(w_noisy - w_exact).sum(axis=(0, 2, 3)) > 0)  # input columns per group block
+    assert len(changed) > 0 and set(changed) <= {2, 3}  # each group's 2 copies sit after its 2 originals

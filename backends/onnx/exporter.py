@@ -1,6 +1,8 @@
 """Write an IR graph as a standard ONNX model.
 
-Each IR node becomes one ONNX node of the same name (an n-ary `add` becomes `Sum`), weights become
+Each IR node becomes the ONNX node of the same name (an n-ary `add` becomes `Sum`; silu, a
+hardswish below opset 14 and a channel shuffle are several nodes, the last or the Transpose named after
+it), weights become
 initializers named `<node>.<weight>`, the batch dimension of inputs and outputs is the symbolic
 `N`, and the graph's input and output names are kept. A node a pass inserted records where it came
 from in the ONNX node's `metadata_props` (`easc.origin`), so that importing the file gives back
@@ -20,10 +22,23 @@ the same IR, text form included.
 | concat         | Concat axis=1                                               |
 | add            | Add (two inputs), Sum (more)                                |
 | softmax        | Softmax axis=1                                              |
+| clip           | Clip with min / max inputs                                  |
+| leaky_relu     | LeakyRelu alpha                                             |
+| sigmoid        | Sigmoid                                                     |
+| silu           | Sigmoid then Mul (x * sigmoid(x), as both torch exporters)  |
+| hardsigmoid    | HardSigmoid alpha=1/6 beta=1/2                              |
+| hardswish      | HardSwish (opset >= 14), else HardSigmoid then Mul          |
+| mul            | Mul (the (N, C, 1, 1) gate broadcasts)                      |
+| slice          | Slice on axis 1                                             |
+| channel_shuffle| Reshape (N, g, C/g, H, W) - Transpose - Reshape             |
+| pad            | Pad mode=constant                                           |
+
+The rows live in `easc.backends.optable` (each op's `onnx` entry); this module owns names,
+initializers, the graph's inputs and outputs, and the checks.
 
 Pools with ceil=true: ONNX shape inference (onnx 1.23) sizes a `ceil_mode=1` pool by the plain
 ceiling formula, while onnxruntime and torch drop a last window that would start in the right
-padding; `_pool_attrs` writes such pools in an equivalent form ONNX sizes correctly. Output shapes
+padding; `pool_attrs` writes such pools in an equivalent form ONNX sizes correctly. Output shapes
 are declared as the IR computes them unless ONNX's inference disagrees (then only the batch
 dimension is declared), so that the model passes `onnx.checker.check_model(full_check=True)`.
 """
@@ -35,8 +50,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from easc.ir import BATCH, Graph, IRError, atomic_write_bytes
+from easc.ir.ops import ceil_overhang, plain_ceil_output_size, pool_output_size
 
-from .importer import CEIL_KEY, ORIGIN_KEY
+from easc.backends.optable import LOWERINGS
+
+from .importer import ORIGIN_KEY
 
 MIN_OPSET = 13
 """Dropout takes its ratio as an input from opset 12, Softmax means one axis from opset 13."""
@@ -65,6 +83,38 @@ class _Names:
         while name in self.taken:
             name, k = f"{base}_{k}", k + 1
         return self.claim(name)
+
+
+class _Context:
+    """What an op's ONNX lowering (easc.backends.optable) needs: initializers, fresh names, node making.
+
+    The op's last node takes the IR node's name; intermediate values and their nodes get fresh names
+    derived from it (`conv_1/sigmoid`), unique among values and node names alike.
+    """
+
+    def __init__(self, node, values: _Names, node_names: set, initializers: list, opset: int):
+        self.node, self.values, self.node_names, self.initializers, self.opset = node, values, node_names, \
+            initializers, opset
+
+    def init(self, key: str, array) -> str:
+        array = np.asarray(array)
+        if array.dtype != np.int64:
+            array = array.astype(np.float32)
+        name = self.values.fresh(f"{self.node.name}.{key}")
+        self.initializers.append(numpy_helper.from_array(array, name))
+        return name
+
+    def value(self, key: str) -> str:
+        name = self.values.fresh(f"{self.node.name}/{key}")
+        k = 2
+        while name in self.node_names:  # also a node name: nodes and values are named alike
+            name = self.values.fresh(f"{self.node.name}/{key}_{k}")
+            k += 1
+        self.node_names.add(name)
+        return name
+
+    def make(self, op_type: str, inputs: list, output: str, name: str | None = None, **attrs) -> onnx.NodeProto:
+        return helper.make_node(op_type, inputs, [output], name=name or self.node.name, **attrs)
 
 
 def export_model(graph: Graph, opset: int = 17) -> onnx.ModelProto:
@@ -100,25 +150,22 @@ def export_model(graph: Graph, opset: int = 17) -> onnx.ModelProto:
             value_of[node.name] = values.claim(node.name)
 
     onnx_nodes, initializers = [], []
-
-    def add_init(node_name: str, key: str, array) -> str:
-        name = values.fresh(f"{node_name}.{key}")
-        initializers.append(numpy_helper.from_array(np.asarray(array, dtype=np.float32), name))
-        return name
+    node_names = {n.name for n in graph.nodes}
 
     for node in graph.nodes:
         if node.op == "input":
             continue
-        try:
-            made = _lower(node, [by_name[i].type for i in node.inputs], [value_of[i] for i in node.inputs],
-                          value_of[node.name], add_init)
-        except KeyError as e:
-            raise OnnxExportError(f"node {node.name!r} ({node.op}): no export rule ({e})") from None
-        if node.origin:
-            made.metadata_props.add(key=ORIGIN_KEY, value=node.origin)
-        onnx_nodes.append(made)
+        low = LOWERINGS.get(node.op)
+        if low is None:
+            raise OnnxExportError(f"node {node.name!r} ({node.op}): no export rule")
+        ctx = _Context(node, values, node_names, initializers, opset)
+        made = low.onnx(ctx, node, [by_name[i].type for i in node.inputs], [value_of[i] for i in node.inputs],
+                        value_of[node.name])
+        for m in made:
+            if node.origin:
+                m.metadata_props.add(key=ORIGIN_KEY, value=node.origin)
+        onnx_nodes.extend(made)
 
-    node_names = {n.name for n in graph.nodes}
     outputs = []
     for public, node_name in graph.outputs.items():
         source = value_of[node_name]
@@ -162,7 +209,7 @@ def _inferred_sample_shapes(model: onnx.ModelProto) -> dict:
     return out
 
 
-def _pool_attrs(node, in_type) -> tuple:
+def pool_attrs(node, in_type) -> tuple:
     """ONNX attributes of a pooling node, and whether they stand for the IR's ceil=true.
 
     ONNX shape inference sizes ceil_mode=1 by the plain ceiling, keeping a last window that starts
@@ -182,9 +229,9 @@ def _pool_attrs(node, in_type) -> tuple:
     if not a["ceil"]:
         return attrs, False
     sizes, outs = in_type.shape[2:], node.type.shape[2:]
-    spans = [size + 2 * p - k for size, k, p in zip(sizes, a["kernel"], a["padding"])]
-    floor = [span // s + 1 for span, s in zip(spans, a["stride"])]
-    plain_ceil = [-(-span // s) + 1 for span, s in zip(spans, a["stride"])]
+    floor = [pool_output_size(size, k, s, p) for size, k, s, p in zip(sizes, a["kernel"], a["stride"], a["padding"])]
+    plain_ceil = [plain_ceil_output_size(size, k, s, p)
+                  for size, k, s, p in zip(sizes, a["kernel"], a["stride"], a["padding"])]
     if list(outs) == floor:
         return attrs, True
     if list(outs) == plain_ceil:
@@ -193,58 +240,9 @@ def _pool_attrs(node, in_type) -> tuple:
         raise OnnxExportError(f"node {node.name!r} (avgpool2d): ceil=true on input {in_type} cannot be written "
                               "so that ONNX shape inference agrees with onnxruntime (ceil adds a window on one "
                               "axis only, and padding is counted; count_include_pad=false would work)")
-    extra = [max(0, (o - 1) * s + k - (size + 2 * p))
+    extra = [ceil_overhang(size, k, s, p, o)
              for o, s, k, size, p in zip(outs, a["stride"], a["kernel"], sizes, a["padding"])]
     return dict(attrs, pads=[ph, pw, ph + extra[0], pw + extra[1]]), True
-
-
-def _lower(node, in_types: list, inputs: list, output: str, add_init) -> onnx.NodeProto:
-    """The ONNX node computing `node` from the ONNX values `inputs` into `output`."""
-    a, w, name = node.attrs, node.weights, node.name
-
-    def make(op_type, ins, **attrs):
-        return helper.make_node(op_type, ins, [output], name=name, **attrs)
-
-    op = node.op
-    if op == "conv2d":
-        ins = inputs + [add_init(name, "weight", w["weight"])]
-        if a["bias"]:
-            ins.append(add_init(name, "bias", w["bias"]))
-        (ph, pw) = a["padding"]
-        return make("Conv", ins, kernel_shape=list(a["kernel"]), strides=list(a["stride"]),
-                    pads=[ph, pw, ph, pw], dilations=list(a["dilation"]), group=a["groups"])
-    if op == "batchnorm":
-        ins = inputs + [add_init(name, key, w[key]) for key in ("scale", "bias", "mean", "var")]
-        return make("BatchNormalization", ins, epsilon=a["eps"], momentum=1.0 - a["momentum"])
-    if op == "relu":
-        return make("Relu", inputs)
-    if op in ("maxpool2d", "avgpool2d"):
-        attrs, ceil_marker = _pool_attrs(node, in_types[0])
-        if op == "avgpool2d":
-            made = make("AveragePool", inputs, count_include_pad=int(a["count_include_pad"]), **attrs)
-        else:
-            made = make("MaxPool", inputs, **attrs)
-        if ceil_marker:
-            made.metadata_props.add(key=CEIL_KEY, value="1")
-        return made
-    if op == "global_avgpool":
-        return make("GlobalAveragePool", inputs)
-    if op == "flatten":
-        return make("Flatten", inputs, axis=1)
-    if op == "linear":
-        ins = inputs + [add_init(name, "weight", w["weight"])]
-        if a["bias"]:
-            ins.append(add_init(name, "bias", w["bias"]))
-        return make("Gemm", ins, transB=1)
-    if op == "dropout":
-        return make("Dropout", inputs + [add_init(name, "ratio", np.float32(a["p"]))])
-    if op == "concat":
-        return make("Concat", inputs, axis=1)
-    if op == "add":
-        return make("Add" if len(inputs) == 2 else "Sum", inputs)
-    if op == "softmax":
-        return make("Softmax", inputs, axis=1)
-    raise KeyError(op)
 
 
 def save_onnx(graph: Graph, path, opset: int = 17) -> None:

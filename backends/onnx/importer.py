@@ -15,6 +15,12 @@ one of three things:
   pattern per exporter;
 - nothing else: an operator easc does not support raises `OnnxImportError` naming it and its node.
 
+Mobile-network patterns: Clip (bounds as attributes or constant inputs), HardSigmoid with torch's alpha
+1/6, Mul of x and Sigmoid(x) (or HardSigmoid(x)) becomes one silu (hardswish), Mul of a value and a
+(N, C, 1, 1) gate is a squeeze-excitation `mul`, Slice / Split along the channels become `slice` nodes, and
+the Reshape (N, g, C/g, H, W) - Transpose [0,2,1,3,4] - Reshape of a channel shuffle becomes one
+`channel_shuffle`. One-to-one operators are read from the op table (`easc.backends.optable`, `onnx_in`).
+
 Layers absorb what belongs to them: Conv / Gemm / MatMul followed by an Add of a per-channel
 constant become one `conv2d` / `linear` with a bias, named after the Conv / Gemm / MatMul. The
 batch dimension of the file (often fixed to 1 by exporters) becomes the symbolic `N`.
@@ -36,16 +42,17 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from easc.ir import BATCH, Graph, IRError, Node, TensorType, make_node, verify
-from easc.ir.ops import pool_output_size
+from easc.ir import BATCH, Graph, GraphBuilder, IRError, Node, TensorType, make_node, verify
+from easc.backends.optable import LOWERINGS
+from easc.ir.ops import plain_ceil_output_size, pool_output_size
 
 from .fold_budget import FoldBudget, FoldBudgetError
 
-SUPPORTED_OPS = (
-    "Add", "AveragePool", "BatchNormalization", "Cast", "Concat", "Conv", "Dropout", "Flatten", "Gemm",
-    "GlobalAveragePool", "Identity", "MatMul", "MaxPool", "ReduceMean", "Relu", "Reshape", "Shape", "Softmax",
-    "Squeeze", "Sum", "Unsqueeze",
+_STRUCTURAL_OPS = (
+    "Add", "BatchNormalization", "Cast", "Concat", "Conv", "Dropout", "Expand", "Flatten", "Gemm", "Identity",
+    "MatMul", "Mul", "ReduceMean", "Reshape", "Shape", "Squeeze", "Sum", "Swish", "Transpose", "Unsqueeze",
 )
+SUPPORTED_OPS = tuple(sorted(set(_STRUCTURAL_OPS) | {t for low in LOWERINGS.values() for t in low.onnx_in}))
 """ONNX operators the importer maps onto the IR. Any operator whose inputs are all constants is
 evaluated at import time instead (shape arithmetic, weight transposes, ...)."""
 
@@ -54,7 +61,7 @@ ORIGIN_KEY = "easc.origin"
 
 CEIL_KEY = "easc.ceil_mode"
 """Node metadata written by easc's exporter on a pool with ceil=true that it wrote as ceil_mode=0
-(see exporter._pool_attrs): its end pads may exceed the begin pads by ceil's overhang."""
+(see exporter.pool_attrs): its end pads may exceed the begin pads by ceil's overhang."""
 
 MIN_OPSET = 9
 """Older opsets differ in attributes this importer does not read (e.g. BatchNormalization's `spatial`)."""
@@ -111,8 +118,7 @@ class _Importer:
         self.graph_name = name or model.graph.name or "graph"
         self.opset = self._opset()
         self.env: dict[str, _Act | _Const] = {}
-        self.nodes: list[Node] = []
-        self.index: dict[str, int] = {}  # IR node name -> position in self.nodes
+        self.builder = GraphBuilder(self.graph_name)  # the IR nodes, their names and the shape check
         self.uses: dict[str, int] = {}  # IR node name -> how many IR nodes read it so far
         self.layer_origin: dict[str, str] = {}  # IR node -> ONNX op that made it (bias folding)
         self.file_batch: int | None = None
@@ -121,7 +127,7 @@ class _Importer:
         self.inferred = self._infer_shapes()
         self.tainted: set[str] = set()  # ONNX values whose inferred shape ONNX gets wrong (ceil pools)
         self.origin = ""  # of the node being lowered
-        self.ir_names: set = set()  # every name _unique_names hands out
+        self.fused: set = set()  # IR nodes a later node absorbed (sigmoid into silu): dropped if unread
         self.fold_budget = FoldBudget(model, self.opset)  # size and step limits of constant folding
 
     # -- helpers -------------------------------------------------------------------------------
@@ -198,22 +204,29 @@ class _Importer:
             taken.add(names[k])
         return names
 
-    def emit(self, name: str, op: str, inputs: list, attrs: dict, weights: dict | None, where: str) -> str:
-        types = [self.nodes[self.index[i]].type for i in inputs]
+    @property
+    def nodes(self) -> list:
+        return self.builder.nodes
+
+    def emit(self, name: str, op: str, inputs: list, attrs: dict, weights: dict | None, where: str,
+             output: str | None = None) -> str:
+        """Add IR node `name`; when it computes ONNX value `output` as is, the builder checks its shape
+        against ONNX shape inference (views are checked by `cross_check` when bound)."""
+        expect = None
+        if output is not None and output not in self.tainted:
+            expect = self.inferred.get(output)
         try:
-            node = make_node(name, op, inputs, types, attrs, weights, origin=self.origin)
+            self.builder.add(op, inputs, attrs, weights, name=name, origin=self.origin, expect=expect)
         except IRError as e:
             msg = str(e).split(": ", 1)[-1] if str(e).startswith("node ") else str(e)
             raise self.fail(f"{where}: {msg}") from None
-        self.index[name] = len(self.nodes)
-        self.nodes.append(node)
         self.uses[name] = 0
         for i in inputs:
             self.uses[i] += 1
         return name
 
     def ir_type(self, name: str) -> TensorType:
-        return self.nodes[self.index[name]].type
+        return self.builder.type_of(name)
 
     def act(self, value: str, where: str) -> str:
         """The IR node behind an activation input; views must have been resolved to real nodes."""
@@ -308,7 +321,7 @@ class _Importer:
             if inp.name in initializers:
                 continue  # IR version < 4 lists initializers among the inputs too
             self._input(inp)
-        self.ir_names = set(self._unique_names())
+        self.builder.reserved = set(self._unique_names())
         for node, name in zip(g.node, self._unique_names()):
             self._node(node, name)
         outputs = {}
@@ -320,7 +333,8 @@ class _Importer:
             if isinstance(entry, _Const):
                 raise self.fail(f"{where} is a constant (it does not depend on the graph's inputs)")
             outputs[out.name] = self.act(out.name, where)
-        graph = Graph(self.nodes, outputs, self.graph_name)
+        self._prune_fused(outputs)
+        graph = Graph(self.builder.nodes, outputs, self.graph_name)
         try:
             return verify(graph)
         except IRError as e:
@@ -348,8 +362,7 @@ class _Importer:
                 raise self.fail(f"{where} has dimension {d.dim_value} after the batch; dimensions must be positive")
             sample.append(int(d.dim_value))
         node = Node(inp.name, "input", (), {}, TensorType((BATCH,) + tuple(sample)))
-        self.index[inp.name] = len(self.nodes)
-        self.nodes.append(node)
+        self.builder.input(inp.name, node.type.sample_shape)
         self.uses[inp.name] = 0
         self.env[inp.name] = _Act(inp.name, node.type.shape)
 
@@ -371,7 +384,11 @@ class _Importer:
             return self._fold(node, where)
         if not standard or op not in SUPPORTED_OPS:
             raise self._unsupported(node, name)
-        getattr(self, f"_op_{op}")(node, name, where)
+        handler = getattr(self, f"_op_{op}", None)
+        if handler is None:  # a one-to-one pattern of the op table, no attributes of its own
+            ir_op = next(o for o, low in LOWERINGS.items() if op in low.onnx_in)
+            return self._simple(node, name, where, ir_op)
+        handler(node, name, where)
 
     def _unsupported(self, node, name) -> OnnxImportError:
         op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
@@ -583,7 +600,7 @@ class _Importer:
     # -- layers --------------------------------------------------------------------------------
     def _simple(self, node, name, where, op, attrs=None, weights=None, inputs=None):
         ins = inputs if inputs is not None else [self.act(node.input[0], where)]
-        self.emit(name, op, ins, attrs or {}, weights, where)
+        self.emit(name, op, ins, attrs or {}, weights, where, output=node.output[0])
         self.bind(node.output[0], name, where)
 
     def _op_Conv(self, node, name, where):
@@ -649,7 +666,8 @@ class _Importer:
             ir_attrs["count_include_pad"] = bool(attrs.get("count_include_pad", 0))
         self.no_extra_outputs(node, where, "indices")
         if ceil:  # ONNX's shape inference and the runtime disagree here (see the module docstring)
-            plain = [-(-(size + 2 * p - k) // s) + 1 for size, k, s, p in zip(xt.shape[2:], kernel, stride, padding)]
+            plain = [plain_ceil_output_size(size, k, s, p)
+                     for size, k, s, p in zip(xt.shape[2:], kernel, stride, padding)]
             try:
                 real = [pool_output_size(size, k, s, p, 1, True)
                         for size, k, s, p in zip(xt.shape[2:], kernel, stride, padding)]
@@ -660,7 +678,7 @@ class _Importer:
         self._simple(node, name, where, op, ir_attrs, None, [x])
         if easc_ceil:  # the file's floor-mode pool with its end pads must be the IR's ceil-mode pool
             pads = attrs["pads"]
-            written = [(size + pads[i] + pads[i + 2] - k) // s + 1
+            written = [pool_output_size(size + pads[i + 2] - pads[i], k, s, pads[i])
                        for i, (size, k, s) in enumerate(zip(xt.shape[2:], kernel, stride))]
             if written != list(self.ir_type(name).shape[2:]):
                 raise self.fail(f"{where}: its {CEIL_KEY} metadata does not match its pads {list(pads)}")
@@ -685,16 +703,9 @@ class _Importer:
         if attrs.get("keepdims", 1):
             return self._simple(node, name, where, "global_avgpool", inputs=[x])
         self.emit(name, "global_avgpool", [x], {}, None, where)
-        flat = self._fresh(f"{name}/flatten")
+        flat = self.builder.fresh(f"{name}/flatten")
         self.emit(flat, "flatten", [name], {}, None, where)
         self.bind(node.output[0], flat, where)
-
-    def _fresh(self, base: str) -> str:
-        taken = set(self.index) | self.ir_names
-        name, k = base, 2
-        while name in taken:
-            name, k = f"{base}_{k}", k + 1
-        return name
 
     def _op_Gemm(self, node, name, where):
         attrs = self.attrs(node)
@@ -746,7 +757,7 @@ class _Importer:
         value, const = (node.input[0], node.input[1]) if isinstance(a, _Act) else (node.input[1], node.input[0])
         entry: _Act = self.env[value]
         layer = entry.node
-        target = self.nodes[self.index[layer]]
+        target = self.builder.node(layer)
         c = self.weight(const, where, "addend")
         foldable = (target.op in ("conv2d", "linear") and layer in self.layer_origin and entry.sole
                     and self.uses[layer] == 0 and self.consumers.get(value, 0) == 1
@@ -763,9 +774,8 @@ class _Importer:
         weights = dict(target.weights)
         weights["bias"] = (weights.get("bias", np.zeros_like(bias)) + bias).astype(np.float32)
         attrs = dict(target.attrs, bias=True)
-        ins = [self.nodes[self.index[i]].type for i in target.inputs]
-        self.nodes[self.index[layer]] = make_node(layer, target.op, target.inputs, ins, attrs, weights,
-                                                  origin=target.origin)
+        ins = [self.ir_type(i) for i in target.inputs]
+        self.builder.replace_node(make_node(layer, target.op, target.inputs, ins, attrs, weights, origin=target.origin))
         self.env[node.output[0]] = _Act(layer, entry.shape, self.consumers.get(node.output[0], 0) <= 1)
         self.cross_check(node.output[0], where)
 
@@ -806,6 +816,206 @@ class _Importer:
             raise self.fail(f"{where}: only softmax over the class axis of an (N, C) value is supported "
                             f"(axis={axis} on {self.ir_type(x)})")
         self._simple(node, name, where, "softmax", inputs=[x])
+
+    # -- mobile-network ops ----------------------------------------------------------------------
+    def _scalar(self, node, k: int, where: str, what: str, default):
+        if len(node.input) > k and node.input[k]:
+            return float(np.asarray(self.const(node.input[k], where, what)).reshape(()))
+        return default
+
+    def _op_Clip(self, node, name, where):
+        attrs = self.attrs(node)
+        lo = self._scalar(node, 1, where, "min", attrs.get("min", -np.inf))
+        hi = self._scalar(node, 2, where, "max", attrs.get("max", np.inf))
+        if not lo < hi:
+            raise self.fail(f"{where}: min {lo} is not below max {hi}")
+        self._simple(node, name, where, "clip", {"min": _float32_value(lo), "max": _float32_value(hi)})
+
+    def _op_LeakyRelu(self, node, name, where):
+        self._simple(node, name, where, "leaky_relu", {"slope": _float32_value(self.attrs(node).get("alpha", 0.01))})
+
+    def _op_Swish(self, node, name, where):
+        alpha = float(self.attrs(node).get("alpha", 1.0))
+        if alpha != 1.0:
+            raise self.fail(f"{where}: Swish with alpha={alpha:g} is not supported (easc's silu is x sigmoid(x))")
+        self._simple(node, name, where, "silu")
+
+    def _op_HardSigmoid(self, node, name, where):
+        attrs = self.attrs(node)
+        alpha, beta = float(attrs.get("alpha", 0.2)), float(attrs.get("beta", 0.5))
+        if abs(alpha - 1 / 6) > 1e-6 or abs(beta - 0.5) > 1e-6:
+            raise self.fail(f"{where}: HardSigmoid with alpha={alpha:g}, beta={beta:g} is not supported (easc's "
+                            f"hardsigmoid is torch's: alpha=1/6, beta=0.5)")
+        self._simple(node, name, where, "hardsigmoid")
+
+    def _op_Mul(self, node, name, where):
+        a, b = (self.env[i] for i in node.input[:2])
+        if not (isinstance(a, _Act) and isinstance(b, _Act)):
+            raise self.fail(f"{where}: multiplying an activation by a constant is not supported (easc multiplies "
+                            f"two activations: a gate, or x * sigmoid(x))")
+        x, y = (self._gate_or_act(i, where) for i in node.input[:2])
+        for value, other in ((x, y), (y, x)):  # x * sigmoid(x) is silu, x * hardsigmoid(x) hardswish
+            gate = self.builder.node(other)
+            fused = {"sigmoid": "silu", "hardsigmoid": "hardswish"}.get(gate.op)
+            if fused and gate.inputs == (value,) and x != y:
+                self.fused.add(other)
+                return self._simple(node, name, where, fused, inputs=[value])
+        tx, ty = self.ir_type(x), self.ir_type(y)
+        if tx.rank == 2 and ty.rank == 4 or (tx.rank == 4 and ty.rank == 4 and tuple(tx.shape[2:]) == (1, 1)
+                                            and tuple(ty.shape[2:]) != (1, 1)):
+            x, y = y, x  # the gate, (N, C, 1, 1) or (N, C), goes second
+        self._simple(node, name, where, "mul", inputs=[x, y])
+
+    def _gate_or_act(self, value: str, where: str) -> str:
+        """An activation input of Mul; an (N, C) value seen as (N, C, 1, 1), or expanded from that to
+        (N, C, H, W), is a per-channel gate as it is."""
+        entry = self.env[value]
+        base = self.ir_type(entry.node)
+        if base.rank == 2 and len(entry.shape) == 4 and entry.shape[1] == base.channels:
+            return entry.node
+        return self.act(value, where)
+
+    def _op_Expand(self, node, name, where):
+        """Broadcasting before a product (SENet's `y.expand_as(x)`): a view, no data of its own."""
+        entry = self._view_input(node, where)
+        target = self.env[node.input[1]]
+        if isinstance(target, _Act):
+            raise self.fail(f"{where}: the target shape is computed from activations")
+        dims = []
+        for x, y in zip(np.asarray(target.a).reshape(-1).tolist(), np.asarray(target.b).reshape(-1).tolist()):
+            if x != y and (x, y) != _SENTINELS:
+                raise self.fail(f"{where}: the target shape depends on the batch size in a way easc cannot follow")
+            dims.append(BATCH if x != y else int(x))
+        shape = list(entry.shape)
+        if len(dims) != len(shape):
+            raise self.fail(f"{where}: only an expand that keeps the rank is supported ({_fmt(shape)} to {_fmt(dims)})")
+        out = []
+        for have, want in zip(shape, dims):
+            if want == 1 or want == have or have == BATCH:
+                out.append(have)
+            elif have == 1:
+                out.append(want)
+            else:
+                raise self.fail(f"{where}: cannot expand {_fmt(shape)} to {_fmt(dims)}")
+        base = self.ir_type(entry.node)
+        if tuple(out) != tuple(base.shape) and not (base.rank == 2 and len(out) == 4 and out[1] == base.channels):
+            raise self.fail(f"{where}: only expanding a per-channel gate (N, C, 1, 1) is supported (to {_fmt(out)})")
+        self.env[node.output[0]] = _Act(entry.node, tuple(out), False)
+
+    def _prune_fused(self, outputs: dict):
+        """Drop nodes a fused op absorbed when nothing else reads them (sigmoid of x * sigmoid(x))."""
+        if not self.fused:
+            return
+        read = {i for n in self.nodes for i in n.inputs} | set(outputs.values())
+        dead = {n for n in self.fused if n not in read}
+        if dead:
+            self.builder.nodes[:] = [n for n in self.builder.nodes if n.name not in dead]
+
+    def _channel_range(self, x: str, start: int, end: int, step: int, where: str) -> tuple:
+        c = self.ir_type(x).channels
+        if step != 1:
+            raise self.fail(f"{where}: only slices with step 1 are supported (got step {step})")
+        start = min(max(start + c if start < 0 else start, 0), c)
+        end = min(max(end + c if end < 0 else end, 0), c)
+        if start >= end:
+            raise self.fail(f"{where}: the slice [{start}, {end}) of the {c} channels is empty")
+        return start, end
+
+    def _op_Slice(self, node, name, where):
+        x = self.act(node.input[0], where)
+        xt = self.ir_type(x)
+        attrs = self.attrs(node)
+        if self.opset < 10:
+            starts, ends = list(attrs["starts"]), list(attrs["ends"])
+            axes = list(attrs.get("axes", range(len(starts))))
+            steps = [1] * len(starts)
+        else:
+            def vec(k, what):
+                return [int(v) for v in np.asarray(self.const(node.input[k], where, what)).reshape(-1)]
+
+            starts, ends = vec(1, "starts"), vec(2, "ends")
+            axes = vec(3, "axes") if len(node.input) > 3 and node.input[3] else list(range(len(starts)))
+            steps = vec(4, "steps") if len(node.input) > 4 and node.input[4] else [1] * len(starts)
+        channel = None
+        for start, end, axis, step in zip(starts, ends, axes, steps):
+            axis %= xt.rank
+            size = xt.shape[axis]
+            whole = step == 1 and start in (0, -size) or start <= -size and step == 1
+            if axis != 1 and not (whole and end >= size):
+                raise self.fail(f"{where}: only slices along the channel axis are supported (axis {axis} of {xt})")
+            if axis == 1:
+                channel = self._channel_range(x, start, end, step, where)
+        if channel is None or channel == (0, xt.channels):
+            return self._op_Identity(node, name, where)
+        self._simple(node, name, where, "slice", {"start": channel[0], "end": channel[1]}, inputs=[x])
+
+    def _op_Split(self, node, name, where):
+        x = self.act(node.input[0], where)
+        xt = self.ir_type(x)
+        attrs = self.attrs(node)
+        if attrs.get("axis", 0) % xt.rank != 1:
+            raise self.fail(f"{where}: only splits along the channel axis are supported (axis={attrs.get('axis', 0)})")
+        outs = list(node.output)
+        if len(node.input) > 1 and node.input[1]:
+            sizes = [int(v) for v in np.asarray(self.const(node.input[1], where, "split")).reshape(-1)]
+        elif "split" in attrs:
+            sizes = [int(v) for v in attrs["split"]]
+        else:  # equal parts, the last one smaller if they do not divide (opset 18's num_outputs)
+            part = -(-xt.channels // len(outs))
+            sizes = [min(part, xt.channels - k * part) for k in range(len(outs))]
+        if len(sizes) != len(outs) or sum(sizes) != xt.channels or min(sizes) <= 0:
+            raise self.fail(f"{where}: split sizes {sizes} do not cut the {xt.channels} channels into "
+                            f"{len(outs)} parts")
+        start = 0
+        for k, (out, size) in enumerate(zip(outs, sizes)):
+            if out:
+                part = name if k == 0 else self.builder.fresh(f"{name}_{k}")
+                self.emit(part, "slice", [x], {"start": start, "end": start + size}, None, where)
+                self.bind(out, part, where)
+            start += size
+
+    def _op_Pad(self, node, name, where):
+        x = self.act(node.input[0], where)
+        xt = self.ir_type(x)
+        attrs = self.attrs(node)
+        mode = attrs.get("mode", b"constant")
+        mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+        if mode != "constant":
+            raise self.fail(f"{where}: only constant padding is supported (mode={mode!r})")
+        if self.opset < 11:
+            pads, value = list(attrs["pads"]), float(attrs.get("value", 0.0))
+        else:
+            pads = [int(v) for v in np.asarray(self.const(node.input[1], where, "pads")).reshape(-1)]
+            value = self._scalar(node, 2, where, "constant_value", 0.0)
+        rank = xt.rank
+        if len(node.input) > 3 and node.input[3]:  # opset 18: pads for the listed axes only
+            axes = [int(a) % rank for a in np.asarray(self.const(node.input[3], where, "axes")).reshape(-1)]
+            full = [0] * (2 * rank)
+            for k, a in enumerate(axes):
+                full[a], full[a + rank] = pads[k], pads[k + len(axes)]
+            pads = full
+        if rank != 4 or len(pads) != 8 or any(pads[k] for k in (0, 1, 4, 5)) or min(pads) < 0:
+            raise self.fail(f"{where}: only non-negative padding of H and W of an NCHW value is supported "
+                            f"(pads {pads} on {xt})")
+        if not any(pads):
+            return self._op_Identity(node, name, where)
+        self._simple(node, name, where, "pad", {"pads": (pads[2], pads[3], pads[6], pads[7]),
+                                                 "value": _float32_value(value)}, inputs=[x])
+
+    def _op_Transpose(self, node, name, where):
+        """The middle of a channel shuffle: (N, g, C/g, H, W) -> (N, C/g, g, H, W) of an NCHW value."""
+        entry = self._view_input(node, where)
+        perm = [int(p) for p in self.attrs(node).get("perm", [])]
+        base = self.ir_type(entry.node)
+        shape = tuple(entry.shape)
+        if (base.rank == 4 and len(shape) == 5 and perm == [0, 2, 1, 3, 4]
+                and shape[1] * shape[2] == base.channels and tuple(shape[3:]) == tuple(base.shape[2:])):
+            self.emit(name, "channel_shuffle", [entry.node], {"groups": int(shape[1])}, None, where)
+            self.env[node.output[0]] = _Act(name, (BATCH, shape[2], shape[1]) + tuple(shape[3:]))
+            return
+        raise self.fail(f"{where}: only the transpose of a channel shuffle is supported (perm [0,2,1,3,4] of an "
+                        f"NCHW value reshaped to (N, groups, C/groups, H, W)); got perm {perm} of {_fmt(shape)}")
+
 
 
 _DATA_PROP_ELEMENTS = 2**20  # ~0.1 s of propagation

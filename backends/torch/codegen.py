@@ -40,6 +40,8 @@ import torch
 
 from easc.ir import Graph, atomic_write_bytes, probe_inputs, verify
 
+from easc.backends.optable import LOWERINGS
+
 from .module import TorchBackendError, class_name, python_names, to_module
 
 __all__ = ["TorchExport", "export_torch_source", "generate_source"]
@@ -57,56 +59,12 @@ class TorchExport(NamedTuple):
     class_name: str
 
 
-def _pair(value) -> str:
-    h, w = value
-    return str(h) if h == w else f"({h}, {w})"
-
-
 def _layer_source(node, in_type) -> str:
-    """The constructor call of the layer for `node`, default arguments omitted."""
-    a = node.attrs
-    if node.op == "conv2d":
-        args = [str(in_type.channels), str(a["out"]), f"kernel_size={_pair(a['kernel'])}"]
-        for key, default in (("stride", (1, 1)), ("padding", (0, 0)), ("dilation", (1, 1))):
-            if a[key] != default:
-                args.append(f"{key}={_pair(a[key])}")
-        if a["groups"] != 1:
-            args.append(f"groups={a['groups']}")
-        if not a["bias"]:
-            args.append("bias=False")
-        return f"nn.Conv2d({', '.join(args)})"
-    if node.op == "linear":
-        bias = "" if a["bias"] else ", bias=False"
-        return f"nn.Linear({in_type.channels}, {a['out']}{bias})"
-    if node.op == "batchnorm":
-        cls = "BatchNorm2d" if in_type.rank == 4 else "BatchNorm1d"
-        args = [str(in_type.channels)]
-        if a["eps"] != 1e-5:
-            args.append(f"eps={a['eps']!r}")
-        if a["momentum"] != 0.1:
-            args.append(f"momentum={a['momentum']!r}")
-        return f"nn.{cls}({', '.join(args)})"
-    if node.op == "relu":
-        return "nn.ReLU()"
-    if node.op in ("maxpool2d", "avgpool2d"):
-        cls = "MaxPool2d" if node.op == "maxpool2d" else "AvgPool2d"
-        args = [_pair(a["kernel"])]
-        if a["stride"] != a["kernel"]:
-            args.append(f"stride={_pair(a['stride'])}")
-        if a["padding"] != (0, 0):
-            args.append(f"padding={_pair(a['padding'])}")
-        if a["ceil"]:
-            args.append("ceil_mode=True")
-        if node.op == "avgpool2d" and not a["count_include_pad"]:
-            args.append("count_include_pad=False")
-        return f"nn.{cls}({', '.join(args)})"
-    if node.op == "global_avgpool":
-        return "nn.AdaptiveAvgPool2d(1)"
-    if node.op == "flatten":
-        return "nn.Flatten()"
-    if node.op == "dropout":
-        return f"nn.Dropout(p={a['p']!r})"
-    raise TorchBackendError(f"node {node.name!r}: op {node.op!r} has no layer to export")
+    """The constructor call of the layer for `node`, default arguments omitted (easc.backends.optable)."""
+    low = LOWERINGS.get(node.op)
+    if low is None or low.code is None:
+        raise TorchBackendError(f"node {node.name!r}: op {node.op!r} has no layer to export")
+    return low.code(node, in_type)
 
 
 def _shape(t) -> str:
@@ -167,12 +125,9 @@ def _forward_lines(graph: Graph, names: dict) -> tuple:
         live.add(target)
         if node.name not in last_use and node.name not in outputs:
             live.discard(target)  # dead code: nothing reads it
-        if node.op == "concat":
-            line = f"{target} = torch.cat([{', '.join(args)}], dim=1)  # {ident}"
-        elif node.op == "add":
-            line = f"{target} = {' + '.join(args)}  # {ident}"
-        elif node.op == "softmax":
-            line = f"{target} = torch.softmax({args[0]}, dim=1)  # {ident}"
+        low = LOWERINGS.get(node.op)
+        if low is not None and low.expr is not None:
+            line = f"{target} = {low.expr(node, args, [types[i] for i in node.inputs])}  # {ident}"
         else:
             init_lines.append(f"self.{ident} = {_layer_source(node, types[node.inputs[0]])}")
             line = f"{target} = self.{ident}({args[0]})"
@@ -190,14 +145,15 @@ def generate_source(graph: Graph) -> str:
     inputs = graph.inputs
     forward_lines, init_lines = _forward_lines(graph, names)
     in_doc = ", ".join(f"{names[n.name]} {_shape(n.type)}" for n in inputs)
-    out_doc = ", ".join(f"{public} {_shape(types[node])}" for public, node in graph.outputs.items())
+    # Output names are user text: in the docstrings they appear only through `_doc_text`.
+    out_doc = ", ".join(f"{_doc_text(public)} {_shape(types[node])}" for public, node in graph.outputs.items())
     returns = "a tuple " if len(graph.outputs) > 1 else ""
     input_shapes = ", ".join(f"{names[n.name]!r}: {n.type.sample_shape!r}" for n in inputs)
     output_names = ", ".join(repr(o) for o in graph.outputs) + ("," if len(graph.outputs) == 1 else "")
 
     ind2 = " " * 8
     lines = [
-        f'"""{cls}: a network exported by easc from the IR graph {graph.name!r}.',
+        f'"""{cls}: a network exported by easc from the IR graph {_doc_text(graph.name)}.',
         "",
         f"{len(graph.nodes)} nodes, depth {graph.depth}, {graph.params:,} parameters.",
         f"Inputs (float32, N = batch): {in_doc}. Outputs: {out_doc}.",
@@ -240,6 +196,18 @@ def generate_source(graph: Graph) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _doc_text(text: str) -> str:
+    """User text (a graph or output name) as it may appear inside a generated docstring.
+
+    Names come from model files and are hostile until proven otherwise: a name holding three double
+    quotes would close the docstring, and the rest would run whenever `model.py` is imported. The
+    text is written as its `ascii()` literal (quotes, backslashes, newlines and non-ASCII escaped)
+    with every double quote spelled `\\x22`, so the docstring cannot be closed or broken from
+    inside and no user character reaches the source unescaped.
+    """
+    return ascii(str(text)).replace('"', "\\x22")
 
 
 def _instantiate(source: str, cls: str) -> torch.nn.Module:

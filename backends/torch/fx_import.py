@@ -18,10 +18,23 @@ layers below as leaves), runs the example through the trace once to learn every 
 | concat         | torch.cat / torch.concat (channel axis)                                               |
 | add            | `+`, torch.add, x.add() (alpha 1, two tensors of one shape)                            |
 | softmax        | F.softmax / torch.softmax / x.softmax / nn.Softmax over axis 1 of a rank-2 value        |
+| clip           | nn.ReLU6, nn.Hardtanh, F.relu6, F.hardtanh                                            |
+| leaky_relu     | nn.LeakyReLU, F.leaky_relu                                                            |
+| sigmoid        | nn.Sigmoid, torch.sigmoid, F.sigmoid, x.sigmoid()                                     |
+| silu           | nn.SiLU, F.silu, and x * torch.sigmoid(x)                                             |
+| hardsigmoid    | nn.Hardsigmoid, F.hardsigmoid                                                         |
+| hardswish      | nn.Hardswish, F.hardswish                                                             |
+| mul            | `*`, torch.mul, x.mul() of two tensors (a (N, C, 1, 1) gate broadcasts; so does an (N, C)  |
+|                | gate viewed as y.view(b, c, 1, 1), y[:, :, None, None], y.view(...).expand_as(x))      |
+| global_avgpool | also x.mean((2, 3), keepdim=True) / torch.mean; without keepdim, then a flatten       |
+| slice          | torch.chunk / torch.split / x.chunk / x.split on dim 1 (one slice per part), x[:, a:b] |
+| channel_shuffle| nn.ChannelShuffle, x.view(n, g, c // g, h, w) -> transpose(1, 2) -> view(n, -1, h, w) |
+| pad            | nn.ZeroPad2d, nn.ConstantPad2d, F.pad (constant, H and W)                             |
 
-nn.Identity and x.contiguous() are no-ops and make no node; `x.size(0)` / `x.shape[0]` only feed a
-flatten. A lone layer given as the module (`from_module(nn.Conv2d(1, 2, 3), x)`) becomes one node named
-after its class (`conv2d`), fed by an input `x`. Anything else raises `TorchImportError`
+nn.Identity and x.contiguous() are no-ops and make no node; `x.size(0)` / `x.shape[0]` (the batch) only
+feed a reshape; the other entries of a size are static ints, so shape arithmetic on them (`c // groups`)
+is evaluated while lowering. A lone layer given as the module (`from_module(nn.Conv2d(1, 2, 3), x)`) becomes
+one node named after its class (`conv2d`), fed by an input `x`. Anything else raises `TorchImportError`
 with one line naming the module type or function and where it sits in the traced graph.
 
 Semantics are eval semantics, whatever mode the module is in: batchnorm lowers with its running
@@ -52,9 +65,10 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from easc.ir import Graph, IRError, Node, verify
-from easc.ir.builder import make_node
-from easc.ir.types import batched
+from easc.backends.optable import LOWERINGS
+from easc.ir import Graph, IRError, verify
+from easc.ir.ops import ACTIVATION_OPS
+from easc.ir.builder import GraphBuilder
 
 __all__ = ["TorchImportError", "from_module"]
 
@@ -64,14 +78,28 @@ class TorchImportError(IRError):
 
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
+# The op table names the torch module classes each op is read from (`torch_modules`); the attributes
+# some of them carry are read off the module here. ReLU keeps its own rule (its in-place check).
+_TABLE_MODULES = {getattr(nn, cls): op for op, low in LOWERINGS.items() for cls in low.torch_modules}
+_MODULE_ATTRS = {
+    nn.ReLU6: lambda m: {"min": 0.0, "max": 6.0},
+    nn.Hardtanh: lambda m: {"min": float(m.min_val), "max": float(m.max_val)},
+    nn.LeakyReLU: lambda m: {"slope": float(m.negative_slope)},
+}
+_ACTIVATION_MODULES = tuple(cls for cls, op in _TABLE_MODULES.items() if op in ACTIVATION_OPS and op != "relu")
 # Module types lowered as leaves, and the class whose forward a subclass must keep to count as one.
 _LEAF_TYPES = (nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d,
-               nn.AdaptiveAvgPool2d, nn.Flatten, nn.Linear, nn.Dropout, nn.Identity, nn.Softmax)
-SUPPORTED_MODULES = "Conv2d, BatchNorm1d/2d, ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten, Linear, " \
-                    "Dropout, Softmax, Identity"
-SUPPORTED_FUNCTIONS = "F.relu, torch.relu, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, torch.flatten, " \
-                      "torch.reshape, torch.cat, torch.add / +, F.softmax, torch.softmax, F.dropout"
-SUPPORTED_METHODS = "relu, view, reshape, flatten, size, softmax, add, contiguous"
+               nn.AdaptiveAvgPool2d, nn.Flatten, nn.Linear, nn.Dropout, nn.Identity, nn.Softmax,
+               nn.ZeroPad2d, nn.ConstantPad2d, nn.ChannelShuffle) + _ACTIVATION_MODULES
+SUPPORTED_MODULES = "Conv2d, BatchNorm1d/2d, ReLU, ReLU6, Hardtanh, LeakyReLU, Sigmoid, SiLU, Hardsigmoid, " \
+                    "Hardswish, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, ZeroPad2d, ConstantPad2d, ChannelShuffle, " \
+                    "Flatten, Linear, Dropout, Softmax, Identity"
+SUPPORTED_FUNCTIONS = "F.relu, F.relu6, F.hardtanh, F.leaky_relu, torch.sigmoid, F.silu, F.hardsigmoid, " \
+                      "F.hardswish, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.pad, torch.flatten, " \
+                      "torch.reshape, torch.transpose, torch.cat, torch.chunk, torch.split, torch.mean, " \
+                      "torch.add / +, torch.mul / *, // on sizes, F.softmax, torch.softmax, F.dropout"
+SUPPORTED_METHODS = "relu, sigmoid, view, reshape, transpose, flatten, size, mean, chunk, split, softmax, add, " \
+                    "mul, expand_as, contiguous"
 
 
 def _plain(module: nn.Module) -> type | None:
@@ -90,10 +118,31 @@ class _Tracer(fx.Tracer):
 
 
 class _Size:
-    """A traced `x.size()` / `x.shape` (dim None) or one of its entries (dim k): no tensor, no IR node."""
+    """A traced `x.size()` / `x.shape` (dim None, `shape` the static sizes) or its batch entry (dim 0).
 
-    def __init__(self, dim):
+    Other entries of a size are plain ints (sample shapes are static), so shape arithmetic on them
+    (`channels // groups`) is evaluated during lowering.
+    """
+
+    def __init__(self, dim, shape=None):
         self.dim = dim
+        self.shape = shape
+
+
+class _View:
+    """An IR value seen through a reshape the IR has no op for, pending the op that gives it a meaning
+    (the (N, g, C/g, H, W) view of a channel shuffle, then its transpose)."""
+
+    def __init__(self, node: str, shape: tuple):
+        self.node = node
+        self.shape = tuple(shape)
+
+
+class _Parts:
+    """The tuple of IR values `torch.chunk` / `torch.split` returns; `operator.getitem` picks one."""
+
+    def __init__(self, names: list):
+        self.names = names
 
 
 def _pair(v) -> tuple:
@@ -124,6 +173,23 @@ _FUNCTION_NAMES = {F.relu: "F.relu", F.max_pool2d: "F.max_pool2d", F.avg_pool2d:
                    operator.add: "operator.add", operator.getitem: "operator.getitem", getattr: "getattr"}
 
 
+_UNARY = (("input", "inplace"), {"inplace": False}, lambda a: {})
+# function -> (IR op, parameter names, defaults, attributes from the bound arguments)
+_ACTIVATION_FUNCTIONS = {
+    F.relu6: ("clip", ("input", "inplace"), {"inplace": False}, lambda a: {"min": 0.0, "max": 6.0}),
+    F.hardtanh: ("clip", ("input", "min_val", "max_val", "inplace"), {"min_val": -1.0, "max_val": 1.0,
+                                                                       "inplace": False},
+                 lambda a: {"min": float(a["min_val"]), "max": float(a["max_val"])}),
+    F.leaky_relu: ("leaky_relu", ("input", "negative_slope", "inplace"), {"negative_slope": 0.01, "inplace": False},
+                   lambda a: {"slope": float(a["negative_slope"])}),
+    torch.sigmoid: ("sigmoid", ("input",), {}, lambda a: {}),
+    F.sigmoid: ("sigmoid", ("input",), {}, lambda a: {}),
+    F.silu: ("silu",) + _UNARY,
+    F.hardsigmoid: ("hardsigmoid",) + _UNARY,
+    F.hardswish: ("hardswish",) + _UNARY,
+}
+
+
 def _to_numpy(t: torch.Tensor):
     return t.detach().to("cpu", torch.float32).numpy().copy()
 
@@ -136,11 +202,10 @@ class _Lowering:
         self.order = {n: i for i, n in enumerate(gm.graph.nodes)}
         self.env: dict = {}  # fx node -> IR value name, or a _Size
         self.storage: dict = {}  # fx node -> the fx node whose tensor it aliases (for in-place checks)
-        self.nodes: list = []
-        self.types: dict = {}
-        self.taken: set = set()
+        self.builder = GraphBuilder(name)  # the IR nodes, their names and the shape check against torch
         self.weighted_calls: dict = {}
         self.fx_node = None
+        self.fused: set = set()  # IR nodes a fused op absorbed (the sigmoid of x * sigmoid(x))
 
     # -- errors and names ---------------------------------------------------------------------
     def where(self) -> str:
@@ -159,11 +224,7 @@ class _Lowering:
         raise TorchImportError(f"cannot lower {self.where()}: {reason}")
 
     def unique(self, base: str) -> str:
-        name, k = base, 2
-        while name in self.taken:
-            name, k = f"{base}_{k}", k + 1
-        self.taken.add(name)
-        return name
+        return self.builder.fresh(base)
 
     # -- values -------------------------------------------------------------------------------
     def tensor(self, arg) -> str:
@@ -174,21 +235,28 @@ class _Lowering:
             self.fail(f"argument {what} is not a tensor value")
         return value
 
+    @property
+    def nodes(self) -> list:
+        return self.builder.nodes
+
+    @property
+    def types(self) -> dict:
+        return self.builder.types
+
+    def add_node(self, op: str, inputs: list, attrs: dict | None = None, weights: dict | None = None,
+                 name: str | None = None, expect=None) -> str:
+        """Add an IR node through the builder (`expect`: the sample shape torch computed for it)."""
+        try:
+            return self.builder.add(op, inputs, attrs, weights, name=self.unique(name), expect=expect)
+        except IRError as e:
+            self.fail(str(e).split(": ", 1)[-1] if str(e).startswith("node ") else str(e))
+
     def emit(self, op: str, inputs: list, attrs: dict | None = None, weights: dict | None = None,
              alias_of: fx.Node | None = None) -> None:
         n = self.fx_node
-        base = n.target if n.op == "call_module" else n.name
-        name = self.unique(base)
-        try:
-            node = make_node(name, op, inputs, [self.types[i] for i in inputs], attrs, weights)
-        except IRError as e:
-            self.fail(str(e))
         meta = n.meta.get("tensor_meta")
-        if meta is not None and hasattr(meta, "shape") and tuple(meta.shape[1:]) != node.type.sample_shape:
-            self.fail(f"the IR {op} gives samples of shape {node.type.sample_shape}, torch gives "
-                      f"{tuple(meta.shape[1:])}")
-        self.nodes.append(node)
-        self.types[name] = node.type
+        expect = tuple(meta.shape[1:]) if meta is not None and hasattr(meta, "shape") else None
+        name = self.add_node(op, inputs, attrs, weights, n.target if n.op == "call_module" else n.name, expect)
         self.env[n] = name
         self.storage[n] = self.storage.get(alias_of, alias_of) if alias_of is not None else n
 
@@ -270,6 +338,10 @@ class _Lowering:
     def reshape(self, arg, shape):
         if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)):
             shape = tuple(shape[0])
+        shape = tuple(self.env[d] if isinstance(d, fx.Node) and isinstance(self.env.get(d), int) else d
+                      for d in shape)
+        if self.view_reshape(arg, shape):
+            return
         t = self.type_of(arg)
         features = math.prod(t.sample_shape)
         if len(shape) == 2:
@@ -307,6 +379,148 @@ class _Lowering:
             self.fail(f"softmax over dim={dim} of a rank-{rank} value (the IR takes axis 1 of rank 2)")
         self.emit("softmax", [self.tensor(arg)])
 
+
+    # -- mobile-network ops -------------------------------------------------------------------------
+    def activation(self, arg, op: str, attrs: dict, alias: bool = False):
+        self.emit(op, [self.tensor(arg)], attrs, alias_of=arg if alias else None)
+
+    def _gate(self, arg) -> str:
+        """A factor of a product: a tensor, or an (N, C) value viewed as (N, C, 1, 1) (a per-channel gate)."""
+        value = self.env.get(arg) if isinstance(arg, fx.Node) else None
+        if isinstance(value, _View) and self.types[value.node].rank == 2:
+            return value.node
+        if not isinstance(value, str):
+            self.fail(f"multiplying by {arg!r} (the IR multiplies two tensors: a gate, or x * sigmoid(x))")
+        return value
+
+    def mul(self, a, b):
+        x, y = self._gate(a), self._gate(b)
+        tx, ty = self.types[x], self.types[y]
+        if tx.rank == 2 and ty.rank == 4 or (tx.rank == 4 and ty.rank == 4 and tuple(tx.shape[2:]) == (1, 1)
+                                            and tuple(ty.shape[2:]) != (1, 1)):
+            x, y = y, x  # the per-channel gate goes second
+        gate = self.builder.node(y)
+        if gate.op == "sigmoid" and gate.inputs == (x,):
+            self.fused.add(y)  # x * sigmoid(x); the sigmoid stays only if something else reads it
+            return self.emit("silu", [x])
+        self.emit("mul", [x, y])
+
+    def pad(self, arg, pad, mode, value):
+        pad = [int(p) for p in pad]
+        if mode != "constant":
+            self.fail(f"mode={mode!r} (the IR pads with a constant)")
+        if len(pad) == 2:
+            pad = pad + [0, 0]
+        if len(pad) != 4 or min(pad) < 0:
+            self.fail(f"pad {pad} (the IR pads H and W of an NCHW value by non-negative amounts)")
+        left, right, top, bottom = pad
+        self.emit("pad", [self.tensor(arg)], {"pads": (top, left, bottom, right), "value": float(value)})
+
+    def mean(self, arg, dim, keepdim):
+        t = self.type_of(arg)
+        dims = sorted(d % t.rank for d in (dim if isinstance(dim, (tuple, list)) else [dim])) if dim is not None \
+            else None
+        if t.rank != 4 or dims != [2, 3]:
+            self.fail(f"mean over dims {dim} of a rank-{t.rank} value (the IR averages H and W of NCHW values)")
+        if keepdim:
+            return self.emit("global_avgpool", [self.tensor(arg)])
+        n = self.fx_node
+        pooled = self.add_node("global_avgpool", [self.tensor(arg)], name=f"{n.name}_pool")
+        self.emit("flatten", [pooled])
+
+    def split(self, arg, how, dim, chunk: bool):
+        t = self.type_of(arg)
+        if dim % t.rank != 1:
+            self.fail(f"dim={dim} (the IR splits along the channel axis, dim=1)")
+        c = t.channels
+        if chunk:
+            part = -(-c // int(how))
+            sizes = [min(part, c - k * part) for k in range(int(how)) if c - k * part > 0]
+        elif isinstance(how, int):
+            sizes = [min(how, c - k) for k in range(0, c, how)]
+        else:
+            sizes = [int(s) for s in how]
+        if sum(sizes) != c:
+            self.fail(f"split sizes {sizes} do not add up to the {c} channels")
+        names, start = [], 0
+        for k, size in enumerate(sizes):
+            names.append(self.add_node("slice", [self.tensor(arg)], {"start": start, "end": start + size},
+                                       name=f"{self.fx_node.name}_{k}"))
+            start += size
+        self.env[self.fx_node] = _Parts(names)
+        self.storage[self.fx_node] = self.fx_node
+
+    def index(self, arg, index):
+        """`x[:, a:b]` (and trailing full slices): a channel slice; `g[:, :, None, None]` of an (N, C) gate."""
+        t = self.type_of(arg)
+        index = index if isinstance(index, tuple) else (index,)
+        full = slice(None, None, None)
+        if t.rank == 2 and index == (full, full, None, None):
+            return self.gate_view(self.tensor(arg))
+        if len(index) < 2 or index[0] != full or not isinstance(index[1], slice) \
+                or any(i not in (full, Ellipsis) for i in index[2:]):
+            self.fail(f"indexing with {index!r} (the IR slices channels: x[:, a:b])")
+        start, end, step = index[1].indices(t.channels)
+        if step != 1 or start >= end:
+            self.fail(f"channel slice {index[1]!r} (step 1, non-empty)")
+        if (start, end) == (0, t.channels):
+            return self.alias(arg)
+        self.emit("slice", [self.tensor(arg)], {"start": start, "end": end})
+
+    def view_reshape(self, arg, shape) -> bool:
+        """Reshapes of a channel shuffle: NCHW -> (N, g, C/g, H, W), and back after the transpose."""
+        value = self.env.get(arg)
+        batch = lambda d: isinstance(d, fx.Node) and isinstance(self.env.get(d), _Size) \
+            and self.env[d].dim == 0 or d == -1  # noqa: E731
+        if isinstance(value, _View):
+            base = self.types[value.node]
+            rest = [d for d in shape[1:]]
+            known = math.prod(d for d in rest if d != -1)
+            rest = [math.prod(base.sample_shape) // known if d == -1 else d for d in rest]
+            if batch(shape[0]) and tuple(rest) == base.sample_shape:
+                self.env[self.fx_node] = value.node
+                self.storage[self.fx_node] = self.fx_node
+                return True
+            self.fail(f"reshape of a channel-shuffle view to {shape} (expected back to {base.sample_shape})")
+        if not isinstance(value, str):
+            return False
+        t = self.types[value]
+        if t.rank == 2 and len(shape) == 4 and batch(shape[0]) and tuple(shape[1:]) == (t.channels, 1, 1):
+            self.gate_view(value)  # an SE gate computed by linear layers, viewed per channel
+            return True
+        if t.rank == 4 and len(shape) == 5 and batch(shape[0]) and all(isinstance(d, int) for d in shape[1:]) \
+                and shape[1] * shape[2] == t.channels and tuple(shape[3:]) == tuple(t.shape[2:]):
+            self.env[self.fx_node] = _View(value, (t.shape[0],) + tuple(shape[1:]))
+            self.storage[self.fx_node] = self.fx_node
+            return True
+        return False
+
+    def gate_view(self, value: str):
+        """(N, C) seen as (N, C, 1, 1): only a factor of a product may read it (see `_gate`)."""
+        self.env[self.fx_node] = _View(value, (self.types[value].shape[0], self.types[value].channels, 1, 1))
+        self.storage[self.fx_node] = self.fx_node
+
+    def expand_as(self, arg, other):
+        value = self.env.get(arg)
+        if isinstance(value, _View) and self.types[value.node].rank == 2:
+            self.env[self.fx_node] = value  # broadcasting a gate: the product broadcasts it anyway
+            self.storage[self.fx_node] = self.fx_node
+        elif isinstance(value, str) and self.types[value] == self.type_of(other):
+            self.alias(arg)
+        else:
+            self.fail("expand_as of anything but a per-channel gate or a value of the same shape")
+
+    def transpose(self, arg, d0, d1):
+        value = self.env.get(arg)
+        if isinstance(value, _View) and len(value.shape) == 5 and sorted((d0 % 5, d1 % 5)) == [1, 2]:
+            g, per = value.shape[1], value.shape[2]
+            # torch sees the 5-D transposed view; the IR node is the shuffled NCHW value behind it
+            name = self.add_node("channel_shuffle", [value.node], {"groups": int(g)}, name=self.fx_node.name)
+            self.env[self.fx_node] = _View(name, (value.shape[0], per, g) + value.shape[3:])
+            self.storage[self.fx_node] = self.fx_node
+            return
+        self.fail("transpose of anything but the (N, g, C/g, H, W) view of a channel shuffle")
+
     # -- fx opcodes ---------------------------------------------------------------------------
     def placeholder(self, n: fx.Node, index: int):
         if index >= len(self.examples):
@@ -314,10 +528,7 @@ class _Lowering:
         example = self.examples[index]
         if not isinstance(example, torch.Tensor) or example.dim() < 2:
             self.fail("the example must be a batched tensor of rank >= 2 (N, C, ...)")
-        name = self.unique(str(n.target).lstrip("*"))
-        node = Node(name, "input", (), {}, batched(tuple(example.shape[1:])))
-        self.nodes.append(node)
-        self.types[name] = node.type
+        name = self.builder.input(self.unique(str(n.target).lstrip("*")), tuple(example.shape[1:]))
         self.env[n] = name
         self.storage[n] = n
 
@@ -383,6 +594,15 @@ class _Lowering:
             self.softmax(x, m.dim)
         elif cls is nn.Identity:
             self.alias(x)
+        elif cls in _ACTIVATION_MODULES:
+            op, attrs = _TABLE_MODULES[cls], _MODULE_ATTRS.get(cls, lambda m: {})(m)
+            if getattr(m, "inplace", False):
+                self.check_in_place(x)
+            self.activation(x, op, attrs, alias=bool(getattr(m, "inplace", False)))
+        elif cls in (nn.ZeroPad2d, nn.ConstantPad2d):
+            self.pad(x, m.padding, "constant", float(getattr(m, "value", 0.0)))
+        elif cls is nn.ChannelShuffle:
+            self.emit("channel_shuffle", [self.tensor(x)], {"groups": int(m.groups)})
 
     def call_function(self, n: fx.Node):
         t = n.target
@@ -428,13 +648,60 @@ class _Lowering:
             self.size(n.args[0], None)
         elif t is operator.getitem and isinstance(self.env.get(n.args[0]), _Size) \
                 and self.env[n.args[0]].dim is None and isinstance(n.args[1], int):
-            self.env[n] = _Size(n.args[1] % self.type_of(n.args[0].args[0]).rank)
+            self.env[n] = self._size_entry(self.env[n.args[0]].shape, n.args[1])
+        elif t is operator.getitem and isinstance(self.env.get(n.args[0]), _Parts) and isinstance(n.args[1], int):
+            self.env[n] = self.env[n.args[0]].names[n.args[1]]
+            self.storage[n] = n
+        elif t is operator.getitem and isinstance(self.env.get(n.args[0]), str):
+            self.index(n.args[0], n.args[1])
+        elif t in (operator.floordiv, operator.mul, operator.add, operator.sub) \
+                and not any(isinstance(self.env.get(a), str) for a in n.args if isinstance(a, fx.Node)):
+            self.arith(n, t, *n.args)
+        elif t in (operator.mul, torch.mul):
+            a = _bind(n, ("input", "other"), {})
+            self.mul(a["input"], a["other"])
+        elif t in _ACTIVATION_FUNCTIONS:
+            op, names, defaults, attrs_of = _ACTIVATION_FUNCTIONS[t]
+            a = _bind(n, names, defaults)
+            if a.get("inplace"):
+                self.check_in_place(a["input"])
+            self.activation(a["input"], op, attrs_of(a), alias=bool(a.get("inplace")))
+        elif t is F.pad:
+            a = _bind(n, ("input", "pad", "mode", "value"), {"mode": "constant", "value": None})
+            self.pad(a["input"], a["pad"], a["mode"], a["value"] or 0.0)
+        elif t is torch.mean:
+            a = _bind(n, ("input", "dim", "keepdim", "dtype"), {"keepdim": False, "dtype": None})
+            self.mean(a["input"], a["dim"], a["keepdim"])
+        elif t in (torch.chunk, torch.split):
+            key = "chunks" if t is torch.chunk else "split_size_or_sections"
+            a = _bind(n, ("input", key, "dim"), {"dim": 0})
+            self.split(a["input"], a[key], a["dim"], chunk=t is torch.chunk)
+        elif t is torch.transpose:
+            a = _bind(n, ("input", "dim0", "dim1"), {})
+            self.transpose(a["input"], a["dim0"], a["dim1"])
         else:
             self.fail(f"supported functions are {SUPPORTED_FUNCTIONS}")
 
     def size(self, arg, dim):
-        rank = self.type_of(arg).rank
-        self.env[self.fx_node] = _Size(None if dim is None else dim % rank)
+        t = self.type_of(arg)
+        self.env[self.fx_node] = self._size_entry(t.shape, dim)
+
+    @staticmethod
+    def _size_entry(shape, dim):
+        if dim is None:
+            return _Size(None, tuple(shape))
+        dim %= len(shape)
+        return _Size(0) if dim == 0 else int(shape[dim])
+
+    def arith(self, n: fx.Node, op, a, b):
+        """Shape arithmetic on static sizes (`c // groups`); the batch size may not take part."""
+        vals = []
+        for v in (a, b):
+            v = self.env.get(v) if isinstance(v, fx.Node) else v
+            if not isinstance(v, int) or isinstance(v, bool):
+                self.fail("arithmetic on the batch size or on a tensor (only static sizes can be computed with)")
+            vals.append(v)
+        self.env[n] = int(op(*vals))
 
     def call_method(self, n: fx.Node):
         m, x = n.target, n.args[0]
@@ -457,7 +724,30 @@ class _Lowering:
                 self.check_in_place(x)
             self.add(x, a["other"], a["alpha"])
         elif m == "contiguous":
-            self.alias(x)
+            if isinstance(self.env.get(x), _View):
+                self.env[n] = self.env[x]
+            else:
+                self.alias(x)
+        elif m in ("mul", "mul_"):
+            if m == "mul_":
+                self.check_in_place(x)
+            self.mul(x, _bind(n, ("self", "other"), {})["other"])
+        elif m in ("sigmoid", "sigmoid_"):
+            if m == "sigmoid_":
+                self.check_in_place(x)
+            self.activation(x, "sigmoid", {}, alias=m == "sigmoid_")
+        elif m == "mean":
+            a = _bind(n, ("self", "dim", "keepdim", "dtype"), {"keepdim": False, "dtype": None})
+            self.mean(x, a["dim"], a["keepdim"])
+        elif m in ("chunk", "split"):
+            key = "chunks" if m == "chunk" else "split_size"
+            a = _bind(n, ("self", key, "dim"), {"dim": 0})
+            self.split(x, a[key], a["dim"], chunk=m == "chunk")
+        elif m == "transpose":
+            a = _bind(n, ("self", "dim0", "dim1"), {})
+            self.transpose(x, a["dim0"], a["dim1"])
+        elif m == "expand_as":
+            self.expand_as(x, n.args[1])
         else:
             self.fail(f"supported tensor methods are {SUPPORTED_METHODS}")
 
@@ -499,7 +789,9 @@ class _Lowering:
         if placeholders != len(self.examples):
             raise TorchImportError(f"cannot lower {self.name}: forward takes {placeholders} input(s) but "
                                    f"{len(self.examples)} example tensor(s) were given")
-        return Graph(self.nodes, outputs, self.name)
+        read = {i for n in self.nodes for i in n.inputs} | set(outputs.values())
+        nodes = [n for n in self.nodes if n.name not in self.fused or n.name in read]
+        return Graph(nodes, outputs, self.name)
 
 
 class _Holder(nn.Module):

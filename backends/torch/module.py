@@ -25,7 +25,6 @@ weights back, and transforms the trained graph again.
 from __future__ import annotations
 
 import keyword
-import operator
 import re
 
 import numpy as np
@@ -42,10 +41,8 @@ class TorchBackendError(IRError):
     """The PyTorch backend cannot do what was asked; the message names the node or module at fault."""
 
 
-# Ops materialised as a submodule; the others are expressions in forward().
-MODULE_OPS = ("conv2d", "batchnorm", "relu", "maxpool2d", "avgpool2d", "global_avgpool", "flatten", "linear",
-              "dropout")
-EXPRESSION_OPS = ("concat", "add", "softmax")
+# Ops materialised as a submodule; the others are expressions in forward() (see easc.backends.optable).
+from easc.backends.optable import EXPRESSION_OPS, LOWERINGS, MODULE_OPS  # noqa: E402
 
 # Identifiers a generated name must not take: they would shadow something the module or the
 # generated source needs (an nn.Module method, the `torch` / `nn` modules, our own attributes).
@@ -106,47 +103,12 @@ def _tensor(array) -> torch.Tensor:
     return torch.tensor(np.asarray(array, dtype=np.float32))
 
 
-def _with_weight_and_bias(layer: nn.Module, w) -> nn.Module:
-    """`layer` (a conv or linear) with its weight, and bias if it has one, copied from the IR arrays `w`."""
-    with torch.no_grad():
-        layer.weight.copy_(_tensor(w["weight"]))
-        if layer.bias is not None:
-            layer.bias.copy_(_tensor(w["bias"]))
-    return layer
-
-
 def build_layer(node, in_type) -> nn.Module:
     """The `nn.Module` computing `node` (an op of MODULE_OPS), weights copied from the node."""
-    a, w = node.attrs, node.weights
-    if node.op == "conv2d":
-        layer = nn.Conv2d(in_type.channels, a["out"], a["kernel"], stride=a["stride"], padding=a["padding"],
-                          dilation=a["dilation"], groups=a["groups"], bias=a["bias"])
-        return _with_weight_and_bias(layer, w)
-    if node.op == "linear":
-        return _with_weight_and_bias(nn.Linear(in_type.channels, a["out"], bias=a["bias"]), w)
-    if node.op == "batchnorm":
-        cls = nn.BatchNorm2d if in_type.rank == 4 else nn.BatchNorm1d
-        layer = cls(in_type.channels, eps=a["eps"], momentum=a["momentum"])
-        with torch.no_grad():
-            layer.weight.copy_(_tensor(w["scale"]))
-            layer.bias.copy_(_tensor(w["bias"]))
-            layer.running_mean.copy_(_tensor(w["mean"]))
-            layer.running_var.copy_(_tensor(w["var"]))
-        return layer
-    if node.op == "relu":
-        return nn.ReLU()
-    if node.op == "maxpool2d":
-        return nn.MaxPool2d(a["kernel"], stride=a["stride"], padding=a["padding"], ceil_mode=a["ceil"])
-    if node.op == "avgpool2d":
-        return nn.AvgPool2d(a["kernel"], stride=a["stride"], padding=a["padding"], ceil_mode=a["ceil"],
-                            count_include_pad=a["count_include_pad"])
-    if node.op == "global_avgpool":
-        return nn.AdaptiveAvgPool2d(1)
-    if node.op == "flatten":
-        return nn.Flatten(1)
-    if node.op == "dropout":
-        return nn.Dropout(a["p"])
-    raise TorchBackendError(f"node {node.name!r}: op {node.op!r} has no torch module")
+    low = LOWERINGS.get(node.op)
+    if low is None or low.module is None:
+        raise TorchBackendError(f"node {node.name!r}: op {node.op!r} has no torch module")
+    return low.module(node, in_type)
 
 
 def to_module(graph: Graph, device=None) -> fx.GraphModule:
@@ -173,20 +135,10 @@ def to_module(graph: Graph, device=None) -> fx.GraphModule:
             root.add_module(ident, build_layer(node, types[node.inputs[0]]))
             easc_names[node.name] = ident
             env[node.name] = fg.create_node("call_module", ident, (env[node.inputs[0]],), name=ident)
-        elif node.op == "concat":
-            env[node.name] = fg.create_node("call_function", torch.cat, ([env[i] for i in node.inputs],),
-                                            {"dim": 1}, name=ident)
-        elif node.op == "add":
-            acc = env[node.inputs[0]]
-            for k, other in enumerate(node.inputs[1:], start=1):
-                last = k == len(node.inputs) - 1
-                acc = fg.create_node("call_function", operator.add, (acc, env[other]),
-                                     name=ident if last else f"{ident}_partial")
-            env[node.name] = acc
-        elif node.op == "softmax":
-            env[node.name] = fg.create_node("call_function", torch.softmax, (env[node.inputs[0]],), {"dim": 1},
-                                            name=ident)
-        else:  # the op set is closed; a new op needs a lowering here
+        elif node.op in EXPRESSION_OPS:
+            env[node.name] = LOWERINGS[node.op].fx(fg, node, [env[i] for i in node.inputs], ident,
+                                                   [types[i] for i in node.inputs])
+        else:  # the op set is closed; a new op needs an entry in easc.backends.optable
             raise TorchBackendError(f"node {node.name!r}: op {node.op!r} has no lowering to torch")
     outs = [env[n] for n in graph.outputs.values()]
     fg.output(outs[0] if len(outs) == 1 else tuple(outs))
