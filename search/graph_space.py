@@ -21,8 +21,9 @@ Net2Wider and the structure of the graph
     to a segment of another's output, which then grows by the same number of units, not to the same width).
     So a Bernoulli decision maps to exactly one pass, and the tokens re-encoded after it equal what the token
     simulator `tokens.apply_wider` predicts (a property test checks this on random graphs).
-    Layers the analysis refuses (their channels reach a graph output, feed a grouped or depthwise conv, a
-    softmax, ...) are masked, as are output layers (whose value reaches a graph output without passing
+    Channels that pass a grouped conv grow by multiples of its group count (the token's `step`, so the width
+    list's next reachable value is the target). Layers the analysis refuses (their channels reach a graph
+    output, a channel shuffle, a softmax, ...) are masked, as are output layers (whose value reaches a graph output without passing
     another layer: the classifier, also behind a softmax).
 
 Net2Deeper
@@ -107,7 +108,7 @@ def graph_tokens(graph: Graph) -> list:
     # Coupling groups, first: a layer is a lead when no earlier lead's pass widens it; the layers a lead's
     # pass widens along (`flow.sources`) follow it, as often as its channels reach their output.
     outputs = {node.name for node in layers if _reaches_output(graph, node.name)}
-    leads, followers = set(), {}
+    leads, followers, steps = set(), {}, {}
     for node in layers:
         if node.name in outputs or node.name in followers:
             continue
@@ -116,9 +117,12 @@ def graph_tokens(graph: Graph) -> list:
         except ChannelFlowError:
             continue
         leads.add(node.name)
-        for member in flow.sources:
-            if member != node.name:
-                followers.setdefault(member, []).append((node.name, len(flow.segments[member])))
+        steps[node.name] = getattr(flow, "groups", 1)  # through a grouped conv: every group grows alike
+        # Every other layer whose output carries the lead's channels grows with it: the producers coupled
+        # through adds (flow.sources) and the depthwise convs the channels pass through.
+        for member, segments in flow.segments.items():
+            if member != node.name and graph.node(member).op in LAYER_OPS:
+                followers.setdefault(member, []).append((node.name, len(segments)))
 
     tokens, previous = [], None
     for node in layers:
@@ -131,7 +135,7 @@ def graph_tokens(graph: Graph) -> list:
         is_output = node.name in outputs
         common = dict(is_output=is_output, widenable=node.name in leads,
                       deepenable=not is_output and _deepen_point(graph, node.name) is not None,
-                      coupled=tuple(followers.get(node.name, ())))
+                      coupled=tuple(followers.get(node.name, ())), step=steps.get(node.name, 1))
         if node.op == "conv2d":
             tokens.append(LayerToken("conv", node.width, int(node.attrs["kernel"][0]), node.name, **common))
         else:

@@ -61,6 +61,7 @@ class LayerToken:
     widenable: bool = True
     deepenable: bool = True
     coupled: tuple = ()
+    step: int = 1  # the width may only grow by multiples of this (channels passing a grouped conv: its groups)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -126,10 +127,12 @@ class SearchSpace:
 
 
 def next_width(token: LayerToken, space: SearchSpace) -> int | None:
-    """The next value of the width list strictly larger than the token's width; None at the maximum or for pool."""
+    """The next value of the width list strictly larger than the token's width (and reachable in steps of
+    `token.step`); None at the maximum or for pool."""
     if token.kind == "pool":
         return None
-    return next((w for w in space.widths(token.kind) if w > token.width), None)
+    return next((w for w in space.widths(token.kind) if w > token.width and (w - token.width) % token.step == 0),
+                None)
 
 
 def token_string(t: LayerToken) -> str:

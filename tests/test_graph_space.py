@@ -102,16 +102,30 @@ def test_deepening_after_a_residual_branch_stays_inside_its_block_and_exact():
     assert child.node(f"deepen_{record['after']}").type == g.node("c2").type
 
 
-def test_a_layer_feeding_a_depthwise_conv_is_masked():
+def test_a_depthwise_conv_follows_the_layer_feeding_it_and_grouped_channels_grow_in_whole_groups():
     b = GraphBuilder("dw", rng=np.random.default_rng(0))
     x = b.input("x", (3, 8, 8))
     a = b.relu(b.conv2d(x, 8, 3, padding=1, name="a"))
     dw = b.relu(b.conv2d(a, 8, 3, padding=1, groups=8, name="dw"))
-    h = b.flatten(b.global_avgpool(b.conv2d(dw, 8, 1, name="pw")))
+    g2 = b.relu(b.conv2d(b.conv2d(dw, 8, 1, name="pw"), 8, 3, padding=1, groups=2, name="grouped"))
+    h = b.flatten(b.global_avgpool(g2))
     b.output("y", b.linear(h, 4, name="fc"))
-    tokens = graph_tokens(b.build())
-    # a: its channels feed a grouped conv; dw: a grouped conv itself (widen gathers neither); fc: the output.
-    assert [t.name for t, ok in zip(tokens, widen_mask(tokens, SPACE)) if ok] == ["pw"]
+    graph = b.build()
+    tokens = graph_tokens(graph)
+    by = {t.name: t for t in tokens}
+    # dw: a depthwise conv is widened by widening its input's producer (one filter per channel), never alone.
+    assert [t.name for t, ok in zip(tokens, widen_mask(tokens, SPACE)) if ok] == ["a", "pw", "grouped"]
+    assert by["dw"].coupled == (("a", 1),)
+    # pw's channels pass the groups=2 conv: 8 -> 12 (4 = two per group), the next width of the list that
+    # keeps the two groups equal; grouped's own output grows alike.
+    assert by["pw"].step == 2 and by["grouped"].step == 2
+    space = GraphSpace(SPACE)
+    child, records = space.apply_wider(graph, _wider(tokens, {"a", "pw"}), np.random.default_rng(0),
+                                       ProbeSet(probe_inputs(graph, 2)))
+    assert all("skipped" not in r and r["max_diff"] <= PRESERVATION_RTOL for r in records)
+    assert {n: child.node(n).width for n in ("a", "dw", "pw")} == {"a": 12, "dw": 12, "pw": 12}
+    assert [(t.name, t.width) for t in space.tokens(child)] == \
+        [(t.name, t.width) for t in apply_wider(tokens, [t.name in {"a", "pw"} for t in tokens], SPACE)]
 
 
 # ------------------------------------------------------------------------------------------ the figure
@@ -221,10 +235,12 @@ def test_every_action_the_masks_allow_is_applied_exactly_and_the_tokens_follow_i
             assert len(blocks(new)[b]) == len(blocks(tokens)[b]) + 1
 
 
-@pytest.mark.parametrize("arch", ["densenet121", "googlenet"])
-def test_concatenating_zoo_networks_get_one_block_per_resolution_and_grow_exactly(tmp_path, arch):
-    """DenseNet's dense blocks and GoogLeNet's inception branches join by concatenation: a widened layer is
-    a segment of every later concat, and the re-encoded tokens still agree with the simulator."""
+@pytest.mark.parametrize("arch", ["densenet121", "googlenet", "mobilenet_v2", "efficientnet_b0", "regnety"])
+def test_zoo_networks_get_one_block_per_resolution_and_grow_exactly(tmp_path, arch):
+    """DenseNet's dense blocks and GoogLeNet's inception branches join by concatenation (a widened layer is a
+    segment of every later concat); MobileNetV2 and EfficientNet-B0 widen through depthwise convs, EfficientNet
+    and RegNetY through squeeze-excitation gates, RegNet through grouped convs. The re-encoded tokens agree
+    with the simulator on every one."""
     from easc.backends.formats import load_model
     from easc.backends.torch.zoo import ARCHITECTURES
 
