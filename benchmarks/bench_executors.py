@@ -47,7 +47,8 @@ def make_jobs(n: int, epochs: int, threads: int, seed: int = 0) -> tuple:
     config = resolve_defaults(SearchConfig(dataset="digits", seed=seed, epochs=epochs, threads=threads, quiet=True))
     with tempfile.TemporaryDirectory() as tmp:
         search = Search(config, Path(tmp), None)  # no store: only its sampling of children is used
-        graphs = [graph_to_bytes(search._sample_child(search.start_graph, 1, i)[0]) for i in range(n)]
+        probes = search._probe_set(0, search.start_graph)
+        graphs = [graph_to_bytes(search._sample_child(search.start_graph, probes, 1, i)[0]) for i in range(n)]
         start = graph_to_bytes(search.start_graph)
     spec = search.data_spec
     train = {"epochs": epochs, "batch_size": config.batch_size, "lr": config.lr,

@@ -3,7 +3,9 @@
 Two experiments, reported separately:
 
 1. **Real training (digits).** Full `easc` searches, `--strategy rl` and `--strategy random`, with the same
-   seed, start net, steps, children per step and child epochs, for each of several seeds. Per controller
+   seed, start net, steps, children per step and child epochs, for each of several seeds, under the paper's
+   protocol `--parent start` (every child is a fresh copy of the start net changed by the sampled actions,
+   so the controller learns which transformations *of that net* pay off; `--parent best` is selectable). Per controller
    step: the mean validation accuracy of the step's children, the step's best, and the best so far
    (start net included), each as mean +- standard deviation across seeds. Children whose architecture
    was already trained are not trained again, so the number of trained children is reported as well.
@@ -19,6 +21,9 @@ Two experiments, reported separately:
     python benchmarks/bench_rl_vs_random.py --quick     # 3 seeds x 4 steps x 5 children x 2 epochs
     python benchmarks/bench_rl_vs_random.py             # 3 seeds x 8 steps x 8 children x 4 epochs
     python benchmarks/bench_rl_vs_random.py --smoke     # seconds; checks the script works
+
+Headline figures: per strategy, the mean and the best validation accuracy of the *last* step (its children,
+not the best so far), each as mean +- standard deviation across seeds, on digits and on the synthetic task.
 
 Prints tables and writes benchmarks/results/bench_rl_vs_random.json and bench_rl_vs_random.png.
 """
@@ -47,14 +52,14 @@ PRESETS = {  # real: seeds, steps, children, epochs; synthetic: seeds, steps, ne
 
 # ------------------------------------------------------------------------------------------ real training
 
-def run_search(strategy, seed, steps, children, epochs, threads, workdir) -> dict:
+def run_search(strategy, seed, steps, children, epochs, threads, workdir, parent="start") -> dict:
     from easc.search.config import SearchConfig
     from easc.search.loop import Search
     from easc.search.runs import report_data
 
     out = Path(workdir) / f"{strategy}_seed{seed}"
     config = SearchConfig(dataset="digits", strategy=strategy, seed=seed, steps=steps, children=children,
-                          epochs=epochs, threads=threads, quiet=True)
+                          epochs=epochs, threads=threads, quiet=True, parent=parent)
     t0 = time.perf_counter()
     search = Search.start(config, out)
     try:
@@ -103,14 +108,14 @@ def per_step(runs: list, keys) -> list:
     return out
 
 
-def real_experiment(sizes, threads, workdir, jobs=1, log=print) -> dict:
+def real_experiment(sizes, threads, workdir, jobs=1, log=print, parent="start") -> dict:
     """Every (seed, strategy) search; `jobs` > 1 runs that many at once in worker processes.
 
     Accuracies do not depend on `jobs` (each search is seeded and trains on one thread on CPU); only the
     reported seconds per search do.
     """
     tasks = [(strategy, seed) for seed in range(sizes["seeds"]) for strategy in STRATEGIES]
-    args = [(strategy, seed, sizes["steps"], sizes["children"], sizes["epochs"], threads, workdir)
+    args = [(strategy, seed, sizes["steps"], sizes["children"], sizes["epochs"], threads, workdir, parent)
             for strategy, seed in tasks]
     if jobs > 1:
         import multiprocessing as mp
@@ -138,10 +143,12 @@ def real_experiment(sizes, threads, workdir, jobs=1, log=print) -> dict:
             "mean_val_acc_all_steps": statistics.mean(all_means) if all_means else None,
             "final_best_so_far": mean_sd(r["steps"][-1]["best_so_far"] for r in runs[s] if r["steps"]),
             "last_step_mean": mean_sd(r["steps"][-1]["mean_val_acc"] for r in runs[s] if r["steps"]),
+            "last_step_best": mean_sd(r["steps"][-1]["best_val_acc"] for r in runs[s] if r["steps"]),
             "trained_children": statistics.mean(r["trained_children"] for r in runs[s]),
             "seconds": statistics.mean(r["seconds"] for r in runs[s]),
         }
-    return {"dataset": "digits", "sizes": {k: sizes[k] for k in ("seeds", "steps", "children", "epochs")},
+    return {"dataset": "digits", "parent": parent,
+            "sizes": {k: sizes[k] for k in ("seeds", "steps", "children", "epochs")},
             "summary": summary, "runs": runs}
 
 
@@ -180,10 +187,14 @@ def synthetic_experiment(sizes, log=print) -> dict:
                       "first_steps_mean": statistics.mean(r["mean_val_acc"] for r in steps[:k]),
                       "last_steps_mean": statistics.mean(r["mean_val_acc"] for r in steps[-k:]),
                       "window": k,
-                      "mean_all_steps": statistics.mean(r["mean_val_acc"] for r in steps)}
+                      "mean_all_steps": statistics.mean(r["mean_val_acc"] for r in steps),
+                      "last_step_mean": mean_sd(r["steps"][-1]["mean_val_acc"] for r in runs[s]),
+                      "last_step_best": mean_sd(r["steps"][-1]["best_val_acc"] for r in runs[s])}
         log(f"  synthetic {s:>6}: mean score steps 1-{k} {summary[s]['first_steps_mean']:.3f}, last {k} "
             f"{summary[s]['last_steps_mean']:.3f}")
-    return {"sizes": {"seeds": sizes["syn_seeds"], "steps": sizes["syn_steps"], "networks": sizes["syn_networks"]},
+    # Every network is sampled from the same start tokens: the synthetic task is --parent start by construction.
+    return {"parent": "start",
+            "sizes": {"seeds": sizes["syn_seeds"], "steps": sizes["syn_steps"], "networks": sizes["syn_networks"]},
             "summary": summary, "runs": runs}
 
 
@@ -198,8 +209,8 @@ def _pm(pair, spec=".4f"):
 
 def print_tables(real: dict, syn: dict) -> None:
     s = real["sizes"]
-    print(f"\n1. real training on digits: {s['seeds']} seeds x {s['steps']} steps x {s['children']} children x "
-          f"{s['epochs']} epochs; mean +- sd across seeds; step 0 is the start net")
+    print(f"\n1. real training on digits, --parent {real['parent']}: {s['seeds']} seeds x {s['steps']} steps x "
+          f"{s['children']} children x {s['epochs']} epochs; mean +- sd across seeds; step 0 is the start net")
     print(f"{'step':>4} | {'rl mean acc':>17} | {'random mean acc':>17} | {'rl best so far':>17} | "
           f"{'random best so far':>18}")
     print("-" * 86)
@@ -210,8 +221,9 @@ def print_tables(real: dict, syn: dict) -> None:
               f"{_pm((a['best_so_far'], a['best_so_far_sd'])):>17} | {_pm((b['best_so_far'], b['best_so_far_sd'])):>18}")
     for name in STRATEGIES:
         r = real["summary"][name]
-        print(f"{name:>6}: mean val acc over all steps {_pm(r['mean_val_acc_all_steps'])}, trained children per "
-              f"search {r['trained_children']:.1f}, {r['seconds']:.0f} s per search")
+        print(f"{name:>6}: last step mean {_pm(r['last_step_mean'])}, last step best {_pm(r['last_step_best'])}; "
+              f"mean over all steps {_pm(r['mean_val_acc_all_steps'])}, trained children per search "
+              f"{r['trained_children']:.1f}, {r['seconds']:.0f} s per search")
     s = syn["sizes"]
     print(f"\n2. synthetic reward (controller only, no training): {s['seeds']} seeds x {s['steps']} steps x "
           f"{s['networks']} networks; score = 0.5 + 0.4 s, mean +- sd across seeds")
@@ -223,6 +235,10 @@ def print_tables(real: dict, syn: dict) -> None:
         a, b = rl[i], rnd[i]
         print(f"{a['step']:>4} | {_pm((a['mean_val_acc'], a['mean_val_acc_sd']), '.3f'):>15} | "
               f"{_pm((b['mean_val_acc'], b['mean_val_acc_sd']), '.3f'):>17}")
+    for name in STRATEGIES:
+        r = syn["summary"][name]
+        print(f"{name:>6}: last step mean {_pm(r['last_step_mean'], '.3f')}, last step best "
+              f"{_pm(r['last_step_best'], '.3f')}")
 
 
 def plot(real: dict, syn: dict, path: Path) -> Path:
@@ -268,8 +284,14 @@ def headline(real: dict, syn: dict) -> list:
     return [
         {"metric": f"digits ({setting}): mean val acc, all steps, rl / random",
          "value": f"{r['mean_val_acc_all_steps']:.4f} / {q['mean_val_acc_all_steps']:.4f}"},
-        {"metric": "digits: last step mean val acc, rl / random",
+        {"metric": f"digits (--parent {real['parent']}): last step mean val acc, rl / random",
          "value": f"{_pm(r['last_step_mean'])} / {_pm(q['last_step_mean'])}"},
+        {"metric": f"digits (--parent {real['parent']}): last step best val acc, rl / random",
+         "value": f"{_pm(r['last_step_best'])} / {_pm(q['last_step_best'])}"},
+        {"metric": "synthetic (--parent start): last step mean score, rl / random",
+         "value": f"{_pm(sr['last_step_mean'], '.3f')} / {_pm(sq['last_step_mean'], '.3f')}"},
+        {"metric": "synthetic (--parent start): last step best score, rl / random",
+         "value": f"{_pm(sr['last_step_best'], '.3f')} / {_pm(sq['last_step_best'], '.3f')}"},
         {"metric": "digits: best val acc found, rl / random",
          "value": f"{_pm(r['final_best_so_far'])} / {_pm(q['final_best_so_far'])}"},
         {"metric": f"synthetic reward ({syn['sizes']['steps']} steps): rl mean score first -> last {sr['window']} steps",
@@ -289,6 +311,8 @@ def main(argv=None) -> dict:
     p.add_argument("--syn-steps", type=int, default=None, help="steps of the synthetic-reward experiment")
     p.add_argument("--syn-seeds", type=int, default=None)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--parent", choices=("start", "best"), default="start",
+                   help="the searches' --parent [default: start, the paper's protocol]")
     p.add_argument("--jobs", type=int, default=None,
                    help="searches run at once in worker processes [default: 2 with --quick or the full size, "
                         "1 with --smoke]; accuracies do not depend on it")
@@ -310,7 +334,7 @@ def main(argv=None) -> dict:
         workdir = args.keep_runs or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         jobs = args.jobs or (1 if args.smoke else max(1, min(2, os.cpu_count() or 1)))
-        real = real_experiment(sizes, args.threads, workdir, jobs)
+        real = real_experiment(sizes, args.threads, workdir, jobs, parent=args.parent)
     syn = synthetic_experiment(sizes)
     print(f"\nRL vs random search at equal budget ({mode_name}), torch {torch.__version__}, {args.threads} thread(s)")
     print_tables(real, syn)

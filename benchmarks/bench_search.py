@@ -1,22 +1,25 @@
-"""Search throughput on CPU: children trained per minute with one worker against a pool of two.
+"""Search throughput on CPU: the default digits search with one worker against a pool of two.
 
-Each repeat runs the same small digits search (same seed, so the same children, bit for bit) once with
-`--workers 1` (the in-process local executor) and once with `--workers 2` (a process pool of two spawned
+Each repeat runs the default digits search (`easc search --dataset digits`: parent start, 3 steps x 10
+children, 4 Net2Wider + 5 Net2Deeper actions, 6 epochs; same seed, so the same children, bit for bit) once
+with `--workers 1` (the in-process local executor) and once with `--workers 2` (a process pool of two spawned
 workers, one torch thread each). The order alternates between repeats (1 2, 2 1, ...) so that drift of a
 shared machine falls on both.
 
-Figures, from the run's experiment store:
+Figures:
 - `children/min`: children trained in steps >= 1 per minute of the steps' wall time, measured from the end
   of the start net's training to the end of the last step. Pool start-up (spawning workers, importing
-  torch, loading the data) happens while the start net trains, so it is left out: this is the rate a long
-  search settles at.
+  torch, loading the data) happens while the start net trains, so it is left out: the rate a long search
+  settles at.
 - `wall s`: the whole `run()`, start-up included: what a short search costs.
-- `train share`: time spent training children (the sum of their training times) over the steps' wall time
-  with one worker. The rest is the driver's serial work (sampling, verifying each pass on probe inputs,
-  bookkeeping), which a pool cannot overlap with training in this design (Amdahl): it bounds the speed-up.
+- `all busy`: the fraction of each step's wall time (from the step's start to its controller update being
+  committed) during which every worker is training a child, from the workers' own start and end times.
+  The driver submits each child as soon as it is sampled and checked, so the workers train while it
+  samples the next one; what is left idle is the step's head (the first child being sampled), its tail
+  (the last children finishing unevenly) and the controller update between steps.
 `ratio` is median(2 workers) / median(1 worker) of children/min; `paired` the median of per-repeat ratios.
 
-    python benchmarks/bench_search.py [--repeats 3] [--steps 2] [--children 6] [--epochs 3]
+    python benchmarks/bench_search.py [--repeats 2] [--steps 3] [--children 10] [--epochs 6]
 
 Prints a table and writes benchmarks/results/bench_search.json. Two cores are enough to see the effect;
 run it on an otherwise idle machine, since other jobs take cores from the pool first.
@@ -42,17 +45,41 @@ def _seconds_between(a: str, b: str) -> float:
     return (datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds()
 
 
+def all_busy_fraction(window: tuple, intervals: list, workers: int) -> float:
+    """Share of `window` (start, end) during which at least `workers` of the (start, end) intervals overlap."""
+    lo, hi = window
+    events = sorted([(max(a, lo), 1) for a, b in intervals if b > lo and a < hi] +
+                    [(min(b, hi), -1) for a, b in intervals if b > lo and a < hi])
+    busy, running, last = 0.0, 0, lo
+    for t, delta in events:
+        if running >= workers:
+            busy += t - last
+        running += delta
+        last = t
+    return busy / (hi - lo) if hi > lo else 0.0
+
+
 def one_search(workers: int, args, folder: Path) -> dict:
     from easc.search.config import SearchConfig
     from easc.search.loop import Search
     from easc.search.store import ExperimentStore
 
     config = SearchConfig(dataset="digits", steps=args.steps, children=args.children, epochs=args.epochs,
-                          start_epochs=1, wider_actions=args.wider_actions, deeper_actions=args.deeper_actions,
+                          wider_actions=args.wider_actions, deeper_actions=args.deeper_actions, parent=args.parent,
                           seed=args.seed, workers=workers, threads=1, quiet=True)
     out = folder / f"workers{workers}"
+    steps, jobs = {}, []
+
+    def on_event(kind, **info):
+        if kind == "step_start" and info["step"] >= 1:
+            steps[info["step"]] = [time.time(), None]
+        elif kind == "step_done":
+            steps[info["step"]][1] = time.time()
+        elif kind == "child_done" and info.get("started"):
+            jobs.append((info["started"], info["ended"]))
+
     t0 = time.perf_counter()
-    search = Search.start(config, out)
+    search = Search.start(config, out, on_event=on_event)
     try:
         summary = search.run()
     finally:
@@ -60,25 +87,26 @@ def one_search(workers: int, args, folder: Path) -> dict:
     wall = time.perf_counter() - t0
     with ExperimentStore.open_existing(out) as store:
         children = store.children()
-        steps = store.steps()
+        recorded = store.steps()
     start = children[0]
     trained = [c for c in children if c.step >= 1 and c.status == "done"]
-    steady = _seconds_between(start.finished, steps[-1].finished)
+    steady = _seconds_between(start.finished, recorded[-1].finished)
+    busy = [all_busy_fraction(tuple(w), jobs, workers) for w in steps.values()]
     return {"workers": workers, "wall_seconds": wall, "steady_seconds": steady, "trained": len(trained),
             "cached": sum(c.status == "cached" for c in children), "failed": summary.failed,
-            "children_per_min": 60 * len(trained) / steady,
-            "train_share": sum(c.train_seconds for c in trained) / steady,
-            "best_val_acc": summary.best_val_acc}
+            "children_per_min": 60 * len(trained) / steady, "all_busy": statistics.median(busy),
+            "all_busy_per_step": busy, "best_val_acc": summary.best_val_acc}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--steps", type=int, default=2)
-    p.add_argument("--children", type=int, default=6, help="per step; even, so two workers share evenly")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--wider-actions", type=int, default=2)
-    p.add_argument("--deeper-actions", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--children", type=int, default=10, help="per step; even, so two workers share evenly")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--wider-actions", type=int, default=4)
+    p.add_argument("--deeper-actions", type=int, default=5)
+    p.add_argument("--parent", choices=("start", "best"), default="start")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
@@ -95,7 +123,7 @@ def main(argv=None):
                 result = one_search(w, args, Path(tmp) / f"repeat{r}")
                 runs[w].append(result)
                 print(f"repeat {r + 1}/{args.repeats}, {w} worker(s): {result['children_per_min']:.1f} children/min, "
-                      f"{result['wall_seconds']:.1f} s", flush=True)
+                      f"all busy {result['all_busy']:.0%}, {result['wall_seconds']:.1f} s", flush=True)
 
     def median(w, key):
         return statistics.median(run[key] for run in runs[w])
@@ -106,22 +134,23 @@ def main(argv=None):
     paired = statistics.median(b["children_per_min"] / a["children_per_min"] for a, b in zip(runs[1], runs[2]))
 
     print()
-    print(f"search throughput on CPU: digits, {args.steps} step(s) x {args.children} children, {args.epochs} "
-          f"epoch(s), {args.wider_actions} wider + {args.deeper_actions} deeper actions, {args.repeats} repeat(s), "
-          f"{os.cpu_count()} cores")
-    print(f"{'workers':>7} | {'children/min':>12} | {'wall s':>7} | {'train share':>11} | {'trained':>7}")
-    print("-" * 57)
+    print(f"search throughput on CPU: digits, parent {args.parent}, {args.steps} step(s) x {args.children} children, "
+          f"{args.epochs} epoch(s), {args.wider_actions} wider + {args.deeper_actions} deeper actions, "
+          f"{args.repeats} repeat(s), {os.cpu_count()} cores")
+    print(f"{'workers':>7} | {'children/min':>12} | {'wall s':>7} | {'all busy':>8} | {'trained':>7}")
+    print("-" * 54)
     for w in WORKERS:
         print(f"{w:>7} | {median(w, 'children_per_min'):>12.1f} | {median(w, 'wall_seconds'):>7.1f} | "
-              f"{median(w, 'train_share'):>11.0%} | {runs[w][0]['trained']:>7}")
-    print(f"ratio (2 / 1 workers): {ratio:.2f}, paired {paired:.2f}; same runs under both executors: {same}")
+              f"{median(w, 'all_busy'):>8.0%} | {runs[w][0]['trained']:>7}")
+    print(f"ratio (2 / 1 workers): {ratio:.2f}, paired {paired:.2f}; all workers busy (2 workers): "
+          f"{median(2, 'all_busy'):.2f} of a step; same runs under both executors: {same}")
 
     report = {"benchmark": "bench_search", "device": "cpu", "python": platform.python_version(),
               "machine": platform.machine(), "cores": os.cpu_count(),
-              "settings": {k: v for k, v in vars(args).items() if k != "out"},
+              "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"},
               "median": {str(w): {k: median(w, k) for k in ("children_per_min", "wall_seconds", "steady_seconds",
-                                                           "train_share")} for w in WORKERS},
-              "ratio": ratio, "paired_ratio": paired, "same_runs": same,
+                                                           "all_busy")} for w in WORKERS},
+              "ratio": ratio, "paired_ratio": paired, "all_busy_2_workers": median(2, "all_busy"), "same_runs": same,
               "runs": {str(w): runs[w] for w in WORKERS}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

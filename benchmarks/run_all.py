@@ -196,6 +196,7 @@ def _search_rows(data: dict) -> list:
                       f"(ratio {data['ratio']:.2f}, paired {data['paired_ratio']:.2f})"},
             {"metric": "search wall s, 1 / 2 workers",
              "value": f"{m['1']['wall_seconds']:.1f} / {m['2']['wall_seconds']:.1f}"},
+            {"metric": "all workers busy, share of a step (2 workers)", "value": f"{data['all_busy_2_workers']:.2f}"},
             {"metric": "same search under both executors", "value": str(data["same_runs"])}]
 
 

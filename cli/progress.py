@@ -72,5 +72,8 @@ class SearchProgress:
             mean, best = info.get("mean_val_acc"), info.get("best_val_acc")
             self._say(f"step {info['step']} done: mean val acc {mean if mean is None else round(mean, 4)}, "
                       f"best {best if best is None else round(best, 4)}")
+        elif kind == "stage_start" and info.get("stage", 1) > 1:
+            self._say(f"stage {info['stage']}: start net = child {info['source']} (val acc {info['source_acc']:.4f}), "
+                      f"trained {info['epochs']} more epoch(s)")
         elif kind == "lost":
             self._say(f"resume: {info['count']} child(ren) that were in flight are marked lost")

@@ -84,7 +84,8 @@ def command(run, as_json, compare, top, no_plots):
     data = report_data(run, top)
     other = report_data(compare, top) if compare else None
     if as_json:
-        shown = {k: data[k] for k in ("start", "best", "steps", "children", "failed", "strategy", "leaderboard")}
+        shown = {k: data[k] for k in ("start", "best", "steps", "children", "failed", "strategy", "parent", "stages",
+                                      "leaderboard")}
         click.echo(json.dumps(shown, indent=2))
     else:
         click.echo(f"run {run} ({data['strategy']}): {data['children']} children, {data['failed']} failed")
@@ -93,15 +94,24 @@ def command(run, as_json, compare, top, no_plots):
             click.echo("start net: not trained yet")
         else:
             click.echo(f"start net: val acc {_fmt(start['val_acc'])}, {start['params']:,} params")
+        parent = {"start": "every child from its stage's start net (EAS)",
+                  "best": "every child from the best network so far (hill climb)"}.get(data["parent"], "-")
+        click.echo(f"parent: {data['parent']}: {parent}")
+        for st in data["stages"]:
+            origin = "the start network" if st["source_child"] is None else \
+                f"child {st['source_child']} (best so far), trained further"
+            click.echo(f"stage {st['stage']}: from step {st['first_step']}, {st['steps']} step(s) done; start net "
+                       f"child {st['start_child']} = {origin}, val acc {_fmt(st['start_val_acc'])}; "
+                       f"best in stage {_fmt(st['best_val_acc'])}")
         click.echo("")
         click.echo(f"{'rank':>4}  {'child':>5}  {'val acc':>7}  {'params':>10}  {'depth':>5}  widths / lineage")
         for rank, row in enumerate(data["leaderboard"], 1):
             click.echo(f"{rank:>4}  {row['child']:>5}  {_fmt(row['val_acc'])}  {row['params']:>10,}  "
                        f"{row['depth']:>5}  {row['widths']}  <- {' > '.join(map(str, row['lineage']))}")
         click.echo("")
-        click.echo(f"{'step':>4}  {'mean acc':>8}  {'best acc':>8}  {'mean R':>7}  {'baseline':>8}")
+        click.echo(f"{'step':>4}  {'stage':>5}  {'mean acc':>8}  {'best acc':>8}  {'mean R':>7}  {'baseline':>8}")
         for s in data["steps"]:
-            click.echo(f"{s['step']:>4}  {_fmt(s['mean_val_acc']):>8}  {_fmt(s['best_val_acc']):>8}  "
+            click.echo(f"{s['step']:>4}  {s['stage']:>5}  {_fmt(s['mean_val_acc']):>8}  {_fmt(s['best_val_acc']):>8}  "
                        f"{_fmt(s['mean_reward'], 3):>7}  {_fmt(s['baseline'], 3):>8}")
     if not no_plots:
         for path in write_plots(data, Path(run), other):

@@ -1,4 +1,11 @@
-"""`easc train MODEL --dataset NAME -o OUT`: train a model file and write the trained weights back."""
+"""`easc train MODEL --dataset NAME -o OUT`: train a model file and write the trained weights back.
+
+`--final` is the final training of a found network (PAPER.md): the recipe's [final] schedule (default 300
+epochs, lr 0.1 cosine), weights re-initialised (a fresh start: the search's inherited weights were tuned for
+short schedules) and all training images, train + validation (the released code's default: on CIFAR-10 all
+50,000). `--keep-weights` fine-tunes the inherited weights instead; `--hold-out-validation` keeps the
+validation images out of training (and reports their accuracy). The command prints which one ran.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +22,7 @@ from .common import fail
 @click.option("--dataset", default=None, help="digits, cifar10, cifar100, svhn, synthetic, or the path of an image "
               "folder or an .npz [default: the recipe's, else digits].")
 @click.option("--image-size", default=None, help="Image folders: resize to N or HxW [default: the most common size].")
-@click.option("--augment", type=click.Choice(["crop-flip", "none"]), default=None,
+@click.option("--augment", "augmentation", type=click.Choice(["crop-flip", "none"]), default=None,
               help="Image folders and .npz: training augmentation [default: none].")
 @click.option("--skip-bad-images", is_flag=True, help="Leave out unreadable images instead of stopping.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder with the data set's files.")
@@ -28,28 +35,38 @@ from .common import fail
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--config", type=click.Path(dir_okay=False), default=None,
               help="A TOML recipe (configs/*.toml); flags override it.")
-@click.option("--final", is_flag=True, help="Use the config's final-training schedule ([final] table).")
+@click.option("--final", is_flag=True, help="Final training of a found network: the recipe's [final] schedule "
+              "(default 300 epochs, lr 0.1), fresh weights, train + validation images.")
+@click.option("--keep-weights", is_flag=True, help="With --final: train the model's own weights, not fresh ones.")
+@click.option("--hold-out-validation", is_flag=True,
+              help="With --final: keep the validation images out of training and report their accuracy.")
+@click.option("--no-augment", "no_augment", is_flag=True, help="Train without the data set's augmentation.")
 @click.option("--threads", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="CPU threads for torch (small nets train fastest on one).")
 @click.option("--quiet", is_flag=True, help="No per-epoch lines.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Trained model (.onnx/.easir).")
-def command(model, dataset, image_size, augment, skip_bad_images, data_dir, download, epochs, batch_size, lr,
-            weight_decay, seed, device, config, final, threads, quiet, output):
+def command(model, dataset, image_size, augmentation, skip_bad_images, data_dir, download, epochs, batch_size, lr,
+            weight_decay, seed, device, config, final, keep_weights, hold_out_validation, no_augment, threads, quiet,
+            output):
     """Train MODEL on a data set; print validation/test accuracy and a closing JSON line."""
     from easc.backends.formats import check_save_path, load_model, save_model
     from easc.backends.torch import to_module, write_back
     from easc.backends.torch.data import load_dataset
     from easc.backends.torch.train import TrainConfig, TrainConfigError, resolve_device, train_module
 
-    settings = {}
-    if config:
-        from easc.search.config import load_config, training_settings
+    from easc.search.config import FINAL_DEFAULTS, load_config, training_settings
 
+    settings, augment = {}, True
+    if config:
         settings = training_settings(load_config(config), final=final)
         recipe_dataset, recipe_data_dir = settings.pop("dataset"), settings.pop("data_dir")
+        augment = settings.pop("augment")
         dataset, data_dir = dataset or recipe_dataset, data_dir or recipe_data_dir  # flags override the recipe
     elif final:
-        fail("--final needs --config (the final-training schedule lives in the recipe)")
+        settings = dict(FINAL_DEFAULTS)
+    if (keep_weights or hold_out_validation) and not final:
+        fail("--keep-weights and --hold-out-validation only change --final training; add --final")
+    augment = augment and not no_augment
     dataset = dataset or "digits"
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay}
     settings.update({k: v for k, v in overrides.items() if v is not None})
@@ -65,9 +82,11 @@ def command(model, dataset, image_size, augment, skip_bad_images, data_dir, down
 
         torch.set_num_threads(threads)
     graph = load_model(model)
-    options = {k: v for k, v in (("image_size", image_size), ("augment", augment),
+    options = {k: v for k, v in (("image_size", image_size), ("augment", augmentation),
                                  ("skip_bad_images", skip_bad_images or None)) if v is not None}
     data = load_dataset(dataset, data_dir, seed=seed, download=download, **options)
+    if not augment:
+        data.augment = "none"
     if len(graph.inputs) != 1:
         fail(f"{model}: training needs a model with one input, it has {len(graph.inputs)}")
     inp = graph.inputs[0]
@@ -81,17 +100,45 @@ def command(model, dataset, image_size, augment, skip_bad_images, data_dir, down
         cfg = TrainConfig(seed=seed, device=device, quiet=True, **settings)
     except TrainConfigError as e:  # "TrainConfig.lr = -1.0: ..." -> "--lr = -1.0: ...": name the flag the user typed
         fail(re.sub(r"TrainConfig\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(e)))
+    protocol = None
+    if final:
+        import numpy as np
+
+        from easc.search.loop import reinitialised
+
+        if not keep_weights:
+            graph = reinitialised(graph, np.random.default_rng(seed))
+        n_train, n_val = len(data.y_train), len(data.y_val)
+        if not hold_out_validation and n_val:
+            import torch
+
+            data.x_train, data.y_train = torch.cat([data.x_train, data.x_val]), torch.cat([data.y_train, data.y_val])
+            data.x_val, data.y_val = data.x_val[:0], data.y_val[:0]
+        protocol = {"weights": "kept" if keep_weights else "reinitialised",
+                    "data": "train" if hold_out_validation or not n_val else "train+validation",
+                    "train_images": len(data.y_train), "augment": data.augment}
+        weights = "the model's own weights (--keep-weights)" if keep_weights else \
+            f"fresh weights (re-initialised, seed {seed})"
+        images = (f"train; {n_val:,} validation images held out" if protocol["data"] == "train" else
+                  f"train {n_train:,} + validation {n_val:,}; nothing held out")
+        click.echo(f"final training: {weights}, on {len(data.y_train):,} images ({images}), {cfg.epochs} epochs "
+                   f"at lr {cfg.lr}, augmentation {data.augment}")
     module = to_module(graph)
 
     def on_epoch(epoch, loss, val_acc):
         if quiet:
             return
-        click.echo(f"epoch {epoch}/{cfg.epochs}: loss {loss:.4f}, val acc {val_acc:.4f}")
+        shown = "" if val_acc != val_acc else f", val acc {val_acc:.4f}"  # NaN: no validation images
+        click.echo(f"epoch {epoch}/{cfg.epochs}: loss {loss:.4f}{shown}")
 
     result = train_module(module, data, cfg, on_epoch=on_epoch)
     trained = write_back(graph, module)
     if output:
         save_model(trained, output)
         click.echo(f"wrote {output}")
-    click.echo(json.dumps({"val_acc": round(result.val_acc, 6), "test_acc": round(result.test_acc, 6),
-                           "epochs": result.epochs, "seconds": round(result.seconds, 2)}))
+    val_acc = None if result.val_acc != result.val_acc else round(result.val_acc, 6)  # NaN: none held out
+    summary = {"val_acc": val_acc, "test_acc": round(result.test_acc, 6), "epochs": result.epochs,
+               "seconds": round(result.seconds, 2)}
+    if protocol is not None:
+        summary["final"] = protocol
+    click.echo(json.dumps(summary))

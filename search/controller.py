@@ -279,11 +279,11 @@ class Policy(abc.ABC):
             raise ControllerError("the network has no layer tokens")
         return tokens
 
-    @staticmethod
-    def _deepenable(tokens: tuple[LayerToken, ...]) -> list[list[bool]]:
-        points = deepen_points(tokens)
+    def _deepenable(self, tokens: tuple[LayerToken, ...]) -> list[list[bool]]:
+        points = deepen_points(tokens, self.space)
         if not any(any(b) for b in points):
-            raise ControllerError("no layer can be deepened: the network has no conv or fc layer besides the output")
+            raise ControllerError("no layer can be deepened: the network has no conv or fc layer besides the "
+                                  "output, or every block is at the search space's layer limits")
         return points
 
     def _advance_baseline(self, rewards: Sequence[float]) -> tuple[float, float, float]:
@@ -341,7 +341,7 @@ class _DeeperBatch:
     block_is_conv: list[list[bool]]
 
     @classmethod
-    def build(cls, token_lists: Sequence[tuple[LayerToken, ...]]) -> _DeeperBatch:
+    def build(cls, token_lists: Sequence[tuple[LayerToken, ...]], space: SearchSpace | None = None) -> _DeeperBatch:
         all_blocks = [blocks(t) for t in token_lists]
         nb = max(len(b) for b in all_blocks)
         nl = max(len(block) for b in all_blocks for block in b)
@@ -351,11 +351,11 @@ class _DeeperBatch:
         point_mask = torch.zeros(size, dtype=torch.bool)
         is_conv = []
         for i, (tokens, bl) in enumerate(zip(token_lists, all_blocks)):
-            points = deepen_points(tokens)
             for j, block in enumerate(bl):
                 members[i, j, : len(block)] = torch.tensor(block)
                 member_mask[i, j, : len(block)] = True
-                point_mask[i, j, : len(block)] = torch.tensor(points[j])
+            for j, (block, points) in enumerate(zip(bl, deepen_points(tokens, space))):
+                point_mask[i, j, : len(block)] = torch.tensor(points)
             is_conv.append([tokens[b[0]].kind == "conv" for b in bl])
         return cls(members, member_mask, point_mask, is_conv)
 
@@ -409,7 +409,7 @@ class ReinforcePolicy(Policy):
 
     def _deeper(self, token_lists, choose):
         enc, (h, c) = self._encode(token_lists)
-        batch = _DeeperBatch.build(token_lists)
+        batch = _DeeperBatch.build(token_lists, self.space)
         rows = torch.arange(len(token_lists))
         dim = enc.shape[-1]
         # Encodings of every layer of every block: [B, NB, L, 100]; block summary = mean over its layers.

@@ -17,6 +17,13 @@ their 3x3 conv; the space's kernel list is (3,), so the controller has nothing t
 
 Every action goes through `apply_pass` (verifier + numeric check); a pass that refuses is recorded as
 skipped, as in `PlainSpace`. Defaults per network: 10 Net2Wider then 5 Net2Deeper actions (PAPER.md).
+
+Stem and transitions (`widen_transitions`, on by default, as the released code's `widen_transition`): after a
+network's actions, the stem conv is widened to 2 x the mean growth rate of its dense layers and each
+transition conv, in graph order, to 0.5 x its input channels (which earlier widenings have grown). Both by
+`widen` (Net2Wider through the concats that carry their channels), so the child stays function-preserving;
+the released code sets these widths outright, which can also narrow a layer: here a layer already at least
+that wide is left alone.
 """
 
 from __future__ import annotations
@@ -45,15 +52,45 @@ class DenseNetSpace(PlainSpace):
 
     name = "densenet"
     default_wider_actions = 10
+    widen_transitions = True
 
     @classmethod
     def from_config(cls, config, input_shape) -> "DenseNetSpace":
         small = max(tuple(input_shape)[1:]) <= SMALL_INPUT
         fc = SearchSpace.small().fc_widths if small else SearchSpace.paper().fc_widths
         growth = SMALL_GROWTH_RATES if small else GROWTH_RATES
-        return cls(SearchSpace(conv_widths=tuple(config.growth_rates or growth),
-                               fc_widths=tuple(config.fc_widths or fc), kernels=(3,)),
-                   widen_noise=config.widen_noise)
+        space = cls(SearchSpace(conv_widths=tuple(config.growth_rates or growth),
+                                fc_widths=tuple(config.fc_widths or fc), kernels=(3,),
+                                max_layers_per_block=config.max_layers_per_block, max_layers=config.max_layers),
+                    widen_noise=config.widen_noise)
+        space.widen_transitions = bool(getattr(config, "widen_transitions", True))
+        return space
+
+    def finish_episode(self, graph: Graph, rng, probes, records: list) -> Graph:
+        """Widen the stem to 2 x mean growth and each transition to 0.5 x its input (see the module doc)."""
+        if not self.widen_transitions:
+            return graph
+        dense = dense_layers(graph)
+        if not dense:
+            return graph
+        skip = set(dense) | {layer.bottleneck for layer in dense.values() if layer.bottleneck}
+        others = [n.name for n in graph.nodes if n.op == "conv2d" and n.name not in skip]
+        mean_growth = sum(layer.growth for layer in dense.values()) / len(dense)
+        for i, name in enumerate(others):
+            node = graph.node(name)
+            in_channels = int(node.weights["weight"].shape[1]) if "weight" in node.weights else 0
+            target = int(round(2 * mean_growth)) if i == 0 else in_channels // 2
+            if target <= node.width:
+                continue
+            try:
+                result = apply_pass(graph, "widen", rng=rng, probes=probes, noise=self.widen_noise, layer=name,
+                                    width=target)
+            except PassError as e:
+                records.append({"pass": "widen", "layer": name, "width": target, "skipped": str(e)})
+                continue
+            graph = result.graph
+            records.append({**result.record, "max_diff": result.max_diff})
+        return graph
 
     def tokens(self, graph: Graph) -> list:
         dense = dense_layers(graph)

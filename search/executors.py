@@ -6,6 +6,12 @@ per device), or as Ray tasks across machines. All yield outcomes as children fin
   works in children); on CPU the machine's cores are split between the workers.
 - `ray`: one Ray task per child asking for one GPU (or one CPU), so a search spans nodes; the driver
   keeps the controller and the experiment store. Needs `pip install 'easc[ray]'`.
+
+Interface: `submit(job, on_epoch=None)` hands one child over and returns at once; `poll(block)` returns the
+outcomes finished since the last call (`block=True`: waits for at least one while any is in flight);
+`in_flight` counts the children submitted and not yet returned. The search submits each child as soon as
+it is sampled and checked, so the workers train while the driver samples the next one. `run(jobs)` is the
+batch form (submit all, yield as they finish).
 """
 
 from __future__ import annotations
@@ -33,15 +39,31 @@ class LocalExecutor:
         if device == "cpu":
             torch.set_num_threads(threads)
 
+        self.queue = []
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.queue)
+
+    def submit(self, job: ChildJob, on_epoch=None) -> None:
+        # In-process there is no other worker to keep busy, so a job trains when the driver waits for it.
+        self.queue.append((job, on_epoch))
+
+    def poll(self, block: bool = False) -> list:
+        """Train the oldest submitted job (only when asked to block: training here stops the driver)."""
+        if not block or not self.queue:
+            return []
+        job, on_epoch = self.queue.pop(0)
+        job.device = job.device or self.device
+        report = None if on_epoch is None else (lambda e, loss, acc, cid=job.child_id: on_epoch(cid, e, loss, acc))
+        return [train_child(job, on_epoch=report)]
+
     def run(self, jobs: Iterable[ChildJob], on_epoch=None) -> Iterator[ChildOutcome]:
         """Train one job after the other; `on_epoch(child_id, epoch, loss, val_acc)` reports progress."""
-        for job in jobs:
-            job.device = job.device or self.device
-            report = None if on_epoch is None else (lambda e, loss, acc, cid=job.child_id: on_epoch(cid, e, loss, acc))
-            yield train_child(job, on_epoch=report)
+        yield from _run(self, jobs, on_epoch)
 
     def close(self):
-        pass
+        self.queue.clear()
 
 
 class ProcessExecutor:
@@ -51,7 +73,26 @@ class ProcessExecutor:
         self.devices = devices
         self.threads = threads
         self.data_spec = data_spec
+        self.futures = {}
+        self.backlog = []  # submitted, not yet handed to the pool (see _dispatch)
         self.pool = self._new_pool()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.futures) + len(self.backlog)
+
+    def _dispatch(self) -> None:
+        """Hand jobs to the pool, the largest first, keeping one queued beyond the workers.
+
+        A step ends when its last child does, so the children left for the end should be the short ones
+        (longest-processing-time-first scheduling); the size of a child's file (its parameters) stands in for
+        its training time. One job queued beyond the workers lets a worker that finishes start the next child
+        at once, without waiting for the driver to notice.
+        """
+        while self.backlog and len(self.futures) < len(self.devices) + 1:
+            job = max(self.backlog, key=lambda j: len(j.graph))
+            self.backlog.remove(job)
+            self.futures[self._submit_to_pool(job)] = job
 
     def _new_pool(self):
         import multiprocessing as mp
@@ -72,31 +113,47 @@ class ProcessExecutor:
             pool.submit(_warm_up, self.data_spec)
         return pool
 
-    def _submit_all(self, jobs: list) -> dict:
+    def submit(self, job: ChildJob, on_epoch=None) -> None:
+        # Children train in other processes: progress arrives per finished child, not per epoch.
+        self.backlog.append(job)
+        self._dispatch()
+
+    def _submit_to_pool(self, job: ChildJob):
         from concurrent.futures.process import BrokenProcessPool
 
         try:
-            return {self.pool.submit(train_child, job): job for job in jobs}
+            return self.pool.submit(train_child, job)
         except BrokenProcessPool:
-            # A worker died in an earlier run (its children failed then); the stdlib pool stays unusable after
-            # that, so the next step gets a fresh pool instead of the whole search stopping.
+            # A worker died earlier (its children failed then); the stdlib pool stays unusable after that, so
+            # the next child gets a fresh pool instead of the whole search stopping.
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.pool = self._new_pool()
-            return {self.pool.submit(train_child, job): job for job in jobs}
+            return self.pool.submit(train_child, job)
+
+    def poll(self, block: bool = False) -> list:
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        if not self.futures:
+            return []
+        done, _ = wait(list(self.futures), timeout=None if block else 0, return_when=FIRST_COMPLETED)
+        finished = {f: self.futures.pop(f) for f in done}  # the freed workers get their next child at once,
+        self._dispatch()  # before the driver stores this one
+        outcomes = []
+        for future in sorted(done, key=lambda f: finished[f].child_id):
+            job = finished[future]
+            try:
+                outcomes.append(future.result())
+            except Exception as e:  # a worker process died (e.g. killed by the OS)
+                outcomes.append(ChildOutcome(job.child_id, "failed",
+                                             error=f"worker died: {type(e).__name__}: {e}"[:500]))
+        return outcomes
 
     def run(self, jobs: Iterable[ChildJob], on_epoch=None) -> Iterator[ChildOutcome]:
-        # Children train in other processes: progress arrives per finished child, not per epoch.
-        from concurrent.futures import as_completed
-
-        futures = self._submit_all(list(jobs))
-        for future in as_completed(futures):
-            try:
-                yield future.result()
-            except Exception as e:  # a worker process died (e.g. killed by the OS)
-                job = futures[future]
-                yield ChildOutcome(job.child_id, "failed", error=f"worker died: {type(e).__name__}: {e}"[:500])
+        yield from _run(self, jobs, on_epoch)
 
     def close(self):
+        self.futures.clear()
+        self.backlog.clear()
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -124,24 +181,46 @@ class RayExecutor:
         gpus = 1 if device.startswith("cuda") else 0
         self.remote = ray.remote(num_gpus=gpus, num_cpus=1, max_retries=0)(_ray_train_child)
         self.device = "cuda" if gpus else "cpu"
+        self.pending = {}
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.pending)
+
+    def submit(self, job: ChildJob, on_epoch=None) -> None:
+        # Children train in other processes: progress arrives per finished child, not per epoch.
+        job.device = self.device  # Ray sets CUDA_VISIBLE_DEVICES to the task's one GPU
+        self.pending[self.remote.remote(job)] = job
+
+    def poll(self, block: bool = False) -> list:
+        if not self.pending:
+            return []
+        done, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=None if block else 0)
+        if done:  # take every other one that is ready too
+            done, _ = self.ray.wait(list(self.pending), num_returns=len(self.pending), timeout=0)
+        outcomes = []
+        for ref in done:
+            job = self.pending.pop(ref)
+            try:
+                outcomes.append(self.ray.get(ref))
+            except Exception as e:  # noqa: BLE001 - a lost node or a crashed task fails that child only
+                outcomes.append(ChildOutcome(job.child_id, "failed",
+                                             error=f"ray task failed: {str(e).splitlines()[0]}"[:500]))
+        return sorted(outcomes, key=lambda o: o.child_id)
 
     def run(self, jobs: Iterable[ChildJob], on_epoch=None) -> Iterator[ChildOutcome]:
-        # Children train in other processes: progress arrives per finished child, not per epoch.
-        pending = {}
-        for job in jobs:
-            job.device = self.device  # Ray sets CUDA_VISIBLE_DEVICES to the task's one GPU
-            pending[self.remote.remote(job)] = job
-        while pending:
-            done, _ = self.ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                job = pending.pop(ref)
-                try:
-                    yield self.ray.get(ref)
-                except Exception as e:  # noqa: BLE001 - a lost node or a crashed task fails that child only
-                    yield ChildOutcome(job.child_id, "failed", error=f"ray task failed: {str(e).splitlines()[0]}"[:500])
+        yield from _run(self, jobs, on_epoch)
 
     def close(self):
-        pass
+        self.pending.clear()
+
+
+def _run(executor, jobs, on_epoch) -> Iterator[ChildOutcome]:
+    """Submit every job, then yield outcomes as they finish."""
+    for job in jobs:
+        executor.submit(job, on_epoch)
+    while executor.in_flight:
+        yield from executor.poll(block=True)
 
 
 def _warm_up(data_spec: dict | None) -> None:

@@ -133,8 +133,8 @@ def graph_tokens(graph: Graph) -> list:
                                      graph.node(mark).op in LAYER_OPS else mark))
         previous = level
         is_output = node.name in outputs
-        common = dict(is_output=is_output, widenable=node.name in leads,
-                      deepenable=not is_output and _deepen_point(graph, node.name) is not None,
+        common = dict(is_output=is_output, can_widen=node.name in leads,
+                      can_deepen=not is_output and _deepen_point(graph, node.name) is not None,
                       coupled=tuple(followers.get(node.name, ())), step=steps.get(node.name, 1))
         if node.op == "conv2d":
             tokens.append(LayerToken("conv", node.width, int(node.attrs["kernel"][0]), node.name, **common))

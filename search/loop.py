@@ -1,28 +1,41 @@
-"""The EAS search loop: sample children from the best network so far, train them, learn from them.
+"""The EAS search loop: sample children from a stage's start net (or the best so far), train, learn.
 
-One run, in a run folder:
+One run, in a run folder, in stages (`--stages N1,N2,...` networks each; one stage of `--steps` steps when
+not given):
 
-    step 0     train the start network (child 0)
-    step s>=1  parent = the best child so far (highest validation accuracy, its trained weights)
-               for each of `children` networks: encode the parent as layer tokens; the policy samples
-               `wider_actions` Net2Wider then `deeper_actions` Net2Deeper decisions, each applied at once
-               by a verified pass (so the child computes its parent's function and inherits its weights)
-               and the tokens re-encoded after it
-               children with a canonical hash already trained are not trained again ('cached')
-               the executor trains the rest (in parallel where it can); val accuracy is the reward
-               R = tan(acc pi / 2); failed children get R = 0; REINFORCE updates the policy
-               the step's figures and the policy's state are committed together
-               (`inherit = false` re-initialises each child's weights before training: the
-               from-scratch baseline that benchmarks/bench_reuse.py compares against)
+    step 0       train the start network (the start net of stage 1)
+    stage k > 1  at its first step: the best network of the earlier stages (highest validation accuracy, of
+                 completed steps only) is trained further for `stage_epochs` and becomes the stage's start net
+    step s >= 1  parent = the stage's start net (`--parent start`, EAS: every child of a stage is a fresh copy
+                 of that net with its trained weights) or the best network so far (`--parent best`, easc's
+                 hill climb), in either case taken from completed steps only
+                 for each of `children` networks: encode the parent as layer tokens; the policy samples
+                 `wider_actions` Net2Wider then `deeper_actions` Net2Deeper decisions, each applied at once
+                 by a verified pass (so the child computes its parent's function and inherits its weights)
+                 and the tokens re-encoded after it; masks keep every action within the space's limits
+                 (layers per block, tokens in all, `--max-params`)
+                 each child goes to the executor as soon as it is sampled and checked, so the workers train
+                 while the driver samples the next one; children of one parent share one probe set
+                 children with a canonical hash already trained (in an earlier step, or earlier in this
+                 step) are not trained again ('cached')
+                 after every reward of the step: R = tan(acc pi / 2); failed children get R = 0; REINFORCE
+                 updates the policy; the step's figures and the policy's state are committed together
+                 (`inherit = false` re-initialises each child's weights before training: the
+                 from-scratch baseline that benchmarks/bench_reuse.py compares against)
 
 Resume: everything above lives in the experiment store (`store.py`) and `children/` (the `.easir` file
 of every trained child, written before the child is marked done). `resume` restores the policy as it
-was after the last completed step; the passes' generators are derived from (seed, step, index) and
-training seeds likewise, so on CPU a resumed search takes the same decisions as one never stopped.
+was after the last completed step and runs the next step again. Every child has a slot (step, index) and
+every stage start net one (stage): a rerun step finds its slots, keeps what finished (same architecture
+hash) and trains again, in the same row, what was in flight ('lost'). The passes' generators are derived
+from (seed, step, index), training seeds likewise, the parent and a stage's start net from completed steps
+only, so on CPU a resumed search takes the same decisions, row for row, as one never stopped, whatever
+the moment of the kill (tests: `killpoints.py`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -35,17 +48,20 @@ from easc.ir import (Graph, IRError, atomic_write_bytes, graph_to_bytes, init_we
                      structural_hash)
 from easc.passes.base import FunctionNotPreservedError, ProbeSet
 
-from .config import ConfigError, SearchConfig
+from .config import ConfigError, SearchConfig, check_config, validate
 from .controller import Episode, ReinforcePolicy, make_policy, reward_from_accuracy
 from .executors import make_executor
+from .killpoints import kill_point
+from .limits import limit_tokens
 from .plain_space import PlainSpace, child_rng, default_space, widths_of
 from .runlock import check_unlocked
 from .store import ExperimentStore, StoreError
+from .tokens import deepen_points
 from .worker import ChildJob, dataset_for
 
 CHILDREN_DIR = "children"
 SPLIT_FILE = "split.json"
-CALIBRATION_IMAGES = 128  # enough for per-channel mean / var of a new batchnorm; cheap in numpy
+CALIBRATION_IMAGES = 64  # per-channel mean / var of a new batchnorm: 64 x H x W samples per conv channel; cheap in numpy
 PROBES = 2  # probe images per pass check in the search (the CLI uses more)
 
 DATASET_DEFAULTS = {  # steps, child epochs: the embedded digits default must finish in minutes on 2 cores
@@ -56,6 +72,7 @@ PAPER_DEFAULTS = {"steps": 45, "epochs": 20}
 # What may change between sessions of one run without changing the search it records.
 RESUMABLE_OPTIONS = ("steps", "quiet", "workers", "threads", "devices", "executor", "ray_address", "data_dir",
                      "download")
+PLAIN_LIMITS = {"max_layers_per_block": 10, "max_layers": 50}  # the released EAS code's depth limits
 
 
 @dataclass
@@ -78,15 +95,18 @@ class SearchError(ConfigError):
     """
 
 
-def resolve_defaults(config: SearchConfig) -> SearchConfig:
-    """Fill the options whose default depends on the data set or the space."""
+def resolve_defaults(config: SearchConfig, where: str | None = None) -> SearchConfig:
+    """Check every option against the schema, then fill those whose default depends on the data set or space."""
+    check_config(config, where)
     table = DATASET_DEFAULTS.get(config.dataset, PAPER_DEFAULTS)
     if config.steps is None:
-        config.steps = table["steps"]
+        config.steps = sum(stage_steps(config)) if config.stages else table["steps"]
     if config.epochs is None:
         config.epochs = table["epochs"]
     if config.start_epochs is None:
         config.start_epochs = config.epochs
+    if config.stage_epochs is None:
+        config.stage_epochs = config.epochs
     if config.wider_actions is None:
         config.wider_actions = 10 if config.space == "densenet" else 4
     from easc.backends.torch.userdata import is_path_dataset
@@ -94,28 +114,47 @@ def resolve_defaults(config: SearchConfig) -> SearchConfig:
     if config.dataset and is_path_dataset(config.dataset):
         # Recorded as an absolute path, so a resume from another folder finds the same data.
         config.dataset = str(Path(config.dataset).expanduser().resolve())
+    # DenseNets grow deep by design (the paper's reach depth 76), and so do imported networks (a DenseNet-121
+    # has 120 layers): the released code's depth caps apply to plain conv-pool chains only.
+    if config.space == "plain" and not uses_graph_space(config):
+        for key, value in PLAIN_LIMITS.items():
+            if getattr(config, key) is None:
+                setattr(config, key, value)
     if config.devices is None:
         config.devices = ["cpu"]
-    for key in ("steps", "children", "epochs", "start_epochs", "workers", "batch_size", "threads"):
-        if getattr(config, key) < 1:
-            raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(config, key)}")
-    for key in ("wider_actions", "deeper_actions"):
-        if getattr(config, key) < 0:
-            raise ConfigError(f"--{key.replace('_', '-')} must be 0 or more, got {getattr(config, key)}")
-    if not (config.widen_noise >= 0 and math.isfinite(config.widen_noise)):
-        raise ConfigError(f"--widen-noise must be a finite number >= 0, got {config.widen_noise}")
-    if config.strategy not in ("rl", "random"):
-        raise ConfigError(f"--strategy {config.strategy!r}: use rl or random")
-    if config.space not in ("plain", "densenet", "graph"):
-        raise ConfigError(f"--space {config.space!r}: use plain, densenet or graph")
     return config
+
+
+def stage_steps(config: SearchConfig) -> list:
+    """Controller steps per stage: ceil(networks / children) each; one stage of `steps` without --stages."""
+    if not config.stages:
+        return [config.steps]
+    return [math.ceil(n / config.children) for n in config.stages]
+
+
+def stage_first_steps(config: SearchConfig) -> list:
+    """The first step of each stage (stage 1 starts at step 1; its start net is trained at step 0)."""
+    firsts, step = [], 1
+    for n in stage_steps(config):
+        firsts.append(step)
+        step += n
+    return firsts
 
 
 def data_options(config: SearchConfig) -> dict:
     """Loader options of users' data sets (image folders, .npz) that the config sets."""
-    values = {"image_size": config.image_size, "augment": config.augment,
+    values = {"image_size": config.image_size, "augment": config.augmentation,
               "skip_bad_images": config.skip_bad_images or None}
     return {k: v for k, v in values.items() if v is not None}
+
+
+def uses_graph_space(config: SearchConfig) -> bool:
+    """--space graph, or the default space with a model file as the start net: any layout can come in a
+    file, and the graph space reads its blocks and couplings from the IR (on a conv-pool chain it gives the
+    plain space's tokens)."""
+    if config.space == "graph":
+        return True
+    return config.space == "plain" and bool(config.start) and Path(config.start).suffix in (".onnx", ".easir")
 
 
 def make_space(config: SearchConfig, input_shape):
@@ -123,13 +162,13 @@ def make_space(config: SearchConfig, input_shape):
         from .densenet_space import DenseNetSpace
 
         return DenseNetSpace.from_config(config, input_shape)
-    if config.space == "graph" or (config.start and Path(config.start).suffix in (".onnx", ".easir")):
-        # A model file can have any layout; the graph space reads its blocks and couplings from the IR (on a
-        # conv-pool chain it gives the plain space's tokens).
+    space = default_space(input_shape, config)
+    space = dataclasses.replace(space, max_layers_per_block=config.max_layers_per_block, max_layers=config.max_layers)
+    if uses_graph_space(config):
         from .graph_space import GraphSpace
 
-        return GraphSpace(default_space(input_shape, config), config.widen_noise)
-    return PlainSpace(default_space(input_shape, config), config.widen_noise)
+        return GraphSpace(space, config.widen_noise)
+    return PlainSpace(space, config.widen_noise)
 
 
 def default_start(config: SearchConfig, input_shape) -> str:
@@ -202,7 +241,8 @@ class Search:
         for device in config.devices:
             resolve_device(device)
         self.data_spec = {"name": config.dataset, "data_dir": config.data_dir, "seed": config.seed,
-                          "download": config.download, "options": data_options(config)}
+                          "download": config.download, "augment": config.augment,
+                          "options": data_options(config)}
         self.data = dataset_for(self.data_spec)
         self.space = make_space(config, self.data.input_shape)
         self.start_graph = load_start(config, self.data)
@@ -212,6 +252,9 @@ class Search:
         else:
             self.policy = make_policy(config.strategy, self.space.space, config.seed)
         self.calibration = calibration_images(self.data, config.seed)
+        self.first_steps = stage_first_steps(config)
+        self._probes = (None, None)  # (parent id, its ProbeSet): one probe set per parent
+        self._parent_graph = (None, None)  # (parent id, its graph)
         self.executor = None
         # Made now, not at the first child: an executor that cannot run (Ray missing or unreachable) must fail
         # before `start` creates the run folder or `resume` touches the store.
@@ -258,15 +301,16 @@ class Search:
     @classmethod
     def resume(cls, out, overrides: dict | None = None, on_event=None) -> "Search":
         run_dir = Path(out)
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        validate(given)  # a bad flag is refused before the run folder is opened
         store = ExperimentStore.open_existing(run_dir, lock=True)
         try:
             saved = store.config()
             if saved is None:
                 raise StoreError(f"{run_dir}: the run folder has no saved configuration")
-            values = dict(saved)
-            for key, value in (overrides or {}).items():
-                if value is None:
-                    continue
+            values = {**{f.name: f.default for f in dataclasses.fields(SearchConfig)
+                         if f.default is not dataclasses.MISSING}, **saved}
+            for key, value in given.items():
                 if key in RESUMABLE_OPTIONS:
                     values[key] = value
                 elif value != saved.get(key):
@@ -278,7 +322,7 @@ class Search:
                 config = SearchConfig(**values)
             except TypeError as e:  # e.g. a key this easc does not know: a corrupt (or newer) run, one line
                 raise StoreError(f"{run_dir}: the saved configuration cannot be read ({e})") from None
-            config = resolve_defaults(config)
+            config = resolve_defaults(config, where=f"{run_dir} (saved configuration)")
             search = cls(config, run_dir, store, on_event)
         except BaseException:
             store.close()
@@ -288,7 +332,51 @@ class Search:
             search.on_event("lost", count=lost)
         return search
 
-    # -- the loop ----------------------------------------------------------------------------
+    # -- stages ------------------------------------------------------------------------------
+    def stage_of(self, step: int) -> int:
+        """The stage a step belongs to (steps past the last stage's networks continue the last stage)."""
+        return max(1, sum(1 for first in self.first_steps if first <= step))
+
+    def _stage_source(self, stage: int):
+        """The network a stage starts from: (record of the source network or None, graph)."""
+        if stage == 1:
+            return None, self.start_graph
+        source = self.store.best_before(self.first_steps[stage - 1])
+        return source, load_graph(self.run_dir / source.weights_path)
+
+    def _stage_start(self, stage: int):
+        """The trained start net of `stage`, trained now if it is not yet (a stage boundary)."""
+        rec = self.store.slot(0, "start", stage=stage)
+        if rec is not None and rec.status == "done":
+            return rec
+        first = 0 if stage == 1 else self.first_steps[stage - 1]
+        source, graph = self._stage_source(stage)
+        if stage == 1:
+            epochs, seed = self.config.start_epochs, self.config.seed
+        else:
+            epochs = self.config.stage_epochs
+            seed = int(np.random.default_rng([self.config.seed, first, 5]).integers(2**31))
+        fields = dict(parent_id=source.id if source else None, actions=[], hash=structural_hash(graph),
+                      widths=widths_of(graph), depth=graph.depth, params=graph.params)
+        if rec is None:
+            child_id = self.store.add_child(step=first, stage=stage, role="start", **fields)
+        else:  # lost in flight (or failed) by an earlier session: trained again in the same row
+            child_id = rec.id
+            self.store.update_child(child_id, status="pending", error=None, finished=None, **fields)
+        self.on_event("stage_start", stage=stage, step=first, source=source.id if source else None,
+                      source_acc=source.val_acc if source else None, epochs=epochs)
+        if stage == 1:
+            self.on_event("step_start", step=0, children=1, steps=self.config.steps)
+        kill_point("stage_start", first)
+        self._submit(child_id, graph, epochs, seed)
+        outcome = self._drain()[child_id]
+        if outcome.status != "done":
+            what = "the start network" if stage == 1 else f"the start net of stage {stage}"
+            raise SearchError(f"{what} failed to train: {outcome.error}")
+        kill_point("stage_started", first)
+        return self.store.child(child_id)
+
+    # -- training ----------------------------------------------------------------------------
     def _weights_path(self, child_id: int) -> Path:
         return self.run_dir / CHILDREN_DIR / f"child_{child_id}.easir"
 
@@ -304,43 +392,23 @@ class Search:
                 kind = "process"
             self.executor = make_executor(kind, self.config.devices, self.config.workers, self.config.ray_address,
                                           self.config.threads, self.data_spec)
+            self._outcomes = {}
         return self.executor
 
-    def _best_child(self):
-        best = None
-        for child in self.store.children():
-            if child.status in ("done", "cached") and child.val_acc is not None and child.weights_path:
-                if best is None or child.val_acc > best.val_acc:
-                    best = child
-        return best
+    def _submit(self, child_id: int, graph: Graph, epochs: int, seed: int) -> None:
+        """Hand one child to the executor at once (it trains while the driver samples the next)."""
+        self.store.start_child(child_id)
 
-    def _train_start(self):
-        done = [c for c in self.store.children(step=0) if c.status == "done"]
-        if done:
-            return done[0]
-        graph = self.start_graph
-        child_id = self.store.add_child(step=0, parent_id=None, actions=[], hash=structural_hash(graph),
-                                        widths=widths_of(graph), depth=graph.depth, params=graph.params)
-        self.on_event("step_start", step=0, children=1, steps=self.config.steps)
-        outcomes = self._train([(child_id, graph, self.config.start_epochs, self.config.seed)])
-        outcome = outcomes[child_id]
-        if outcome.status != "done":
-            raise SearchError(f"the start network failed to train: {outcome.error}")
-        return self.store.child(child_id)
+        def on_epoch(cid, epoch, loss, val_acc):
+            self.on_event("child_epoch", child=cid, epoch=epoch, epochs=epochs, val_acc=val_acc)
 
-    def _train(self, items) -> dict:
-        """Train [(child_id, graph, epochs, seed)] through the executor; store each outcome as it lands."""
-        jobs = []
-        for child_id, graph, epochs, seed in items:
-            self.store.start_child(child_id)
-            jobs.append(ChildJob(child_id, graph_to_bytes(graph), self.data_spec, self._train_config(epochs, seed)))
-        outcomes = {}
-        def on_epoch(child_id, epoch, loss, val_acc):
-            self.on_event("child_epoch", child=child_id, epoch=epoch, epochs=epochs_of[child_id], val_acc=val_acc)
+        job = ChildJob(child_id, graph_to_bytes(graph), self.data_spec, self._train_config(epochs, seed))
+        self._executor().submit(job, on_epoch)
 
-        epochs_of = {child_id: epochs for child_id, _, epochs, _ in items}
-        for outcome in self._executor().run(jobs, on_epoch=on_epoch):
-            outcomes[outcome.child_id] = outcome
+    def _collect(self, block: bool) -> list:
+        """Store the outcomes that have landed (waiting for one if `block`); returns them."""
+        landed = self._executor().poll(block=block)
+        for outcome in landed:
             if outcome.status == "done":
                 path = self._weights_path(outcome.child_id)
                 atomic_write_bytes(path, outcome.graph)  # on disk before the store says 'done'
@@ -349,71 +417,141 @@ class Search:
                                         train_seconds=outcome.seconds, weights_path=str(path))
             else:
                 self.store.fail_child(outcome.child_id, outcome.error, train_seconds=outcome.seconds)
+            self._outcomes[outcome.child_id] = outcome
             self.on_event("child_done", child=outcome.child_id, status=outcome.status, val_acc=outcome.val_acc,
-                          error=outcome.error, seconds=outcome.seconds)
+                          error=outcome.error, seconds=outcome.seconds, started=outcome.started,
+                          ended=outcome.ended)
+        return landed
+
+    def _drain(self) -> dict:
+        """Wait for every child in flight; {child id: outcome} of all collected since the last drain."""
+        while self._executor().in_flight:
+            self._collect(block=True)
+        outcomes, self._outcomes = self._outcomes, {}
         return outcomes
 
-    def _sample_child(self, parent: Graph, step: int, index: int):
+    # -- sampling ----------------------------------------------------------------------------
+    def _probe_set(self, parent_id: int, parent: Graph) -> ProbeSet:
+        """One probe set per parent: its outputs on the probes are computed once for all its children."""
+        if self._probes[0] != parent_id:
+            self._probes = (parent_id, ProbeSet(probe_inputs(parent, PROBES, seed=parent_id)))
+        return self._probes[1]
+
+    def _parent_and_probes(self, parent_rec) -> tuple:
+        """The parent's graph, loaded once per parent (under --parent start, once per stage), and its probe set.
+
+        Keeping the same graph object keeps the probe set's memory of its outputs, which is keyed by the graph.
+        """
+        if self._parent_graph[0] != parent_rec.id:
+            self._parent_graph = (parent_rec.id, load_graph(self.run_dir / parent_rec.weights_path))
+        parent = self._parent_graph[1]
+        return parent, self._probe_set(parent_rec.id, parent)
+
+    def _tokens(self, graph: Graph) -> list:
+        tokens = self.space.tokens(graph)
+        if self.config.max_params is not None:
+            tokens = limit_tokens(graph, tokens, self.space.space, self.config.max_params)
+        return tokens
+
+    def _sample_child(self, parent: Graph, probes: ProbeSet, step: int, index: int):
         """Apply one sampled network's decisions to `parent`: (child graph, decisions, action records)."""
         rng = child_rng(self.config.seed, step, index)
-        probes = ProbeSet(probe_inputs(parent, PROBES, seed=step * 1000 + index))  # outputs reused along the chain
         graph, decisions, records = parent, [], []
         for kind, count in (("wider", self.config.wider_actions), ("deeper", self.config.deeper_actions)):
             for _ in range(count):
-                tokens = self.space.tokens(graph)
+                tokens = self._tokens(graph)
                 if kind == "wider":
                     decision = self.policy.sample_wider(tokens)
-                    graph, recs = self.space.apply_wider(graph, decision, rng, probes, self.calibration)
+                    new, recs = self.space.apply_wider(graph, decision, rng, probes, self.calibration)
                 else:
+                    if not any(any(block) for block in deepen_points(tokens, self.policy.space)):
+                        # Every deepening point is masked (layer limits): there is no action to take, and no
+                        # random number is drawn for it.
+                        records.append({"pass": "deepen", "skipped": "every layer is at the search's limits"})
+                        continue
                     decision = self.policy.sample_deeper(tokens)
-                    graph, recs = self.space.apply_deeper(graph, decision, rng, probes, self.calibration)
+                    new, recs = self.space.apply_deeper(graph, decision, rng, probes, self.calibration)
+                if self.config.max_params is not None and new.params > self.config.max_params:
+                    # The masks use an upper estimate; this exact check is the guarantee.
+                    recs = [{**r, "skipped": f"{new.params} parameters would exceed --max-params "
+                                             f"{self.config.max_params}"} for r in recs]
+                    new = graph
+                graph = new
                 decisions.append(decision)
                 records.extend(recs)
+        if hasattr(self.space, "finish_episode"):  # the DenseNet space's stem and transitions
+            finished = self.space.finish_episode(graph, rng, probes, records)
+            if self.config.max_params is None or finished.params <= self.config.max_params:
+                graph = finished
+            else:
+                records.append({"pass": "widen_transitions", "skipped": f"{finished.params} parameters would "
+                                f"exceed --max-params {self.config.max_params}"})
         return graph, decisions, records
 
+    def _parent(self, step: int, stage: int):
+        start = self._stage_start(stage)
+        if self.config.parent == "start" or step == self.first_steps[stage - 1]:
+            return start
+        return self.store.best_before(step)
+
+    # -- the loop ----------------------------------------------------------------------------
     def run_step(self, step: int):
-        parent_rec = self._best_child()
-        parent = load_graph(self.run_dir / parent_rec.weights_path)
+        stage = self.stage_of(step)
+        parent_rec = self._parent(step, stage)
+        parent, probes = self._parent_and_probes(parent_rec)
         self.on_event("step_start", step=step, steps=self.config.steps, children=self.config.children,
-                      parent=parent_rec.id, parent_acc=parent_rec.val_acc)
-        episodes_decisions, child_ids, to_train, same_as = [], [], [], {}
-        hashes_this_step = {}
+                      parent=parent_rec.id, parent_acc=parent_rec.val_acc, stage=stage)
+        episodes_decisions, child_ids, same_as, first_of_hash = [], [], {}, {}
+        self._outcomes = {}
+
+        def collect(block):
+            had = bool(self._outcomes)
+            self._collect(block)
+            if not had and self._outcomes:
+                kill_point("child_done", step)
+
         for index in range(self.config.children):
+            if index == self.config.children // 2:
+                kill_point("sampling", step)
+            slot = self.store.slot(step, "child", index)
             try:
-                graph, decisions, records = self._sample_child(parent, step, index)
+                graph, decisions, records = self._sample_child(parent, probes, step, index)
             except (FunctionNotPreservedError, IRError) as e:
                 # A pass that broke the function is a bug to report, not a child to train.
-                child_id = self.store.add_child(step=step, parent_id=parent_rec.id, actions=[], hash="",
-                                                widths=[], depth=0, params=0, status="failed",
-                                                error=f"transformation failed: {str(e).splitlines()[0]}",
-                                                reward=0.0)
-                child_ids.append(child_id)
+                fields = dict(parent_id=parent_rec.id, actions=[], hash="", widths=[], depth=0, params=0,
+                              status="failed", error=f"transformation failed: {str(e).splitlines()[0]}",
+                              reward=0.0)
+                child_ids.append(self._place(slot, step, stage, index, fields))
                 episodes_decisions.append([])
                 continue
             h = structural_hash(graph)
-            common = dict(step=step, parent_id=parent_rec.id, actions=records, hash=h, widths=widths_of(graph),
+            fields = dict(parent_id=parent_rec.id, actions=records, hash=h, widths=widths_of(graph),
                           depth=graph.depth, params=graph.params)
-            earlier = self.store.find_done_by_hash(h)
-            if earlier is not None:
-                child_id = self.store.add_child(**common, status="cached", val_acc=earlier.val_acc,
-                                                reward=earlier.reward, train_seconds=0.0,
-                                                weights_path=str(self.run_dir / earlier.weights_path))
-            elif h in hashes_this_step:
-                child_id = self.store.add_child(**common)
-                same_as[child_id] = hashes_this_step[h]
+            if slot is not None and slot.hash == h and slot.status in ("done", "failed", "cached"):
+                child_id = slot.id  # finished before the interruption: its result stands
+            elif h in first_of_hash:  # trained once per step: this one waits for the first
+                child_id = self._place(slot, step, stage, index, {**fields, "status": "pending"})
+                same_as[child_id] = first_of_hash[h]
+            elif (earlier := self.store.find_done_by_hash(h, before_step=step)) is not None:
+                child_id = self._place(slot, step, stage, index, {
+                    **fields, "status": "cached", "val_acc": earlier.val_acc, "reward": earlier.reward,
+                    "train_seconds": 0.0, "weights_path": str(self.run_dir / earlier.weights_path)})
             else:
-                child_id = self.store.add_child(**common)
-                hashes_this_step[h] = child_id
+                child_id = self._place(slot, step, stage, index, {**fields, "status": "pending"})
                 seed = int(np.random.default_rng([self.config.seed, step, index, 7]).integers(2**31))
                 if not self.config.inherit:
                     graph = reinitialised(graph, np.random.default_rng([self.config.seed, step, index, 11]))
-                to_train.append((child_id, graph, self.config.epochs, seed))
+                self._submit(child_id, graph, self.config.epochs, seed)
+            first_of_hash.setdefault(h, child_id)
             child_ids.append(child_id)
             episodes_decisions.append(decisions)
-        self._train(to_train)
+            collect(block=False)
+        while self._executor().in_flight:
+            collect(block=True)
+        self._outcomes = {}
         for child_id, first in same_as.items():
             rec = self.store.child(first)
-            if rec.status == "done":
+            if rec.status in ("done", "cached"):
                 self.store.update_child(child_id, status="cached", val_acc=rec.val_acc, reward=rec.reward,
                                         train_seconds=0.0, weights_path=str(self.run_dir / rec.weights_path))
             else:
@@ -423,15 +561,26 @@ class Search:
         accs = [r.val_acc if r.status in ("done", "cached") else None for r in records]
         episodes = [Episode.from_accuracy(d, a) for d, a in zip(episodes_decisions, accs) if d]
         stats = self.policy.update(episodes) if episodes else {"mean_reward": 0.0, "baseline": None}
+        kill_point("controller_update", step)
         good = [a for a in accs if a is not None]
         mean_acc = float(np.mean(good)) if good else None
         best_acc = float(max(good)) if good else None
         self.store.record_step(step, mean_val_acc=mean_acc, best_val_acc=best_acc,
                                mean_reward=float(np.mean([reward_from_accuracy(a) for a in accs])),
                                baseline=stats.get("baseline"), n_children=len(records),
-                               controller_state=self.policy.state_dict())
+                               controller_state=self.policy.state_dict(), stage=stage)
         self.on_event("step_done", step=step, mean_val_acc=mean_acc, best_val_acc=best_acc,
-                      baseline=stats.get("baseline"))
+                      baseline=stats.get("baseline"), stage=stage)
+        kill_point("between_steps", step)
+
+    def _place(self, slot, step: int, stage: int, index: int, fields: dict) -> int:
+        """Write a child into its slot: a new row, or the row an interrupted run left (same id)."""
+        if slot is None:
+            return self.store.add_child(step=step, stage=stage, idx=index, **fields)
+        reset = {"val_acc": None, "reward": None, "train_seconds": None, "error": None, "weights_path": None,
+                 "finished": None, **fields}
+        self.store.update_child(slot.id, **reset)
+        return slot.id
 
     def run(self) -> SearchSummary:
         from threadpoolctl import threadpool_limits
@@ -441,7 +590,7 @@ class Search:
         # training children, extra BLAS threads only contend with them (10x slower seen on 2 cores).
         try:
             with threadpool_limits(limits=self.config.threads):
-                start = self._train_start()
+                start = self._stage_start(1)
                 last = self.store.last_completed_step() or 0
                 if last:
                     self.policy.load_state_dict(self.store.load_controller_state(last))
@@ -449,8 +598,8 @@ class Search:
                     self.run_step(step)
         finally:
             self._close_executor()
-        best = self._best_child()
-        children = self.store.children()
+        best = self.store.best_before(self.config.steps + 1)
+        children = [c for c in self.store.children() if c.status != "lost"]  # start nets included
         return SearchSummary(str(self.run_dir), self.store.last_completed_step() or 0, start.val_acc,
                              best.id if best else None, best.val_acc if best else None, len(children),
                              sum(c.status == "failed" for c in children), time.perf_counter() - t0)

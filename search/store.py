@@ -64,9 +64,13 @@ __all__ = ["ExperimentStore", "StoreError", "StoreFullError", "ChildRecord", "St
 
 STORE_FILE = "search.sqlite"
 CHILDREN_DIR = "children"  # every child file a run records lives under RUN/children/
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: stages (children.stage/role/idx, steps.stage)
 # 'cached': the same canonical hash was already trained; the row copies that child's results.
-# 'lost': was pending or running when the driver stopped (see mark_in_flight_lost).
+# 'lost': was pending or running when the driver stopped (see mark_in_flight_lost); the resumed step trains
+# it again in the same row (same id), so a finished search keeps no 'lost' row unless it stopped for good.
+# Roles: 'start' is a stage's start net (stage 1: the start network at step 0; stage k > 1: the best network of
+# the earlier stages, trained further, at the stage's first step); 'child' is a sampled network.
+CHILD_ROLES = ("child", "start")
 CHILD_STATUSES = ("pending", "running", "done", "failed", "cached", "lost")
 _FINAL_STATUSES = ("done", "failed", "cached", "lost")
 
@@ -95,11 +99,15 @@ CREATE TABLE children (
     error         TEXT,
     weights_path  TEXT,                           -- relative to the run folder
     created       TEXT NOT NULL,                  -- ISO 8601, UTC
-    finished      TEXT
+    finished      TEXT,
+    stage         INTEGER NOT NULL DEFAULT 1,     -- 1-based
+    role          TEXT NOT NULL DEFAULT 'child' CHECK (role IN ('child', 'start')),
+    idx           INTEGER                         -- index of a child within its step (NULL for a start net)
 )
 """,
     "CREATE INDEX children_by_hash ON children (hash, status)",
     "CREATE INDEX children_by_step ON children (step)",
+    "CREATE UNIQUE INDEX children_by_slot ON children (step, role, idx) WHERE idx IS NOT NULL",
     """
 CREATE TABLE steps (
     step         INTEGER PRIMARY KEY,
@@ -108,7 +116,8 @@ CREATE TABLE steps (
     mean_reward  REAL,
     baseline     REAL,
     n_children   INTEGER NOT NULL,
-    finished     TEXT NOT NULL
+    finished     TEXT NOT NULL,
+    stage        INTEGER NOT NULL DEFAULT 1
 )
 """,
     """
@@ -186,9 +195,12 @@ class ChildRecord:
     weights_path: str | None
     created: str
     finished: str | None
+    stage: int = 1
+    role: str = "child"
+    idx: int | None = None
 
 
-_UPDATABLE = frozenset(f.name for f in dataclasses.fields(ChildRecord)) - {"id", "created"}
+_UPDATABLE = frozenset(f.name for f in dataclasses.fields(ChildRecord)) - {"id", "created", "role", "idx"}
 
 
 @dataclass(frozen=True)
@@ -200,6 +212,7 @@ class StepRecord:
     baseline: float | None
     n_children: int
     finished: str
+    stage: int = 1
 
 
 def _now() -> str:
@@ -404,17 +417,21 @@ class ExperimentStore:
     def add_child(self, *, step: int, parent_id: int | None, actions: Sequence[Any], hash: str,
                   widths: Sequence[int], depth: int, params: int, status: str = "pending",
                   val_acc: float | None = None, reward: float | None = None, train_seconds: float | None = None,
-                  error: str | None = None, weights_path: str | None = None) -> int:
+                  error: str | None = None, weights_path: str | None = None, stage: int = 1,
+                  role: str = "child", idx: int | None = None) -> int:
         """Insert a child and return its id. A 'cached' child is added with the results it copies."""
         self._check_status(status)
+        if role not in CHILD_ROLES:
+            raise StoreError(f"{self.run_dir}: child role {role!r} is not one of {', '.join(CHILD_ROLES)}")
         finished = _now() if status in _FINAL_STATUSES else None
         with self._transaction():
             cur = self._db.execute(
                 "INSERT INTO children (parent_id, step, actions, hash, widths, depth, params, val_acc, reward, "
-                "train_seconds, status, error, weights_path, created, finished) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "train_seconds, status, error, weights_path, created, finished, stage, role, idx) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (parent_id, step, json.dumps(list(actions)), hash, json.dumps(list(widths)), depth, params,
-                 val_acc, reward, train_seconds, status, error, self._relative(weights_path), _now(), finished))
+                 val_acc, reward, train_seconds, status, error, self._relative(weights_path), _now(), finished,
+                 stage, role, idx))
         return int(cur.lastrowid)
 
     def update_child(self, child_id: int, **fields: Any) -> None:
@@ -469,10 +486,39 @@ class ExperimentStore:
         sql = "SELECT * FROM children" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
         return [_child(r, self.run_dir) for r in self._db.execute(sql, args)]
 
-    def find_done_by_hash(self, hash: str) -> ChildRecord | None:
-        """The first trained child with this canonical hash (the search trains each architecture once)."""
-        row = self._db.execute("SELECT * FROM children WHERE hash = ? AND status = 'done' ORDER BY id LIMIT 1",
-                               (hash,)).fetchone()
+    def find_done_by_hash(self, hash: str, before_step: int | None = None) -> ChildRecord | None:
+        """The first trained child with this canonical hash (the search trains each architecture once).
+
+        ``before_step``: only children of earlier steps, so that what a step finds does not depend on which of
+        its own children happened to finish first (nor, after a resume, on what an interrupted run left).
+        """
+        sql, args = "SELECT * FROM children WHERE hash = ? AND status = 'done'", [hash]
+        if before_step is not None:
+            sql += " AND step < ?"
+            args.append(before_step)
+        row = self._db.execute(sql + " ORDER BY id LIMIT 1", args).fetchone()
+        return None if row is None else _child(row, self.run_dir)
+
+    def slot(self, step: int, role: str, idx: int | None = None, stage: int | None = None) -> ChildRecord | None:
+        """The row of child ``idx`` of ``step`` (role 'child'), or of the start net of ``stage`` (role 'start')."""
+        if role == "start":
+            row = self._db.execute("SELECT * FROM children WHERE role = 'start' AND stage = ? ORDER BY id LIMIT 1",
+                                   (stage,)).fetchone()
+        else:
+            row = self._db.execute("SELECT * FROM children WHERE role = ? AND step = ? AND idx = ?",
+                                   (role, step, idx)).fetchone()
+        return None if row is None else _child(row, self.run_dir)
+
+    def best_before(self, step: int) -> ChildRecord | None:
+        """The most accurate trained network of the steps before ``step`` (start nets included); ties: lowest id.
+
+        Only completed steps count: a step's children are seen once the step is over, so an interrupted
+        step's finished children cannot change the parent or a stage's start net of a resumed run.
+        """
+        row = self._db.execute(
+            "SELECT * FROM children WHERE step < ? AND status IN ('done', 'cached') AND val_acc IS NOT NULL "
+            "AND weights_path IS NOT NULL AND (step = 0 OR role = 'start' OR step IN (SELECT step FROM steps)) "
+            "ORDER BY val_acc DESC, id ASC LIMIT 1", (step,)).fetchone()
         return None if row is None else _child(row, self.run_dir)
 
     def mark_in_flight_lost(self) -> int:
@@ -494,7 +540,7 @@ class ExperimentStore:
 
     def record_step(self, step: int, *, mean_val_acc: float | None, best_val_acc: float | None,
                     mean_reward: float | None, baseline: float | None, n_children: int,
-                    controller_state: dict[str, Any]) -> None:
+                    controller_state: dict[str, Any], stage: int = 1) -> None:
         """Mark ``step`` completed together with the controller state after it, in one transaction."""
         # Encoded and read back before the transaction: a state that the safe loader would refuse at resume
         # (e.g. it holds an arbitrary object) is refused now, and changes nothing.
@@ -507,8 +553,9 @@ class ExperimentStore:
         try:
             with self._transaction():
                 self._db.execute("INSERT INTO steps (step, mean_val_acc, best_val_acc, mean_reward, baseline, "
-                                 "n_children, finished) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                 (step, mean_val_acc, best_val_acc, mean_reward, baseline, n_children, _now()))
+                                 "n_children, finished, stage) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                 (step, mean_val_acc, best_val_acc, mean_reward, baseline, n_children, _now(),
+                                  stage))
                 self._db.execute("INSERT INTO controller_state (step, blob) VALUES (?, ?)", (step, blob))
         except sqlite3.IntegrityError:
             raise StoreError(f"{self.run_dir}: step {step} is already recorded") from None

@@ -21,6 +21,13 @@ Net2Deeper on tokens
     after a conv, an fc after an fc (the IR pass initialises it to the identity). The classifier is never a
     deepening point: an identity layer followed by ReLU after the logits is not function-preserving (logits
     can be negative), so ``deepen_points`` leaves it out.
+
+Limits (the released EAS code's, see PAPER.md)
+    ``SearchSpace.max_layers_per_block`` (10 in the plain space) masks every deepening point of a block that
+    already has that many layers; ``max_layers`` (50) masks every deepening point once the network has that
+    many tokens (pools included). A search space can also mark single tokens ``can_widen=False`` /
+    ``can_deepen=False`` (the search does so for actions that would exceed ``--max-params``). The masks
+    are what the controller samples from, so no action beyond a limit is ever offered.
 """
 
 from __future__ import annotations
@@ -53,13 +60,13 @@ class LayerToken:
     kernel: int  # conv kernel size (0 for fc/pool)
     name: str  # the IR node name the token stands for (the search maps actions back through it)
     is_output: bool = False  # the final classifier layer (never widened, never deepened after)
-    # Spaces derived from arbitrary graphs (graph_space.py) also say what the IR allows: a layer whose channels
-    # cannot be remapped (e.g. they feed a depthwise conv) is not widenable; a layer whose output channels
-    # are coupled to another layer's through a residual add is widened by that layer's pass (the group's
-    # lead), so it is not widenable itself and lists (lead, times) in `coupled`: widening the lead by d units
-    # widens it by times * d (times > 1 when the lead's channels reach it more than once, via a concat).
-    widenable: bool = True
-    deepenable: bool = True
+    can_widen: bool = True  # False: the search space forbids widening this layer (e.g. a parameter cap)
+    can_deepen: bool = True  # False: no new layer may go after this one (e.g. a parameter cap)
+    # Spaces derived from arbitrary graphs (graph_space.py) also say what the IR allows (through can_widen /
+    # can_deepen) and how widths move together: a layer whose output channels are coupled to another layer's
+    # (a residual add, a depthwise conv after it) is widened by that layer's pass (the group's lead), so it
+    # cannot be widened itself and lists (lead, times) in `coupled`: widening the lead by d units widens it by
+    # times * d (times > 1 when the lead's channels reach it more than once, via a concat).
     coupled: tuple = ()
     step: int = 1  # the width may only grow by multiples of this (channels passing a grouped conv: its groups)
 
@@ -84,8 +91,14 @@ class SearchSpace:
     conv_widths: tuple[int, ...]
     fc_widths: tuple[int, ...]
     kernels: tuple[int, ...] = (1, 3, 5)
+    max_layers_per_block: int | None = None  # None: no limit
+    max_layers: int | None = None  # tokens in all (pools included); None: no limit
 
     def __post_init__(self) -> None:
+        for field in ("max_layers_per_block", "max_layers"):
+            value = getattr(self, field)
+            if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
+                raise ValueError(f"search space: {field} must be a positive integer or None, got {value}")
         for field, values in (("conv_widths", self.conv_widths), ("fc_widths", self.fc_widths),
                               ("kernels", self.kernels)):
             values = tuple(int(v) for v in values)
@@ -118,12 +131,13 @@ class SearchSpace:
             return self.fc_widths
         raise ValueError(f"search space: a {kind!r} layer has no width list")
 
-    def to_dict(self) -> dict[str, list[int]]:
-        return {f.name: list(getattr(self, f.name)) for f in dataclasses.fields(self)}
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
     @classmethod
     def from_dict(cls, d: dict) -> SearchSpace:
-        return cls(**{k: tuple(v) for k, v in d.items()})
+        return cls(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in d.items()})
 
 
 def next_width(token: LayerToken, space: SearchSpace) -> int | None:
@@ -170,15 +184,21 @@ def blocks(tokens: Sequence[LayerToken]) -> list[list[int]]:
 
 
 def widen_mask(tokens: Sequence[LayerToken], space: SearchSpace) -> list[bool]:
-    """Which tokens Net2Wider may widen: not pool, not the output layer, not already at the maximum width,
-    not marked unwidenable (a coupled member or a layer the IR cannot widen)."""
-    return [t.widenable and not t.is_output and next_width(t, space) is not None for t in tokens]
+    """Which tokens Net2Wider may widen: not pool, not the output layer, not already at the maximum width."""
+    return [not t.is_output and t.can_widen and next_width(t, space) is not None for t in tokens]
 
 
-def deepen_points(tokens: Sequence[LayerToken]) -> list[list[bool]]:
-    """Per block (as ``blocks`` orders them), per layer: may Net2Deeper insert after it? (Not after the output,
-    nor after a layer marked not deepenable.)"""
-    return [[tokens[i].deepenable and not tokens[i].is_output for i in block] for block in blocks(tokens)]
+def deepen_points(tokens: Sequence[LayerToken], space: SearchSpace | None = None) -> list[list[bool]]:
+    """Per block (as ``blocks`` orders them), per layer: may Net2Deeper insert after it?
+
+    Not after the output, not after a token marked ``can_deepen=False``, nowhere in a block at the space's
+    ``max_layers_per_block`` and nowhere once the network has ``max_layers`` tokens.
+    """
+    per_block = space.max_layers_per_block if space is not None else None
+    total = space.max_layers if space is not None else None
+    full = total is not None and len(tokens) >= total
+    return [[not full and (per_block is None or len(block) < per_block) and not tokens[i].is_output
+             and tokens[i].can_deepen for i in block] for block in blocks(tokens)]
 
 
 def _check_length(tokens: Sequence[LayerToken], mask: Sequence[bool]) -> None:
@@ -194,7 +214,7 @@ def apply_wider(tokens: Sequence[LayerToken], widen: Sequence[bool], space: Sear
         if w and not ok:
             why = "it is the output layer" if t.is_output else (
                 "it is a pool" if t.kind == "pool" else
-                "the network does not allow it" if not t.widenable else f"{t.width} is the maximum width")
+                "the search space forbids it" if not t.can_widen else f"{t.width} is the maximum width")
             raise ValueError(f"cannot widen {t.name!r}: {why}")
     # As the search applies a decision: one pass per marked layer, in order, each to the next width of the
     # layer's width *before* the decision, skipped if an earlier pass already made it that wide; a pass that

@@ -53,6 +53,9 @@ def test_bench_rl_vs_random_smoke_reports_both_experiments_per_step(tmp_path):
         for strategy in ("rl", "random"):
             steps = report[experiment]["summary"][strategy]["per_step"]
             assert steps and {"mean_val_acc", "mean_val_acc_sd", "best_so_far"} <= set(steps[0])
+            summary = report[experiment]["summary"][strategy]
+            assert len(summary["last_step_mean"]) == len(summary["last_step_best"]) == 2  # (mean, sd) over seeds
+        assert report[experiment]["parent"] == "start"
     assert out.with_suffix(".png").stat().st_size > 0
 
 

@@ -10,7 +10,7 @@ import torch
 
 from easc import __version__
 from easc.search.controller import Episode, ReinforcePolicy, simulate_episode
-from easc.search.store import STORE_FILE, ExperimentStore, StoreError
+from easc.search.store import SCHEMA_VERSION, STORE_FILE, ExperimentStore, StoreError
 from easc.search.tokens import LayerToken, SearchSpace
 
 SPACE = SearchSpace.small()
@@ -39,7 +39,7 @@ def test_a_new_run_folder_gets_a_wal_store_and_its_run_info(tmp_path):
         assert (tmp_path / "new" / "run" / STORE_FILE).is_file()
         assert s.journal_mode() == "wal"
         info = s.run_info()
-        assert info["easc_version"] == __version__ and info["schema_version"] == "1" and "created" in info
+        assert info["easc_version"] == __version__ and info["schema_version"] == str(SCHEMA_VERSION) and "created" in info
         s.record_config({"steps": 30, "space": "small"}, strategy="rl")
         assert s.config() == {"steps": 30, "space": "small"} and s.run_info()["strategy"] == "rl"
         assert s.last_completed_step() is None and s.children() == [] and s.steps() == []
@@ -206,7 +206,7 @@ def test_a_store_of_another_schema_version_is_refused(tmp_path):
     raw.execute("UPDATE run SET value = '99' WHERE key = 'schema_version'")
     raw.commit()
     raw.close()
-    with pytest.raises(StoreError, match="store schema version 99, this easc reads 1"):
+    with pytest.raises(StoreError, match="store schema version 99, this easc reads 2"):
         ExperimentStore.open_existing(tmp_path)
 
 

@@ -1,0 +1,67 @@
+"""The search driver: each child goes to the executor as soon as it is sampled, one controller update per
+step, one probe set per parent, and the process pool hands the largest waiting child to a free worker."""
+
+from __future__ import annotations
+
+from easc.search.config import SearchConfig
+from easc.search.executors import ProcessExecutor
+from easc.search.loop import Search
+from easc.search.worker import ChildJob
+
+FAST = dict(dataset="digits", children=3, epochs=1, start_epochs=1, wider_actions=1, deeper_actions=1,
+            threads=1, quiet=True, steps=2)
+
+
+def test_each_child_is_submitted_as_soon_as_it_is_sampled_and_the_policy_updates_once_per_step(tmp_path):
+    search = Search.start(SearchConfig(**FAST), tmp_path / "run")
+    log, probe_sets = [], []
+    sample, submit, update = search._sample_child, search.executor.submit, search.policy.update
+
+    def spy_sample(parent, probes, step, index):
+        log.append(("sample", step, index))
+        probe_sets.append((step, id(probes)))
+        return sample(parent, probes, step, index)
+
+    def spy_submit(job, on_epoch=None):
+        log.append(("submit", job.child_id))
+        return submit(job, on_epoch)
+
+    def spy_update(episodes):
+        log.append(("update", len(episodes)))
+        return update(episodes)
+
+    search._sample_child, search.executor.submit, search.policy.update = spy_sample, spy_submit, spy_update
+    try:
+        search.run()
+    finally:
+        search.close()
+    kinds = [entry[0] for entry in log]
+    # The start net, then per step: sample, submit, sample, submit, ..., one update.
+    assert kinds == ["submit"] + (["sample", "submit"] * 3 + ["update"]) * 2, log
+    assert [entry[1] for entry in log if entry[0] == "update"] == [3, 3]
+    # --parent start: every child of the run comes from child 1, and all share its one probe set.
+    assert len({probes for _, probes in probe_sets}) == 1
+
+
+def _job(child_id, size):
+    return ChildJob(child_id, b"x" * size, {"name": "digits"}, {})
+
+
+def test_the_process_pool_hands_the_largest_waiting_child_to_the_next_free_worker():
+    pool = ProcessExecutor.__new__(ProcessExecutor)  # the scheduling only: no worker processes
+    pool.devices, pool.futures, pool.backlog = ["cpu", "cpu"], {}, []
+    handed = []
+    pool._submit_to_pool = lambda job: handed.append(job.child_id) or object()
+
+    for child_id, size in enumerate([10, 20, 5, 50, 30, 40]):
+        pool.submit(_job(child_id, size))
+
+    # Two workers plus one queued: the first three as they come, then the largest waiting first.
+    assert handed == [0, 1, 2]
+    assert pool.in_flight == 6
+    pool.futures.popitem()
+    pool._dispatch()
+    assert handed == [0, 1, 2, 3]
+    pool.futures.clear()
+    pool._dispatch()
+    assert handed == [0, 1, 2, 3, 5, 4]
