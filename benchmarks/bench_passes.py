@@ -20,10 +20,9 @@
 
        max |f_after(x) - f_before(x)| / (1 + max |f_before(x)|)      vs   PRESERVATION_RTOL = 1e-5,
 
-   measured with both executors. Random graphs are drawn the way tests/strategies.py draws them (conv,
-   conv-bn-relu, pooling, residual add, dense concat, two-branch blocks, dropout, relu; a random head;
-   non-trivial biases and batchnorm statistics), here from a numpy generator rather than hypothesis so the
-   run is a plain loop. On each graph a chain of up to CHAIN random passes with random valid arguments is
+   measured with both executors. Random graphs come from the test suite's generator (tests/strategies.py,
+   `random_graph`: the same draws as the hypothesis strategy, from a numpy generator so the run is a plain
+   loop). On each graph a chain of up to CHAIN random passes with random valid arguments is
    applied; each application is measured against its own input graph. Arguments that a pass refuses
    (PassError) are redrawn and counted. Reported: median, p99, max per executor and per pass, and how many
    applications exceeded the tolerance (should be none).
@@ -41,6 +40,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -57,6 +57,9 @@ from easc.passes.deepen import deepen, deepenable  # noqa: E402
 from easc.passes.skip import skip, skip_candidates  # noqa: E402
 from easc.passes.widen import widen, widenable_layers  # noqa: E402
 from easc.passes.widen_kernel import kernel_widenable, widen_kernel  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from strategies import random_graph  # noqa: E402  (the test suite's one random-graph generator)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_passes.json"
 DEPTHS = (10, 50, 200)
@@ -199,72 +202,6 @@ def bench_depth(depths, repeats: int) -> list:
 # -- 2. verification error over random pass applications --------------------------------------
 def _pick(rng, items):
     return items[int(rng.integers(len(items)))]
-
-
-def random_graph(rng: np.random.Generator) -> Graph:
-    """A small random CNN, drawn like tests/strategies.py's `cnn_graphs` (see that module's doc)."""
-    b = GraphBuilder("random", rng=rng)
-    cur = b.input("x", (int(rng.integers(1, 4)), int(rng.integers(4, 9)), int(rng.integers(4, 9))))
-    same_size = [cur]
-
-    def width():
-        return int(rng.integers(2, 9))
-
-    for _ in range(int(rng.integers(1, 5))):
-        kind = _pick(rng, ("conv", "conv_bn_relu", "pool", "residual", "dense", "branches", "dropout", "relu"))
-        h, w = b.type_of(cur).shape[2:]
-        c = b.type_of(cur).channels
-        if kind == "conv":
-            k = _pick(rng, (1, 3))
-            shrink = k == 3 and min(h, w) >= 4 and rng.random() < 0.5
-            groups = 2 if c % 2 == 0 and rng.random() < 1 / 6 else 1
-            out = width()
-            out += out % groups
-            cur = b.conv2d(cur, out, k, padding=0 if shrink else k // 2, groups=groups)
-            same_size = [cur] if shrink else same_size + [cur]
-        elif kind == "conv_bn_relu":
-            cur = b.relu(b.batchnorm(b.conv2d(cur, width(), 3, padding=1)))
-            same_size.append(cur)
-        elif kind == "pool" and min(h, w) >= 2:
-            cur = (b.maxpool2d if rng.random() < 0.5 else b.avgpool2d)(cur, 2)
-            same_size = [cur]
-        elif kind == "residual":
-            cur = b.relu(b.add_([b.batchnorm(b.conv2d(cur, c, 3, padding=1)), cur]))
-            same_size.append(cur)
-        elif kind == "dense":
-            y = b.relu(b.batchnorm(b.conv2d(cur, width(), 3, padding=1)))
-            earlier = [v for v in same_size if v != cur]
-            extra = [_pick(rng, earlier)] if earlier and rng.random() < 0.5 else []
-            cur = b.concat([cur, y] + extra)
-            same_size += [y, cur]
-        elif kind == "branches":
-            out = width()
-            left, right = b.conv2d(cur, out, 1), b.relu(b.conv2d(cur, out, 3, padding=1))
-            cur = b.add_([left, right]) if rng.random() < 0.5 else b.concat([left, right])
-            same_size += [left, right, cur]
-        elif kind == "dropout":
-            cur = b.dropout(cur, 0.2)
-            same_size.append(cur)
-        elif kind == "relu":
-            cur = b.relu(cur)
-            same_size.append(cur)
-    features = b.flatten(b.global_avgpool(cur)) if rng.random() < 0.5 else b.flatten(cur)
-    cur = features
-    if rng.random() < 0.5:
-        cur = b.linear(cur, width())
-        if rng.random() < 0.5:
-            cur = b.batchnorm(cur)
-        cur = b.relu(cur)
-        if rng.random() < 0.5:
-            cur = b.dropout(cur, 0.5)
-    logits = b.linear(cur, int(rng.integers(2, 6)))
-    if rng.random() < 0.5:
-        b.output("probs", b.softmax(logits))
-    else:
-        b.output("logits", logits)
-    if rng.random() < 0.2:
-        b.output("features", features)
-    return randomise_weights(b.build(), rng)
 
 
 def random_application(graph: Graph, rng: np.random.Generator):

@@ -1,11 +1,17 @@
 """`easc transform MODEL --widen ... --deepen ... --skip ... -o OUT`: verified rewrites of a model file.
 
-Passes run in the order given on the command line. Each is checked by the verifier and numerically,
-with onnxruntime as the oracle (independent of the passes' own reference interpreter); the first
-failure stops everything and nothing is written.
+Passes run in the order given on the command line, in one `PassManager`. Each is checked by the verifier
+and numerically on the region it rewrote (float64 reference interpreter, from the probe activations at the
+region's inputs to the first values where old and new graphs agree again). At the end, once, the
+end-to-end check: the user's original file, run by onnxruntime as given (not easc's re-export of it),
+against the final model, exported once, run by onnxruntime. The first failure stops everything and
+nothing is written (exit 1). Requests whose result would exceed `--max-params`, or whose probe values
+would not fit in memory, are refused before anything is allocated (exit 2).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
@@ -48,6 +54,86 @@ def _widen_specs(value: str, graph, factor: float) -> list:
     return specs
 
 
+DEFAULT_MAX_PARAMS = 1_000_000_000
+"""Generous: 4 GB of float32 weights, twice what one ONNX file can hold; stops `--widen conv=1000000000`."""
+
+MAX_PROBE_ELEMENTS = 2 ** 27
+"""Largest value the numeric checks may hold for the probe batch: 2^27 float64 numbers, 1 GiB."""
+
+
+def _check_probe_sizes(graph, model: str) -> None:
+    import math
+
+    from easc.passes.base import PROBE_BATCH
+
+    for node in graph.nodes:
+        size = PROBE_BATCH * math.prod(node.type.sample_shape)
+        if size > MAX_PROBE_ELEMENTS:
+            fail(f"{model}: the value of {node.name} ({node.type}) has {size:.3g} numbers on {PROBE_BATCH} probe "
+                 f"inputs, over the limit of {MAX_PROBE_ELEMENTS:.3g} the checks can hold")
+
+
+def _reference_outputs(model: str, graph, probes) -> dict:
+    """The user's original model's outputs on the probes, by onnxruntime: the ONNX file as given, or, for an
+    .easir file (which onnxruntime cannot read), its graph exported."""
+    from easc.backends.formats import _is_ir_file
+    from easc.backends.onnx import run_onnx
+
+    path = Path(model)
+    source = graph if path.suffix == ".easir" or _is_ir_file(path) else path
+    return run_onnx(source, dict(probes))
+
+
+def _export_check_write(manager, reference: dict, output: str) -> float:
+    """Export the final graph once, check it end to end against `reference`, write it; returns the difference.
+
+    Memory follows the output: the model is written from the IR's weight arrays (`backends.onnx.stream`, no
+    copy of them) to a temporary file next to OUTPUT; the IR graph is let go; onnxruntime loads the file for
+    the check, and it is renamed to OUTPUT only when the check passes (removed otherwise: nothing written).
+    """
+    import os
+    import tempfile
+
+    from easc.backends.onnx import OnnxExportError, run_onnx
+    from easc.backends.onnx.exporter import export_parts
+    from easc.backends.onnx.stream import write_model
+    from easc.ir import save_graph
+
+    if Path(output).suffix == ".easir":
+        diff, _ = manager.finish(reference, run_onnx)
+        save_graph(manager.graph, output)
+        return diff
+    if manager.graph.params * 4 >= 2 ** 31:
+        raise OnnxExportError(f"{output}: the model is larger than 2 GB, which a single ONNX file cannot hold")
+    manager.probes.forget_activations()  # the passes are done; the end-to-end check runs onnxruntime
+    model, weights = export_parts(manager.graph)  # the weights are the IR's own arrays
+    fd, temporary = tempfile.mkstemp(prefix=f".{Path(output).name}.", suffix=".tmp", dir=Path(output).parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_model(model, weights, f)  # written from the arrays: no copy of the weights in memory
+        del model, weights
+        manager.graph = None  # onnxruntime loads the file next; the IR copy can go first
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # as an ordinary new file (mkstemp makes it private)
+        diff, _ = manager.finish(reference, lambda _graph, feeds: run_onnx(temporary, feeds))
+        os.replace(temporary, output)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+    return diff
+
+
+def _finite_in(name: str, value: float, low: float, high: float | None, strict_low: bool = False):
+    import math
+
+    ok = math.isfinite(value) and (value > low if strict_low else value >= low) and (high is None or value <= high)
+    if not ok:
+        bound = f"greater than {low:g}" if strict_low else f"at least {low:g}"
+        upper = f" and at most {high:g}" if high is not None else ""
+        fail(f"{name} must be a finite number {bound}{upper}, got {value:g}")
+
+
 @click.command("transform", cls=EascCommand)
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--widen", multiple=True, is_flag=False, flag_value="*", metavar="[LAYER[=WIDTH],...]",
@@ -61,64 +147,65 @@ def _widen_specs(value: str, graph, factor: float) -> list:
               help="Grow a conv's kernel k -> k+2 (or K), zero padded.")
 @click.option("--noise", type=float, default=0.0, show_default=True,
               help="Relative noise on widened copies (breaks symmetry; makes --widen approximate).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the passes' random choices.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the passes' random choices.")
+@click.option("--max-params", "max_params", type=click.IntRange(min=1), default=DEFAULT_MAX_PARAMS,
+              show_default=True, help="Refuse a request whose result would have more parameters.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .onnx or .easir.")
 @click.pass_context
-def command(ctx, model, widen, factor, deepen, kernel, skip, widen_kernel, noise, seed, output):
+def command(ctx, model, widen, factor, deepen, kernel, skip, widen_kernel, noise, seed, max_params, output):
     """Apply verified function-preserving passes to MODEL and write the result to OUTPUT."""
-    import math
-
     import numpy as np
 
-    from easc.backends.formats import check_save_path, load_model, save_model
-    from easc.backends.onnx import run_onnx
+    from easc.backends.formats import check_save_path, load_model
     from easc.ir import probe_inputs
-    from easc.passes.base import PROBE_BATCH, ProbeSet, max_output_difference
+    from easc.passes.base import PROBE_BATCH, ProbeSet
     from easc.passes.dense import dense_layers
-    from easc.passes.pipeline import apply_pass, widen_all
+    from easc.passes.manager import PassManager
+    from easc.passes.pipeline import iter_widen_all
 
     check_save_path(output)
-    graph = load_model(model)
-    original = graph
     requests = _ordered_requests(ctx.meta.get("raw_args", []),
                                  {"widen": widen, "deepen": deepen, "skip": skip, "widen_kernel": widen_kernel})
     if not requests:
         fail("nothing to do: give --widen, --deepen, --skip or --widen-kernel")
-    if any(kind == "widen" for kind, _ in requests) and not (math.isfinite(factor) and factor > 1):
+    if any(kind == "widen" for kind, _ in requests):
         # checked here, not per layer: ceil(width * inf) would raise, and 0.5 would read as "width 4 < 8"
-        fail(f"--factor must be a finite number greater than 1, got {factor:g}")
-    rng = np.random.default_rng(seed)
-    probes = ProbeSet(probe_inputs(graph, PROBE_BATCH, seed))  # each graph's outputs computed once
-    oracle = run_onnx
+        _finite_in("--factor", factor, 1, None, strict_low=True)
+    _finite_in("--noise", noise, 0, 1)
+    graph = load_model(model)
+    _check_probe_sizes(graph, model)
+    probes = ProbeSet(probe_inputs(graph, PROBE_BATCH, seed))
+    reference = _reference_outputs(model, graph, probes)  # the user's file, before any pass
+    was = graph.params
+    manager = PassManager(graph, rng=np.random.default_rng(seed), probes=probes, max_params=max_params)
+    del graph  # the manager holds the current graph only: memory follows the output
 
     def report(result):
         rec = result.record
         args = " ".join(f"{k}={v}" for k, v in rec.items() if k != "pass")
         how = "exact" if result.exact else f"approximate (noise, tolerance {result.tolerance:g})"
+        evaluated = manager.stats[-1].evaluated
         click.echo(f"{rec.get('pass')} {args}: verified {how}, max |diff| {result.max_diff:.3g} "
-                   f"(outputs up to {result.max_output:.3g})")
+                   f"(values up to {result.max_output:.3g}; local check of {evaluated} nodes)")
         for line in result.changes:
             click.echo(f"  {line}")
 
     def run(name, **kwargs):
-        nonlocal graph
-        result = apply_pass(graph, name, rng=rng, probes=probes, executor=oracle, **kwargs)
-        report(result)
-        graph = result.graph
+        report(manager.run(name, **kwargs))
 
     for kind, value in requests:
         if kind == "widen" and value == "*":
-            for result in widen_all(graph, factor, rng=rng, probes=probes, executor=oracle, noise=noise):
+            for result in iter_widen_all(manager, factor, noise=noise):
                 report(result)
-                graph = result.graph
         elif kind == "widen":
-            for layer, width in _widen_specs(value, graph, factor):
-                if layer in dense_layers(graph):  # a dense layer's growth: later layers and transition remapped
+            for layer, width in _widen_specs(value, manager.graph, factor):
+                if layer in dense_layers(manager.graph):  # a dense layer's growth: later layers and transition remapped
                     run("dense_widen", layer=layer, growth=width, noise=noise)
                 else:
                     run("widen", layer=layer, width=width, noise=noise)
         elif kind == "deepen":
-            if value in dense_layers(graph):  # a new dense layer after it, joining the block's concatenation
+            if value in dense_layers(manager.graph):  # a new dense layer after it, joining the block's concatenation
                 run("dense_deepen", after_layer=value)
             else:
                 run("deepen", after=value, kernel=kernel)
@@ -132,7 +219,9 @@ def command(ctx, model, widen, factor, deepen, kernel, skip, widen_kernel, noise
             if k and not k.isdigit():
                 fail(f"--widen-kernel {value!r}: kernel {k!r} is not a positive whole number")
             run("widen_kernel", layer=layer, kernel=int(k) if k else None)
-    diff, scale = max_output_difference(original, graph, probes, oracle)
-    save_model(graph, output)
-    click.echo(f"wrote {output}: {graph.op_count} nodes, depth {graph.depth}, {graph.params:,} parameters "
-               f"(was {original.params:,}); end to end max |diff| {diff:.3g}")
+    graph = manager.graph
+    summary = f"{graph.op_count} nodes, depth {graph.depth}, {graph.params:,} parameters (was {was:,})"
+    del graph
+    diff = _export_check_write(manager, reference, output)  # exported once: checked, then written as it is
+    click.echo(f"wrote {output}: {summary}; end to end max |diff| {diff:.3g} (onnxruntime, original file "
+               f"against the result)")

@@ -10,6 +10,7 @@ from .builder import GraphBuilder, init_weights, make_node
 from .graph import Graph, IRError, Node, UnknownNodeError
 from .hashing import structural_hash
 from .interpret import probe_inputs, run, run_all
+from .names import Namespace
 from .ops import LAYER_OPS, OPS, ShapeError
 from .serialize import IRFileError, graph_from_bytes, graph_to_bytes, load_graph, save_graph, atomic_write_bytes
 from .text import ParseError, format_node, parse_graph, print_graph
@@ -17,7 +18,7 @@ from .types import BATCH, TensorType
 from .verify import VerificationError, verify
 
 __all__ = [
-    "BATCH", "Graph", "GraphBuilder", "IRError", "IRFileError", "LAYER_OPS", "Node", "OPS", "ParseError",
+    "BATCH", "Graph", "GraphBuilder", "IRError", "IRFileError", "LAYER_OPS", "Namespace", "Node", "OPS", "ParseError",
     "ShapeError", "TensorType", "UnknownNodeError", "VerificationError", "atomic_write_bytes", "format_node",
     "graph_from_bytes", "graph_to_bytes", "identity_domain", "init_weights", "is_nonnegative", "load_graph", "make_node",
     "nonnegative_values", "parse_graph", "print_graph", "probe_inputs", "run", "run_all", "save_graph",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .graph import Graph, IRError, Node
+from .names import Namespace
 from .ops import OPS, ShapeError, infer_type, normalise_attrs, weight_shapes
 from .types import TensorType, batched
 
@@ -67,7 +68,7 @@ class GraphBuilder:
         self.nodes: list[Node] = []
         self.types: dict[str, TensorType] = {}
         self.outputs: dict[str, str] = {}
-        self._counters: dict[str, int] = {}
+        self._numbered = Namespace()  # `conv_1`, `conv_2`, ...: the counting rule of easc.ir.names
         self._position: dict[str, int] = {}
         self.reserved: set = set()  # names a source model uses further on (`fresh` avoids them)
 
@@ -76,12 +77,7 @@ class GraphBuilder:
             if name in self.types:
                 raise IRError(f"duplicate node name {name!r}")
             return name
-        base = SHORT_NAMES.get(op, op)
-        while True:
-            self._counters[base] = self._counters.get(base, 0) + 1
-            candidate = f"{base}_{self._counters[base]}"
-            if candidate not in self.types:
-                return candidate
+        return self._numbered.counter(SHORT_NAMES.get(op, op))
 
     def add(self, op: str, inputs, attrs=None, weights=None, name: str | None = None, origin: str = "",
             expect=None) -> str:
@@ -92,6 +88,7 @@ class GraphBuilder:
                 raise IRError(f"{op}: input {i!r} is not defined yet")
         node = make_node(self._name(op, name), op, inputs, [self.types[i] for i in inputs],
                          attrs, weights, self.rng, origin)
+        self._numbered.claim(node.name)
         if expect is not None and tuple(expect) != node.type.sample_shape:
             raise IRError(f"node {node.name!r} ({op}): easc computes samples of shape {node.type.sample_shape}, "
                           f"the source model says {tuple(expect)}")
@@ -111,11 +108,9 @@ class GraphBuilder:
         self.nodes[self._position[node.name]] = node
 
     def fresh(self, base: str) -> str:
-        """`base` if no node has it and no source name is reserved, else `base_2`, `base_3`, ..."""
-        name, k = base, 2
-        while name in self.types or name in self.reserved:
-            name, k = f"{base}_{k}", k + 1
-        return name
+        """`base` if no node has it and no source name is reserved, else `base_2`, `base_3`, ... (the rule of
+        `easc.ir.names`; the name is taken when a node is added under it)."""
+        return Namespace.first_free(base, lambda n: n in self.types or n in self.reserved)
 
     def type_of(self, name: str) -> TensorType:
         return self.types[name]
@@ -123,6 +118,7 @@ class GraphBuilder:
     # -- one method per op -------------------------------------------------------------------
     def input(self, name: str, sample_shape) -> str:
         name = self._name("input", name)
+        self._numbered.claim(name)
         node = Node(name, "input", (), {}, batched(sample_shape))
         self._position[name] = len(self.nodes)
         self.nodes.append(node)

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace as _dc_replace
 from types import MappingProxyType
-from typing import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from .ops import LAYER_OPS
 from .types import TensorType
+
+if TYPE_CHECKING:
+    from .names import Namespace
 
 
 class IRError(ValueError):
@@ -172,19 +175,19 @@ class Graph:
                      self._outputs if outputs is None else outputs,
                      self.name if name is None else name)
 
+    def namespace(self, taken: Iterable[str] = ()) -> "Namespace":
+        """The name authority for new names in a graph derived from this one (`easc.ir.names`)."""
+        from .names import Namespace
+
+        return Namespace([*self._index, *taken])
+
     def fresh_name(self, base: str, taken: Iterable[str] = ()) -> str:
-        """`base` if unused, else `base_2`, `base_3`, ...: inserted nodes get readable unique names.
+        """`base` if unused, else `base_2`, `base_3`, ... (the one naming rule, `easc.ir.names`).
 
         The suffix is appended, never substituted, so `deepen_conv_3` can only become `deepen_conv_3_2`
         and keeps naming the layer it came from.
         """
-        used = set(self._index) | set(taken)
-        if base not in used:
-            return base
-        k = 2
-        while f"{base}_{k}" in used:
-            k += 1
-        return f"{base}_{k}"
+        return self.namespace(taken).fresh(base)
 
     def to_networkx(self):
         """A networkx DiGraph of the data flow (edges producer -> consumer), for graph algorithms."""

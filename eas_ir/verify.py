@@ -40,9 +40,18 @@ def _fail(graph, index, message, fix):
     raise VerificationError(message, _context(graph, index) + (f"\n  fix: {fix}" if fix else ""))
 
 
-def verify(graph: Graph) -> Graph:
-    """Raise `VerificationError` unless `graph` is a well-formed IR graph; return it otherwise."""
+def verify(graph: Graph, since: Graph | None = None) -> Graph:
+    """Raise `VerificationError` unless `graph` is a well-formed IR graph; return it otherwise.
+
+    since: a graph already verified that `graph` was derived from (the input of a pass). Graphs are
+    immutable and share untouched nodes, so a node that is the very same object as in `since`, reading
+    values of the same types, passed every per-node check there already: only names and order are
+    checked for it, and the cost of verifying follows what the pass rewrote, not the graph. A node whose
+    op, inputs, attributes and type are those it had in `since` (training wrote new weights back) has
+    only its weights checked: its structure is not verified again.
+    """
     seen: dict = {}
+    before = since._index if since is not None else {}
     for index, node in enumerate(graph.nodes):
         where = f"node {node.name!r} ({node.op})"
         if node.name in seen:
@@ -69,6 +78,18 @@ def verify(graph: Graph) -> Graph:
             seen[node.name] = node.type
             continue
         in_types = [seen[i] for i in node.inputs]
+        old = before.get(node.name)
+        same_inputs = old is not None and all(i in before and t == before[i].type
+                                              for i, t in zip(node.inputs, in_types))
+        if old is node and same_inputs:
+            seen[node.name] = node.type
+            continue
+        if same_inputs and old.op == node.op and old.inputs == node.inputs and old.type == node.type \
+                and dict(old.attrs) == dict(node.attrs):
+            # only the weights changed (training wrote them back): their shapes are the ones `since` had
+            _check_weights(graph, index, where, node, {k: w.shape for k, w in old.weights.items()})
+            seen[node.name] = node.type
+            continue
         try:
             attrs = normalise_attrs(node.op, dict(node.attrs))
         except ShapeError as e:
@@ -84,19 +105,7 @@ def verify(graph: Graph) -> Graph:
         if inferred != node.type:
             _fail(graph, index, f"{where}: declared type {node.type} but the shape rule gives {inferred}",
                   "rebuild the node from its inputs, or fix the producer upstream")
-        if set(shapes) != set(node.weights):
-            _fail(graph, index, f"{where}: weights {sorted(node.weights)} but the op needs {sorted(shapes)}", "")
-        for key, shape in shapes.items():
-            w = node.weights[key]
-            if w.dtype != np.float32:
-                _fail(graph, index, f"{where}: weight {key!r} is {w.dtype}, not float32", "")
-            if tuple(w.shape) != tuple(shape):
-                _fail(graph, index, f"{where}: weight {key!r} has shape {tuple(w.shape)}, expected {tuple(shape)}",
-                      "the layer's neighbours changed width without remapping this layer")
-            if not np.all(np.isfinite(w)):
-                _fail(graph, index, f"{where}: weight {key!r} has NaN or infinite values", "")
-        if node.op == "batchnorm" and np.any(node.weights["var"] < 0):
-            _fail(graph, index, f"{where}: negative running variance", "")
+        _check_weights(graph, index, where, node, shapes)
         seen[node.name] = node.type
     if not graph.inputs:
         raise VerificationError("the graph has no input")
@@ -106,3 +115,20 @@ def verify(graph: Graph) -> Graph:
         if name not in seen:
             raise VerificationError(f"output {public!r} names {name!r}, which is not a node")
     return graph
+
+
+def _check_weights(graph: Graph, index: int, where: str, node, shapes: dict) -> None:
+    """The node's weights are exactly `shapes`' keys, float32, of those shapes, finite (variances >= 0)."""
+    if set(shapes) != set(node.weights):
+        _fail(graph, index, f"{where}: weights {sorted(node.weights)} but the op needs {sorted(shapes)}", "")
+    for key, shape in shapes.items():
+        w = node.weights[key]
+        if w.dtype != np.float32:
+            _fail(graph, index, f"{where}: weight {key!r} is {w.dtype}, not float32", "")
+        if tuple(w.shape) != tuple(shape):
+            _fail(graph, index, f"{where}: weight {key!r} has shape {tuple(w.shape)}, expected {tuple(shape)}",
+                  "the layer's neighbours changed width without remapping this layer")
+        if not np.all(np.isfinite(w)):
+            _fail(graph, index, f"{where}: weight {key!r} has NaN or infinite values", "")
+    if node.op == "batchnorm" and np.any(node.weights["var"] < 0):
+        _fail(graph, index, f"{where}: negative running variance", "")

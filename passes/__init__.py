@@ -1,8 +1,10 @@
 """Verified function-preserving rewrites of IR graphs.
 
-Each pass maps a graph to a `PassResult` (a new graph plus a record of what changed) and never
-changes its input. `apply_pass` runs a pass by name and checks the result: verifier, signature, and
-outputs on seeded probes within `PRESERVATION_RTOL`.
+Each pass maps a graph to a `PassResult` (a new graph, a record of what changed, the nodes it rewrote) and
+never changes its input. Passes are objects of one protocol (`base.Pass`: arguments, candidates, reason,
+apply; `pipeline.registry()`), and a `PassManager` (`manager.py`) runs chains of them with one generator,
+one probe set, one check policy (verifier, then the numeric check of the rewritten region; the end-to-end
+check once at the end) and timings. `apply_pass` runs one pass by name in a manager of its own.
 
 - `widen`        Net2Wider for conv2d / linear (through bn, relu, pooling, flatten, concat, add)
 - `deepen`       Net2Deeper: an identity conv/linear + batchnorm (+ relu where exact) after a value
@@ -10,13 +12,14 @@ outputs on seeded probes within `PRESERVATION_RTOL`.
 - `widen_kernel` grow a conv kernel k -> k+2 with zeros and matching padding
 """
 
-from .base import PRESERVATION_RTOL, FunctionNotPreservedError, PassError, PassResult, checked
+from .base import PRESERVATION_RTOL, FunctionNotPreservedError, Pass, PassError, PassResult, checked
 from .deepen import calibration_stats, deepen
-from .pipeline import apply_pass, widen_all
+from .manager import PassManager
+from .pipeline import apply_pass, registry, widen_all
 from .skip import skip
 from .widen import widen, widenable_layers
 from .widen_kernel import widen_kernel
 
-__all__ = ["PRESERVATION_RTOL", "FunctionNotPreservedError", "PassError", "PassResult", "apply_pass",
-           "calibration_stats", "checked", "deepen", "skip", "widen", "widen_all", "widen_kernel",
-           "widenable_layers"]
+__all__ = ["PRESERVATION_RTOL", "FunctionNotPreservedError", "Pass", "PassError", "PassManager", "PassResult",
+           "apply_pass", "calibration_stats", "checked", "deepen", "registry", "skip", "widen", "widen_all",
+           "widen_kernel", "widenable_layers"]

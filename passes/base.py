@@ -1,11 +1,15 @@
-"""What every pass shares: its result record, its error type, and the check that runs after it.
+"""What every pass shares: its result record, its error type, the pass protocol, the probe set, and the
+whole-graph check.
 
-A pass is a function `graph, ..., rng -> PassResult`. It never changes its input graph (graphs are
-immutable; a pass builds a new one), keeps no module-level state, takes randomness only from the
-explicit `numpy.random.Generator` it is given, and refuses with a `PassError` that says why when
-its preconditions do not hold.
+A pass is a function `graph, ..., rng -> PassResult`, wrapped by an object of the `Pass` protocol
+(`pipeline.registry()`). It never changes its input graph (graphs are immutable; a pass builds a new one
+that shares every node it did not touch), keeps no module-level state, takes randomness only from the
+explicit `numpy.random.Generator` it is given, says which nodes it rewrote, and refuses with a `PassError`
+that says why when its preconditions do not hold.
 
-`checked(...)` runs after every pass application: the structural verifier, then a check that the
+After every pass a `PassManager` (`manager.py`) runs its check policy; by default the numeric check of the
+rewritten region only (`local_check.py`). `checked(...)` is the whole-graph check (the manager's "full"
+policy, and the independent oracle of the property tests): the structural verifier, then a check that the
 input and output signatures are unchanged, then a numeric check on seeded probe inputs in eval mode:
 
     max |f_after(x) - f_before(x)|  <=  PRESERVATION_RTOL * (1 + max |f_before(x)|)
@@ -23,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from easc.ir import Graph, IRError, probe_inputs, run, verify
+from easc.ir import Graph, IRError, probe_inputs, run, run_all, verify
 
 PRESERVATION_RTOL = 1e-5
 """Relative tolerance of the function-preservation check for noise-free passes (see module doc)."""
@@ -44,10 +48,15 @@ class FunctionNotPreservedError(IRError):
 class PassResult:
     """A pass's new graph and a record of what it did.
 
-    changes:  human-readable lines, one per edit ("conv_3: 16 -> 32 channels", ...)
-    record:   the pass name and its arguments, JSON-serialisable (the search stores it as an action)
-    exact:    False only when the pass adds noise on purpose (then `tolerance` says how far it may go)
-    max_diff: the measured verification figure, filled in by `checked`
+    changes:   human-readable lines, one per edit ("conv_3: 16 -> 32 channels", ...)
+    record:    the pass name and its arguments, JSON-serialisable (the search stores it as an action)
+    exact:     False only when the pass adds noise on purpose (then `tolerance` says how far it may go)
+    max_diff:  the measured verification figure, filled in by the check
+    rewritten: names of the nodes of the new graph the pass created or changed (the region the local
+               check evaluates); None means "not declared", and the manager computes it
+    skipped:   set (with `graph` the unchanged input) when a manager with the skip policy met a refusal
+    channels:  for a pass that regathers channels (widen): value name -> for each of its new channels (axis 1),
+               the old channel it copies; values not listed kept their channels
     """
 
     graph: Graph
@@ -57,6 +66,47 @@ class PassResult:
     tolerance: float | None = None
     max_diff: float | None = None
     max_output: float | None = None
+    rewritten: frozenset | None = None
+    skipped: str | None = None
+    channels: dict | None = None
+
+    def action(self) -> dict:
+        """The record the search stores: the pass and its arguments, and its check's figure or why it was skipped."""
+        if self.skipped is not None:
+            return {**self.record, "skipped": self.skipped}
+        return {**self.record, "max_diff": self.max_diff}
+
+
+class Pass:
+    """The pass protocol: what a pass takes, where it applies, why not, and what it does.
+
+    arguments:             the keyword arguments `apply` takes (besides `rng`)
+    candidates(graph):     argument dicts naming every place the pass applies, in graph order (the
+                           arguments that say *where*; the others keep their defaults)
+    reason(graph, **args): why `apply` would refuse these arguments, or None when it accepts them
+    apply(graph, rng=, **args) -> PassResult: the rewrite; never changes `graph`; `rewritten` filled in
+    added_params(graph, **args): an upper bound on the parameters the rewrite adds (None: not estimated),
+                           so that a manager can refuse an absurd request before allocating it
+    """
+
+    name: str = ""
+    arguments: tuple = ()
+
+    def candidates(self, graph: Graph) -> list:
+        raise NotImplementedError
+
+    def reason(self, graph: Graph, **args) -> str | None:
+        try:
+            self.apply(graph, rng=np.random.default_rng(0), **args)
+        except PassError as e:
+            return str(e)
+        return None
+
+    def apply(self, graph: Graph, *, rng: np.random.Generator, **args) -> PassResult:
+        raise NotImplementedError
+
+    def added_params(self, graph: Graph, **args) -> int | None:
+        return None
 
 
 Executor = Callable[[Graph, dict], dict]
@@ -70,23 +120,47 @@ def signature(graph: Graph) -> tuple:
 
 
 class ProbeSet(dict):
-    """Probe inputs that remember each graph's outputs on them.
+    """Probe inputs that remember each graph's outputs, and activations, on them.
 
     Graphs are immutable, so a graph's outputs on fixed probes never change. In a chain of passes the
     graph after one pass is the graph before the next: with a ProbeSet its outputs are computed once,
-    which halves the numeric check of every pass but the first. The memory lives and dies with the
-    ProbeSet (weak references to the graphs), so nothing outlives the chain that made it.
+    which halves the numeric check of every pass but the first. The local check (`local_check`) keeps
+    every node's value of the current graph here too, and derives the next graph's from it. The memory
+    lives and dies with the graphs (weak references), so nothing outlives the chain that made it.
     """
 
     def __init__(self, feeds: dict):
         super().__init__(feeds)
         self._outputs = weakref.WeakKeyDictionary()
+        self._activations = weakref.WeakKeyDictionary()
 
     def outputs(self, graph: Graph, executor: Executor) -> dict:
         per_graph = self._outputs.setdefault(graph, {})
         if executor not in per_graph:
+            # never from the cached activations: after a local check those hold the chain's reference
+            # values where old and new graphs agree, and an end-to-end check must run the graph itself
             per_graph[executor] = executor(graph, dict(self))
         return per_graph[executor]
+
+    def activations(self, graph: Graph) -> dict:
+        """Every node's value on the probes (the reference interpreter, float64, kept as float32), computed
+        once per graph."""
+        if graph not in self._activations:
+            from .local_check import Activations
+
+            values = {k: v.astype(np.float32) for k, v in run_all(graph, dict(self)).items()}
+            self._activations[graph] = Activations(graph, values)
+        return self._activations[graph]
+
+    def forget_activations(self) -> None:
+        """Let every cached activation go (a chain that is done checking locally needs none)."""
+        self._activations.clear()
+
+    def has_activations(self, graph: Graph) -> bool:
+        return graph in self._activations
+
+    def keep_activations(self, graph: Graph, activations: dict) -> None:
+        self._activations[graph] = activations
 
 
 def _outputs(graph: Graph, probes: dict, executor: Executor) -> dict:

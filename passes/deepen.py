@@ -43,14 +43,8 @@ DEFAULT_EPS = 1e-5
 
 
 def unique_name(graph: Graph, base: str, taken=()) -> str:
-    """`base`, else `base_2`, `base_3`, ...
-
-    `graph.fresh_name` alone strips a trailing number before counting, which would turn a second
-    `deepen_conv_3` into `deepen_conv_2`, a name that points at the wrong layer.
-    """
-    if base not in graph and base not in taken:
-        return base
-    return graph.fresh_name(f"{base}_2", taken)
+    """`base`, else `base_2`, `base_3`, ... (the one naming rule of `easc.ir.names`)."""
+    return graph.namespace(taken).fresh(base)
 
 
 def deepenable(graph: Graph) -> list:
@@ -61,7 +55,8 @@ def deepenable(graph: Graph) -> list:
 
 
 def calibration_stats(graph: Graph, after: str, x_batch) -> tuple:
-    """Per-channel (mean, population variance) of `after`'s value on a batch, by the reference interpreter.
+    """Per-channel (mean, population variance) of `after`'s value on a batch, by the reference interpreter
+    run up to `after` only.
 
     `x_batch` is an array for a graph with one input, or a dict {input name: array}. The statistics are
     over the batch and, for NCHW values, over the spatial positions too (as batchnorm computes them).
@@ -74,7 +69,9 @@ def calibration_stats(graph: Graph, after: str, x_batch) -> tuple:
             raise PassError(f"calibration_stats: the graph has {len(inputs)} inputs ({', '.join(inputs)}); "
                             f"pass a dict {{input name: array}}")
         x_batch = {inputs[0]: x_batch}
-    value = run_all(graph, x_batch)[after]
+    # only the graph up to `after`: nothing later can change its value, and the rest would cost the whole net
+    prefix = Graph(graph.nodes[:graph.position(after) + 1], {after: after}, graph.name)
+    value = run_all(prefix, x_batch)[after]
     axes = (0,) if value.ndim == 2 else (0, 2, 3)
     return value.mean(axis=axes), value.var(axis=axes)
 
@@ -126,7 +123,7 @@ def _batchnorm(name: str, layer, origin: str, calibration) -> tuple:
     return bn, line
 
 
-def _activation(graph: Graph, node, bn, taken: list, changes: list) -> list:
+def _activation(graph: Graph, node, bn, names, changes: list) -> list:
     """The activation closing the block, if the range analysis proves it the identity on `node`'s value."""
     after = node.name
     model = node if node.op in ACTIVATION_OPS else None
@@ -145,8 +142,7 @@ def _activation(graph: Graph, node, bn, taken: list, changes: list) -> list:
             changes.append(f"no {op}: {after}'s value lies in [{lo:g}, {hi:g}] but {op}(x) = x only on "
                            f"[{domain[0]:g}, {domain[1]:g}], so the block has no activation")
         return []
-    name = unique_name(graph, f"deepen_{after}_{op}", taken)
-    taken.append(name)
+    name = names.fresh(f"deepen_{after}_{op}")
     what = f"{op} {attrs}" if attrs else op
     if op == "relu":
         changes.append(f"{name}: relu ({after}'s value is non-negative, so relu is the identity on it)")
@@ -185,15 +181,13 @@ def deepen(graph: Graph, after: str, *, kernel: int = 3, rng: np.random.Generato
     if calibration is not None:
         calibration = _check_calibration(after, node.type.channels, calibration)
 
-    taken: list = []
-    layer_name = unique_name(graph, f"deepen_{after}", taken)
-    taken.append(layer_name)
-    bn_name = unique_name(graph, f"deepen_{after}_bn", taken)
-    taken.append(bn_name)
+    names = graph.namespace()  # one authority for the block's names: they cannot collide
+    layer_name = names.fresh(f"deepen_{after}")
+    bn_name = names.fresh(f"deepen_{after}_bn")
     layer, line = _identity_layer(layer_name, node, kernel)
     bn, bn_line = _batchnorm(bn_name, layer, after, calibration)
     block, changes = [layer, bn], [line, bn_line]
-    block.extend(_activation(graph, node, bn, taken, changes))
+    block.extend(_activation(graph, node, bn, names, changes))
     out = block[-1].name
     changes.append(f"{', '.join(consumers)} now read{'s' if len(consumers) == 1 else ''} {out} instead of {after}")
 
@@ -208,4 +202,5 @@ def deepen(graph: Graph, after: str, *, kernel: int = 3, rng: np.random.Generato
     record = {"pass": "deepen", "after": after, "calibrated": calibration is not None}
     if conv:
         record["kernel"] = kernel
-    return PassResult(graph.replace(nodes=nodes), changes, record)
+    return PassResult(graph.replace(nodes=nodes), changes, record,
+                      rewritten=frozenset([*readers, *(n.name for n in block)]))

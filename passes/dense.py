@@ -242,7 +242,8 @@ def dense_widen(graph: Graph, layer: str, growth: int, *, rng: np.random.Generat
         else:
             notes.append(f"{dl.bottleneck}: kept at {current} channels (already >= {BOTTLENECK_FACTOR} x {growth})")
     changes = [line for r in results for line in r.changes] + notes
-    result = PassResult(results[-1].graph, changes, record)
+    result = PassResult(results[-1].graph, changes, record,
+                        rewritten=frozenset().union(*(r.rewritten for r in results)))
     if noise > 0:
         record["noise"] = float(noise)
         result.exact = False
@@ -252,13 +253,8 @@ def dense_widen(graph: Graph, layer: str, growth: int, *, rng: np.random.Generat
 
 # -- dense_deepen ---------------------------------------------------------------------------------
 def _stem_name(graph: Graph, base: str, suffixes) -> str:
-    """`base` (or `base_2`, ...) such that `base + s` is free for every suffix."""
-    k = 1
-    while True:
-        stem = base if k == 1 else f"{base}_{k}"
-        if all(stem + s not in graph for s in suffixes):
-            return stem
-        k += 1
+    """`base` (or `base_2`, ...) such that `base + s` is free for every suffix (`easc.ir.names`)."""
+    return graph.namespace().fresh_stem(base, suffixes)
 
 
 def _new_layer(graph: Graph, dl: DenseLayer, stem: str, source: str, source_type, rng) -> list:
@@ -499,4 +495,6 @@ def dense_deepen(graph: Graph, after_layer: str, *, rng: np.random.Generator | N
     changes.append(f"batchnorms {', '.join(new_bns + grown_bns)} on the new channels: {how}")
     record = {"pass": "dense_deepen", "after": after_layer, "layer": stem, "growth": k,
               "calibrated": calibration is not None}
-    return PassResult(result_graph, changes, record)
+    # every node not shared with the input graph: inserted, rewired, grown or calibrated
+    rewritten = frozenset(n.name for n in result_graph.nodes if graph._index.get(n.name) is not n)
+    return PassResult(result_graph, changes, record, rewritten=rewritten)

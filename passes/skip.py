@@ -27,7 +27,6 @@ import numpy as np
 from easc.ir import LAYER_OPS, Graph, UnknownNodeError, make_node
 
 from .base import PassError, PassResult
-from .deepen import unique_name
 
 POOLS = {"avg": "avgpool2d", "max": "maxpool2d"}
 
@@ -96,18 +95,17 @@ def skip(graph: Graph, src: str, dst: str, *, pool: str = "avg", rng: np.random.
     d = graph.node(dst)
     x_name = d.inputs[0]
     stem = f"skip_{src}_{dst}"
-    taken: list = []
+    names = graph.namespace()
     path, changes = [], []
     prev = graph.node(src)
     for suffix, op, attrs, what in steps:
-        name = unique_name(graph, f"{stem}_{suffix}", taken)
-        taken.append(name)
+        name = names.fresh(f"{stem}_{suffix}")
         node = make_node(name, op, [prev.name], [prev.type], attrs, {}, origin=src)
         changes.append(f"{name}: {what}")
         path.append(node)
         prev = node
     x = graph.node(x_name)
-    concat_name = unique_name(graph, f"{stem}_concat", taken)
+    concat_name = names.fresh(f"{stem}_concat")
     concat = make_node(concat_name, "concat", [x_name, prev.name], [x.type, prev.type], {}, {}, origin=dst)
     c, p = x.type.channels, prev.type.channels
     changes.append(f"{concat_name}: concat({x_name}, {prev.name}), {c} + {p} = {c + p} channels")
@@ -125,7 +123,8 @@ def skip(graph: Graph, src: str, dst: str, *, pool: str = "avg", rng: np.random.
         else:
             nodes.append(n)
     record = {"pass": "skip", "src": src, "dst": dst, "pool": pool}
-    return PassResult(graph.replace(nodes=nodes), changes, record)
+    return PassResult(graph.replace(nodes=nodes), changes, record,
+                      rewritten=frozenset([*(n.name for n in path), concat_name, dst]))
 
 
 def skip_candidates(graph: Graph, pool: str = "avg") -> list:

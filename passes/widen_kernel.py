@@ -71,4 +71,4 @@ def widen_kernel(graph: Graph, layer: str, *, kernel=None, rng: np.random.Genera
     changes = [f"{layer}: kernel {kh}x{kw} -> {th}x{tw} (zero border), padding {ph}x{pw} -> {ph + dh}x{pw + dw}"]
     nodes = [new if n.name == layer else n for n in graph.nodes]
     record = {"pass": "widen_kernel", "layer": layer, "kernel": th if th == tw else [th, tw]}
-    return PassResult(graph.replace(nodes=nodes), changes, record)
+    return PassResult(graph.replace(nodes=nodes), changes, record, rewritten=frozenset([layer]))

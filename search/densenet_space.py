@@ -15,8 +15,8 @@ output joins every later consumer with zero weights, its batchnorms calibrated o
 images; in an fc block, `deepen` as in the plain space. The sampled kernel is ignored (dense layers keep
 their 3x3 conv; the space's kernel list is (3,), so the controller has nothing to choose there).
 
-Every action goes through `apply_pass` (verifier + numeric check); a pass that refuses is recorded as
-skipped, as in `PlainSpace`. Defaults per network: 10 Net2Wider then 5 Net2Deeper actions (PAPER.md).
+Every action runs in the plain space's `PassManager` (verifier + local numeric check); a pass that refuses
+is recorded as skipped, as in `PlainSpace`. Defaults per network: 10 Net2Wider then 5 Net2Deeper actions (PAPER.md).
 
 Stem and transitions (`widen_transitions`, on by default, as the released code's `widen_transition`): after a
 network's actions, the stem conv is widened to 2 x the mean growth rate of its dense layers and each
@@ -31,7 +31,6 @@ from __future__ import annotations
 from easc.ir import Graph
 from easc.passes.base import PassError
 from easc.passes.dense import LAYER_DESCRIPTION, dense_layers
-from easc.passes.pipeline import apply_pass
 
 from .encode import POOL_OPS
 from .plain_space import PlainSpace
@@ -76,21 +75,16 @@ class DenseNetSpace(PlainSpace):
         skip = set(dense) | {layer.bottleneck for layer in dense.values() if layer.bottleneck}
         others = [n.name for n in graph.nodes if n.op == "conv2d" and n.name not in skip]
         mean_growth = sum(layer.growth for layer in dense.values()) / len(dense)
+        manager = self.manager(graph, rng, probes)  # a refusal is recorded as skipped, as for any action
+        noise = {"noise": self.widen_noise} if self.widen_noise else {}
         for i, name in enumerate(others):
-            node = graph.node(name)
+            node = manager.graph.node(name)
             in_channels = int(node.weights["weight"].shape[1]) if "weight" in node.weights else 0
             target = int(round(2 * mean_growth)) if i == 0 else in_channels // 2
             if target <= node.width:
                 continue
-            try:
-                result = apply_pass(graph, "widen", rng=rng, probes=probes, noise=self.widen_noise, layer=name,
-                                    width=target)
-            except PassError as e:
-                records.append({"pass": "widen", "layer": name, "width": target, "skipped": str(e)})
-                continue
-            graph = result.graph
-            records.append({**result.record, "max_diff": result.max_diff})
-        return graph
+            records.append(manager.run("widen", layer=name, width=target, **noise).action())
+        return manager.graph
 
     def tokens(self, graph: Graph) -> list:
         dense = dense_layers(graph)
@@ -118,10 +112,7 @@ class DenseNetSpace(PlainSpace):
     def apply_deeper(self, graph: Graph, decision, rng, probes, calibration_batch=None):
         """(new graph, action records) for a Net2Deeper decision."""
         if decision.kind == "conv":
-            try:
-                result = apply_pass(graph, "dense_deepen", rng=rng, probes=probes, after_layer=decision.name,
-                                    calibration=calibration_batch)
-            except PassError as e:
-                return graph, [{"pass": "dense_deepen", "after": decision.name, "skipped": str(e)}]
-            return result.graph, [{**result.record, "max_diff": result.max_diff}]
+            result = self.manager(graph, rng, probes).run("dense_deepen", after_layer=decision.name,
+                                                          calibration=calibration_batch)
+            return result.graph, [result.action()]
         return super().apply_deeper(graph, decision, rng, probes, calibration_batch)

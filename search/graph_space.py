@@ -23,8 +23,8 @@ Net2Wider and the structure of the graph
     simulator `tokens.apply_wider` predicts (a property test checks this on random graphs).
     Channels that pass a grouped conv grow by multiples of its group count (the token's `step`, so the width
     list's next reachable value is the target). Layers the analysis refuses (their channels reach a graph
-    output, a channel shuffle, a softmax, ...) are masked, as are output layers (whose value reaches a graph output without passing
-    another layer: the classifier, also behind a softmax).
+    output, a channel shuffle, a softmax, ...) are masked, as are output layers (whose value reaches a graph
+    output without passing another layer: the classifier, also behind a softmax).
 
 Net2Deeper
     The new layer goes after the chosen layer's unit (the layer and the batchnorm / relu / dropout nodes
@@ -32,10 +32,10 @@ Net2Deeper
     padding). The `deepen` pass is exact after any NCHW or NC value: it adds a relu only where the value is
     provably non-negative (after a relu, or a pool of one) and otherwise leaves the block linear, e.g. after
     a residual branch's last batchnorm, before the add. A layer whose unit ends in a graph output, or in a
-    value of another rank, is masked. The new batchnorm is calibrated on training images run through the
-    part of the graph that computes the insertion point only (not the whole network).
+    value of another rank, is masked. The new batchnorm is calibrated on training images (the statistics the
+    plain space measures once per parent and carries through the chain).
 
-Every action goes through `apply_pass` (verifier + numeric check on probes), as in the plain space.
+Every action runs in the plain space's pass manager (verifier + check of the rewritten region on probes).
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ from easc.ir import Graph
 from easc.ir.ops import LAYER_OPS
 from easc.passes.base import PassError
 from easc.passes.channels import ChannelFlowError, trace_channels
-from easc.passes.pipeline import apply_pass
 
 from .encode import unit_end
 from .plain_space import PlainSpace
@@ -143,17 +142,6 @@ def graph_tokens(graph: Graph) -> list:
     return tokens
 
 
-def _ancestors(graph: Graph, name: str) -> Graph:
-    """The part of `graph` that computes `name`, with `name` as its only output."""
-    need, todo = set(), [name]
-    while todo:
-        n = todo.pop()
-        if n not in need:
-            need.add(n)
-            todo.extend(graph.node(n).inputs)
-    return Graph([n for n in graph.nodes if n.name in need], {name: name}, name=graph.name)
-
-
 class GraphSpace(PlainSpace):
     """Tokens and blocks from any graph `inspect` accepts; the plain space's passes (see the module doc)."""
 
@@ -167,9 +155,8 @@ class GraphSpace(PlainSpace):
         return tokens
 
     def apply_deeper(self, graph: Graph, decision, rng, probes, calibration_batch=None):
-        """(new graph, action records): Net2Deeper after the end of the chosen layer's unit."""
-        from easc.passes.deepen import calibration_stats
-
+        """(new graph, action records): Net2Deeper after the end of the chosen layer's unit, through the pass
+        manager as in the plain space (the parent's calibration statistics are measured once per chain)."""
         after = _deepen_point(graph, decision.name)
         kernel = decision.kernel if decision.kind == "conv" else 3
         if after is None:
@@ -177,10 +164,7 @@ class GraphSpace(PlainSpace):
                             "skipped": f"{decision.name}: no point after it keeps the function"}]
         calibration = None
         if calibration_batch is not None:
-            calibration = calibration_stats(_ancestors(graph, after), after, calibration_batch)
-        try:
-            result = apply_pass(graph, "deepen", rng=rng, probes=probes, after=after, kernel=kernel,
-                                calibration=calibration)
-        except PassError as e:
-            return graph, [{"pass": "deepen", "after": after, "kernel": kernel, "skipped": str(e)}]
-        return result.graph, [{**result.record, "max_diff": result.max_diff}]
+            calibration = self.calibration.stats(graph, after, calibration_batch)
+        result = self.manager(graph, rng, probes).run("deepen", after=after, kernel=kernel, calibration=calibration)
+        self.calibration.transport(graph, result)
+        return result.graph, [result.action()]

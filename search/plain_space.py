@@ -4,8 +4,9 @@ Net2Wider decision on token i: `widen(graph, token.name, next_width(token))`, fo
 decision marks. Net2Deeper decision (block, layer, kernel): `deepen(graph, unit_end(layer), kernel)`,
 with the new batchnorm calibrated on a batch of training images (EAS: running mean/var and beta set
 to the measured mean/var, gamma to sqrt(var + eps), so it is the identity in eval mode and close to
-it in train mode). Every pass goes through `apply_pass`, so each child is verified to compute its
-parent's function before it is trained.
+it in train mode); the statistics come from `calibration.CalibrationStats` (measured once per parent,
+carried through each child's passes). Every pass runs in a `PassManager` (verifier + local numeric check; a refusal skips the
+action), so each child is verified to compute its parent's function before it is trained.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 from easc.ir import Graph
-from easc.passes.base import PassError
-from easc.passes.pipeline import apply_pass
+from easc.passes.manager import PassManager
 
+from .calibration import CalibrationStats
 from .encode import graph_tokens, unit_end
 from .tokens import SearchSpace, next_width
 
@@ -43,6 +44,7 @@ class PlainSpace:
         # so widening would add parameters but no capacity. The price: the child is preserved only
         # approximately, within the tolerance `widen` states for that noise, which the check enforces.
         self.widen_noise = widen_noise
+        self.calibration = CalibrationStats()
 
     def tokens(self, graph: Graph) -> list:
         return graph_tokens(graph)
@@ -51,40 +53,39 @@ class PlainSpace:
         """(pass name, its arguments) that take `token`'s layer to `width` (subclasses pick other passes)."""
         return "widen", {"layer": token.name, "width": width}
 
+    def manager(self, graph: Graph, rng, probes):
+        """The pass manager an action runs in: the chain's generator and probe set (which keeps the current
+        graph's activations, so each action's check evaluates only its region), refusals skipped."""
+        return PassManager(graph, rng=rng, probes=probes, on_refusal="skip")
+
     def apply_wider(self, graph: Graph, decision, rng, probes, calibration_batch=None):
         """(new graph, action records) for a Net2Wider decision."""
+        manager = self.manager(graph, rng, probes)
         records = []
         by_name = {t.name: t for t in decision.tokens}
         for name in decision.names:
             token = by_name[name]
             width = next_width(token, self.space)
-            if width is None or graph.node(name).width >= width:
+            if width is None or manager.graph.node(name).width >= width:
                 continue
             pass_name, kwargs = self.wider_pass(token, width)
-            try:
-                result = apply_pass(graph, pass_name, rng=rng, probes=probes, noise=self.widen_noise, **kwargs)
-            except PassError as e:
-                records.append({"pass": pass_name, **kwargs, "skipped": str(e)})
-                continue
-            graph = result.graph
-            records.append({**result.record, "max_diff": result.max_diff})
-        return graph, records
+            noise = {"noise": self.widen_noise} if self.widen_noise else {}  # records name noise only when used
+            before = manager.graph
+            result = manager.run(pass_name, **kwargs, **noise)
+            self.calibration.transport(before, result)
+            records.append(result.action())
+        return manager.graph, records
 
     def apply_deeper(self, graph: Graph, decision, rng, probes, calibration_batch=None):
         """(new graph, action records): Net2Deeper after the chosen layer's unit (conv/linear-bn-relu)."""
-        from easc.passes.deepen import calibration_stats
-
         after = unit_end(graph, decision.name)
         kernel = decision.kernel if decision.kind == "conv" else 3
         calibration = None
         if calibration_batch is not None:
-            calibration = calibration_stats(graph, after, calibration_batch)
-        try:
-            result = apply_pass(graph, "deepen", rng=rng, probes=probes, after=after, kernel=kernel,
-                                calibration=calibration)
-        except PassError as e:
-            return graph, [{"pass": "deepen", "after": after, "kernel": kernel, "skipped": str(e)}]
-        return result.graph, [{**result.record, "max_diff": result.max_diff}]
+            calibration = self.calibration.stats(graph, after, calibration_batch)
+        result = self.manager(graph, rng, probes).run("deepen", after=after, kernel=kernel, calibration=calibration)
+        self.calibration.transport(graph, result)
+        return result.graph, [result.action()]
 
 
 def widths_of(graph: Graph) -> list:

@@ -237,12 +237,9 @@ def apply_wider(tokens: Sequence[LayerToken], widen: Sequence[bool], space: Sear
 
 
 def _fresh_name(base: str, taken: set[str]) -> str:
-    if base not in taken:
-        return base
-    i = 1
-    while f"{base}_{i}" in taken:
-        i += 1
-    return f"{base}_{i}"
+    from easc.ir import Namespace
+
+    return Namespace(taken).fresh(base)
 
 
 def apply_deeper(tokens: Sequence[LayerToken], block: int, layer_in_block: int, kernel: int | None
@@ -250,7 +247,7 @@ def apply_deeper(tokens: Sequence[LayerToken], block: int, layer_in_block: int, 
     """Insert a same-width layer after layer ``layer_in_block`` of block ``block``.
 
     A conv gets a conv with ``kernel``; an fc gets an fc (``kernel`` is ignored). The new token is named
-    ``deepen_<name>``, suffixed ``_1``, ``_2``... when a layer is deepened more than once.
+    ``deepen_<name>``, suffixed ``_2``, ``_3``... when a layer is deepened more than once (easc.ir.names).
     """
     bl = blocks(tokens)
     if not 0 <= block < len(bl):

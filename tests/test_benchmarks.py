@@ -113,3 +113,19 @@ def test_reinitialised_children_keep_the_architecture_and_get_fresh_seeded_weigh
     assert all(np.array_equal(a.weights[k], b.weights[k]) for a, b in zip(fresh.nodes, again.nodes) for k in a.weights)
     bn = next(n for n in fresh.nodes if n.op == "batchnorm")
     assert np.all(bn.weights["mean"] == 0) and np.all(bn.weights["var"] == 1)
+
+
+def test_bench_transform_smoke_times_the_command_against_its_floor(tmp_path):
+    out = tmp_path / "bench_transform.json"
+    report = load("bench_transform").main(["--smoke", "--out", str(out)])
+    check_report(out, "bench_transform")
+    (row,) = report["rows"]
+    assert row["model"] == "resnet18" and row["chain"] == "widen"
+    assert row["wall"] > 0 and row["floor"]["total"] > 0 and row["peak_rss"] > 0 and row["output_bytes"] > 0
+
+
+def test_bench_driver_smoke_samples_children_with_both_checks(tmp_path):
+    out = tmp_path / "bench_driver.json"
+    report = load("bench_driver").main(["--smoke", "--out", str(out)])
+    check_report(out, "bench_driver")
+    assert len(report["seconds"]["local"]) == len(report["seconds"]["full"]) == 2

@@ -179,7 +179,7 @@ def test_apply_deeper_inserts_a_same_width_layer_after_the_chosen_one_with_a_tra
     once = apply_deeper(demo_net(), 1, 0, 5)
     assert once[3] == LayerToken("conv", 8, 5, "deepen_conv_2")
     twice = apply_deeper(once, 1, 0, 1)
-    assert [t.name for t in twice[2:5]] == ["conv_2", "deepen_conv_2_1", "deepen_conv_2"]
+    assert [t.name for t in twice[2:5]] == ["conv_2", "deepen_conv_2_2", "deepen_conv_2"]
     in_fc = apply_deeper(demo_net(), 3, 0, None)
     assert in_fc[7] == LayerToken("fc", 16, 0, "deepen_fc_1")
     assert in_fc[8].is_output

@@ -46,10 +46,7 @@ def _layer_names(graph):
 def torch_densenet(drop=0.0):
     """A DenseNet written the torchvision way (one torch.cat of all earlier outputs per layer), lowered by fx."""
     torch = pytest.importorskip("torch")
-    try:
-        from easc.backends.torch import from_module
-    except ImportError as e:  # pragma: no cover - the fx importer is another engineer's module
-        pytest.skip(f"easc.backends.torch.from_module is not importable yet: {e}")
+    from easc.backends.torch import from_module
     from torch import nn
     import torch.nn.functional as F
 

@@ -132,10 +132,8 @@ def test_refused_actions_are_recorded_as_skipped_and_the_graph_kept():
 
 # -- the command line --------------------------------------------------------------------------
 def _onnx_backend():
-    try:
-        from easc.backends.onnx import load_onnx, run_onnx, save_onnx  # noqa: F401
-    except ImportError as e:
-        pytest.skip(f"the ONNX backend (easc.backends.onnx save_onnx / load_onnx / run_onnx) is not there yet: {e}")
+    from easc.backends.onnx import save_onnx
+
     return save_onnx
 
 
@@ -167,7 +165,5 @@ def test_easc_search_runs_a_tiny_densenet_search_on_digits(tmp_path):
     args = ["search", "--space", "densenet", "--dataset", "digits", "--steps", "1", "--children", "2", "--epochs",
             "1", "--wider-actions", "2", "--deeper-actions", "1", "--quiet", "--out", str(tmp_path / "run")]
     result = CliRunner().invoke(main, args)
-    if result.exit_code != 0 and isinstance(result.exception, (ImportError, NotImplementedError)):
-        pytest.skip(f"the search loop does not run yet: {result.exception!r}")
     assert result.exit_code == 0, result.output
     assert '"steps": 1' in result.output and '"failed": 0' in result.output

@@ -1,34 +1,29 @@
 """Properties over random graphs (`strategies.cnn_graphs`) and random chains of up to 20 passes.
 
 - every drawn graph verifies, prints / parses back to the same text, and hashes the same under renaming;
-- a chain of deepen / skip / widen_kernel / widen (when `passes/widen.py` is importable) steps, each with
-  arguments chosen from the current graph, keeps verify() true and the outputs within PRESERVATION_RTOL, step
-  by step and end to end, and leaves the graph it started from untouched.
+- a chain of every registered pass (widen, deepen, skip, widen_kernel, dense_widen, dense_deepen), each
+  applied at a place its `candidates` names on the current graph, in one `PassManager` (verifier and local
+  check after each), keeps verify() true and the outputs within PRESERVATION_RTOL, step by step (checked
+  again on the whole graph's outputs) and end to end, and leaves the graph it started from untouched;
+- the generator makes graphs on which every pass applies.
 """
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from easc.ir import parse_graph, print_graph, probe_inputs, run, structural_hash, verify
-from easc.passes.base import PRESERVATION_RTOL, PROBE_BATCH, PassError, checked, max_output_difference
+from easc.ir import parse_graph, print_graph, probe_inputs, structural_hash, verify
+from easc.passes.base import PRESERVATION_RTOL, PassError, max_output_difference
 from easc.passes.deepen import calibration_stats, deepen, deepenable
-from easc.passes.skip import skip, skip_candidates
-from easc.passes.widen_kernel import kernel_widenable, widen_kernel
-from strategies import cnn_graphs
+from easc.passes.manager import PassManager
+from easc.passes.pipeline import registry
+from strategies import cnn_graphs, random_graph
 
 PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 MAX_CHAIN = 20
 MAX_KERNEL = 7
 """Largest kernel a chain grows to: larger ones only slow the float64 interpreter down."""
-
-
-def _widen_module():
-    """The `easc.passes.widen` module (the package re-exports the function under the same name)."""
-    import importlib
-
-    return importlib.import_module("easc.passes.widen")
 
 
 def _renamed(graph, seed):
@@ -60,67 +55,89 @@ def test_structural_hash_ignores_names_and_weights_but_sees_a_new_layer(graph, s
     assert structural_hash(deeper) != structural_hash(graph)
 
 
-def _candidates(graph, widen_module) -> dict:
-    """For each pass, the arguments it can take on `graph` (passes with none are left out)."""
-    found = {
-        "deepen": deepenable(graph),  # never empty: an input is read and is not an output
-        "skip": skip_candidates(graph),
-        "widen_kernel": [n for n in kernel_widenable(graph) if max(graph.node(n).attrs["kernel"]) + 2 <= MAX_KERNEL],
-    }
-    if widen_module is not None:
-        found["widen"] = widen_module.widenable_layers(graph)
-    return {kind: args for kind, args in found.items() if args}
-
-
-def _step(data, graph, widen_module):
-    """Draw one pass and arguments valid for `graph`."""
-    candidates = _candidates(graph, widen_module)
-    kind = data.draw(st.sampled_from(sorted(candidates)), label="pass")
-    choice = data.draw(st.sampled_from(candidates[kind]), label="target")
-    if kind == "deepen":
-        kwargs = {"after": choice, "kernel": data.draw(st.sampled_from([1, 3, 5]), label="kernel")}
+def _arguments(data, manager, name: str, where: dict) -> dict:
+    """The arguments of pass `name` at `where` (a candidate), the rest drawn."""
+    graph = manager.graph
+    if name == "deepen":
+        args = {**where, "kernel": data.draw(st.sampled_from([1, 3, 5]), label="kernel")}
         if data.draw(st.booleans(), label="calibrate"):
             batch = probe_inputs(graph, 8, seed=data.draw(st.integers(1, 100), label="calibration seed"))
-            kwargs["calibration"] = calibration_stats(graph, choice, batch)
-        return deepen, kwargs
-    if kind == "skip":
-        src, dst = choice
-        return skip, {"src": src, "dst": dst, "pool": data.draw(st.sampled_from(["avg", "max"]), label="pool")}
-    if kind == "widen_kernel":
-        return widen_kernel, {"layer": choice}
-    width = graph.node(choice).width + data.draw(st.integers(1, 4), label="extra units")
-    return widen_module.widen, {"layer": choice, "width": width}
+            args["calibration"] = calibration_stats(graph, where["after"], batch)
+        return args
+    if name == "skip":
+        return {**where, "pool": data.draw(st.sampled_from(["avg", "max"]), label="pool")}
+    if name == "widen":
+        return {**where, "width": graph.node(where["layer"]).width + data.draw(st.integers(1, 4), label="extra")}
+    if name == "dense_widen":
+        growth = graph.node(where["layer"]).width + data.draw(st.integers(1, 3), label="extra growth")
+        return {**where, "growth": growth}
+    if name == "dense_deepen" and data.draw(st.booleans(), label="calibrate"):
+        return {**where, "calibration": probe_inputs(graph, 8, seed=data.draw(st.integers(1, 100), label="seed"))}
+    return dict(where)
+
+
+def _candidates(manager) -> dict:
+    """Every registered pass with the places it applies on the current graph (passes with none left out)."""
+    found = {name: manager.candidates(name) for name in sorted(manager.passes)}
+    found["widen_kernel"] = [c for c in found["widen_kernel"]
+                             if max(manager.graph.node(c["layer"]).attrs["kernel"]) + 2 <= MAX_KERNEL]
+    return {name: places for name, places in found.items() if places}
 
 
 @PROPERTY
 @given(cnn_graphs(), st.data())
-def test_random_pass_chains_keep_the_graph_valid_and_the_function_unchanged(graph, data):
-    widen_module = _widen_module()
+def test_random_chains_of_every_pass_keep_the_graph_valid_and_the_function_unchanged(graph, data):
     text = print_graph(graph)
     weights = {(n.name, k): w.copy() for n in graph.nodes for k, w in n.weights.items()}
-    probes = probe_inputs(graph, PROBE_BATCH)
-    reference = run(graph, probes)
+    manager = PassManager(graph, seed=data.draw(st.integers(0, 1000), label="seed"))
+    probes = dict(manager.probes)
 
-    current, applied = graph, []
+    applied = []
     length = data.draw(st.integers(1, MAX_CHAIN), label="chain length")
-    for step in range(length + 10):  # a refusal does not count towards the length
+    for _ in range(length + 10):  # a refusal does not count towards the length
         if len(applied) == length:
             break
-        pass_fn, kwargs = _step(data, current, widen_module)
+        candidates = _candidates(manager)
+        name = data.draw(st.sampled_from(sorted(candidates)), label="pass")
+        where = data.draw(st.sampled_from(candidates[name]), label="where")
+        before = manager.graph
         try:
-            result = pass_fn(current, rng=np.random.default_rng(step), **kwargs)
+            result = manager.run(name, **_arguments(data, manager, name, where))  # verifier + local check
         except PassError:
             continue  # a refusal is an acceptable answer; the chain goes on from the same graph
-        checked(current, result, probes)
-        current = result.graph
+        # the local check's verdict, against the whole graph's outputs (an independent oracle)
+        diff, scale = max_output_difference(before, result.graph, probes)
+        assert diff <= PRESERVATION_RTOL * (1 + scale), (name, where, diff)
         applied.append(result.record)
 
     assert applied, "no pass applied in the whole chain"
-    verify(current)
-    diff, scale = max_output_difference(graph, current, probes)
+    verify(manager.graph)
+    diff, scale = manager.finish()  # end to end, once
     assert diff <= PRESERVATION_RTOL * (1 + scale), (diff, applied)
-    assert all(run(current, probes)[k].shape == v.shape for k, v in reference.items())
     # the chain started from `graph` and never touched it
     assert print_graph(graph) == text
     for (name, key), w in weights.items():
         np.testing.assert_array_equal(graph.node(name).weights[key], w)
+
+
+def test_the_generator_makes_graphs_on_which_every_registered_pass_applies():
+    applied = set()
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        graph = random_graph(rng)
+        for name in PassManager(graph).passes:
+            places = PassManager(graph).candidates(name)
+            for where in places[:3]:
+                manager = PassManager(graph)
+                args = dict(where)
+                if name == "widen":
+                    args["width"] = graph.node(where["layer"]).width + 1
+                elif name == "dense_widen":
+                    args["growth"] = graph.node(where["layer"]).width + 1
+                try:
+                    manager.run(name, **args)
+                except PassError:
+                    continue
+                applied.add(name)
+                break
+    assert applied == set(registry())

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from easc.ir import GraphBuilder, UnknownNodeError, parse_graph, print_graph
+from easc.ir import UnknownNodeError, parse_graph, print_graph
 from easc.passes.base import PassError, checked
 from easc.passes.channels import Segment, trace_channels
-from easc.passes.widen import widen, widen_reason, widenable_layers, wider_mapping
+from easc.passes.widen import nearest_valid_width, widen, widen_reason, widenable_layers, wider_mapping
+from strategies import cnn_graphs
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -639,42 +640,9 @@ def test_widen_never_mutates_its_input_graph():
     assert all(np.array_equal(w, weights[k]) for k, w in _snapshot(graph)[1].items())
 
 
-# -- property: random chains of widen on random conv nets preserve outputs --------------------
-@st.composite
-def conv_nets(draw):
-    seed = draw(st.integers(0, 2 ** 16))
-    b = GraphBuilder("random", rng=np.random.default_rng(seed))
-    size = draw(st.sampled_from([4, 6]))
-    h = b.input("x", (draw(st.integers(1, 3)), size, size))
-    channels = lambda v: b.type_of(v).channels  # noqa: E731
-    for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(["conv", "conv_bn_relu", "residual", "concat", "pool"]))
-        kernel = draw(st.sampled_from([1, 3]))
-        out = draw(st.integers(1, 4))
-        if kind == "conv":
-            h = b.conv2d(h, out, kernel, padding=kernel // 2)
-        elif kind == "conv_bn_relu":
-            h = b.relu(b.batchnorm(b.conv2d(h, out, kernel, padding=kernel // 2)))
-        elif kind == "residual":
-            branch = b.batchnorm(b.conv2d(h, channels(h), kernel, padding=kernel // 2))
-            h = b.relu(b.add_([h, branch]))
-        elif kind == "concat":
-            h = b.concat([b.conv2d(h, out, 1), b.relu(b.conv2d(h, draw(st.integers(1, 3)), kernel,
-                                                               padding=kernel // 2))])
-        elif size % 2 == 0:
-            h = b.maxpool2d(h, 2)
-            size //= 2
-    if draw(st.booleans()):
-        h = b.global_avgpool(h)
-    h = b.flatten(h)
-    if draw(st.booleans()):
-        h = b.relu(b.linear(h, draw(st.integers(2, 5))))
-    b.output("logits", b.linear(h, 3))
-    return _randomized(b.build(), seed)
-
-
+# -- property: random chains of widen on random graphs (strategies.cnn_graphs) preserve outputs --------------------
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(graph=conv_nets(), data=st.data())
+@given(graph=cnn_graphs(), data=st.data())
 def test_random_widen_chains_preserve_outputs(graph, data):
     rng = np.random.default_rng(data.draw(st.integers(0, 1000), label="seed"))
     for _ in range(data.draw(st.integers(1, 3), label="steps")):
@@ -682,11 +650,13 @@ def test_random_widen_chains_preserve_outputs(graph, data):
         if not layers:
             break
         name = data.draw(st.sampled_from(layers), label="layer")
-        width = graph.node(name).width + data.draw(st.integers(1, 4), label="extra")
+        # through a grouped conv a layer grows by a multiple of its groups
+        width = nearest_valid_width(graph, name, graph.node(name).width + data.draw(st.integers(1, 4), label="extra"))
         result = _run_pass_and_check(graph, layer=name, width=width, rng=rng)
         assert result.graph.node(name).width == width
-        for other in graph.layers():
-            if other.name not in trace_channels(graph, name).sources:
+        flow = trace_channels(graph, name)
+        for other in graph.layers():  # only the coupled layers and depthwise convs on the channels' way grow
+            if other.name not in flow.sources and other.name not in flow.segments:
                 assert result.graph.node(other.name).width == other.width
         graph = result.graph
 

@@ -47,9 +47,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
-from easc.ir import BATCH, Graph, IRError, atomic_write_bytes
+from easc.ir import BATCH, Graph, IRError, Namespace, atomic_write_bytes
 from easc.ir.ops import ceil_overhang, plain_ceil_output_size, pool_output_size
 
 from easc.backends.optable import LOWERINGS
@@ -68,23 +68,6 @@ def _dims(shape) -> list:
     return [BATCH if d == BATCH else int(d) for d in shape]
 
 
-class _Names:
-    """Unique ONNX value names (tensors and initializers share one namespace)."""
-
-    def __init__(self):
-        self.taken: set = set()
-
-    def claim(self, name: str) -> str:
-        self.taken.add(name)
-        return name
-
-    def fresh(self, base: str) -> str:
-        name, k = base, 2
-        while name in self.taken:
-            name, k = f"{base}_{k}", k + 1
-        return self.claim(name)
-
-
 class _Context:
     """What an op's ONNX lowering (easc.backends.optable) needs: initializers, fresh names, node making.
 
@@ -92,16 +75,16 @@ class _Context:
     derived from it (`conv_1/sigmoid`), unique among values and node names alike.
     """
 
-    def __init__(self, node, values: _Names, node_names: set, initializers: list, opset: int):
+    def __init__(self, node, values: Namespace, node_names: set, initializers: list, opset: int):
         self.node, self.values, self.node_names, self.initializers, self.opset = node, values, node_names, \
             initializers, opset
 
     def init(self, key: str, array) -> str:
         array = np.asarray(array)
         if array.dtype != np.int64:
-            array = array.astype(np.float32)
+            array = np.asarray(array, dtype=np.float32)  # the IR's own array when it is float32 already
         name = self.values.fresh(f"{self.node.name}.{key}")
-        self.initializers.append(numpy_helper.from_array(array, name))
+        self.initializers.append((name, array))  # its data is written once, by export_model or stream
         return name
 
     def value(self, key: str) -> str:
@@ -119,6 +102,26 @@ class _Context:
 
 def export_model(graph: Graph, opset: int = 17) -> onnx.ModelProto:
     """The ONNX model of `graph`: checked with `onnx.checker.check_model(full_check=True)`."""
+    model, weights = export_parts(graph, opset)
+    for tensor, array in zip(model.graph.initializer, weights):
+        tensor.raw_data = raw_bytes(array).tobytes()
+    return model
+
+
+def _onnx_type(array: np.ndarray) -> int:
+    return TensorProto.INT64 if array.dtype == np.int64 else TensorProto.FLOAT
+
+
+def raw_bytes(array: np.ndarray) -> memoryview:
+    """An initializer's `raw_data`: little-endian float32 (weights) or int64 (shapes, indices), no copy when
+    the array already is."""
+    kind = "<i8" if array.dtype == np.int64 else "<f4"
+    return memoryview(np.ascontiguousarray(array, dtype=kind)).cast("B")
+
+
+def export_parts(graph: Graph, opset: int = 17) -> tuple:
+    """(the ONNX model of `graph` with its initializers' names, types and shapes but no data, their arrays in
+    order): `backends.onnx.stream.write_model` writes the two to a file without a copy of the weights."""
     latest = onnx.defs.onnx_opset_version()
     if not MIN_OPSET <= opset <= latest:
         raise OnnxExportError(f"opset {opset} is not supported for export (use {MIN_OPSET} to {latest})")
@@ -129,7 +132,7 @@ def export_model(graph: Graph, opset: int = 17) -> onnx.ModelProto:
         publics_of.setdefault(node, []).append(public)
     public_names = set(graph.outputs)
 
-    values = _Names()
+    values = Namespace()  # ONNX tensors and initializers share one namespace (easc.ir.names)
     for name in input_names:
         values.claim(name)
     for public in public_names:
@@ -144,7 +147,7 @@ def export_model(graph: Graph, opset: int = 17) -> onnx.ModelProto:
         own = publics_of.get(node.name)
         if own:
             value_of[node.name] = own[0]
-        elif node.name in values.taken:
+        elif node.name in values:
             value_of[node.name] = values.fresh(f"{node.name}_value")
         else:
             value_of[node.name] = values.claim(node.name)
@@ -183,17 +186,31 @@ def export_model(graph: Graph, opset: int = 17) -> onnx.ModelProto:
     # output (see the module docstring on ceil_mode).
     loose = [helper.make_tensor_value_info(p, TensorProto.FLOAT, [BATCH] + [None] * (t.rank - 1))
              for p, t in outputs]
-    g = helper.make_graph(onnx_nodes, graph.name, inputs, loose, initializer=initializers)
+    g = helper.make_graph(onnx_nodes, graph.name, inputs, loose)
+    for name, array in initializers:
+        # names and shapes only: the data is the IR's own arrays (numpy_helper.from_array and make_graph would
+        # copy every weight twice; `export_model` copies each once, `stream.write_model` not at all)
+        tensor = g.initializer.add()
+        tensor.name, tensor.data_type = name, _onnx_type(array)
+        tensor.dims.extend(array.shape)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="easc",
                               ir_version=helper.find_min_ir_version_for([helper.make_opsetid("", opset)]))
-    inferred = _inferred_sample_shapes(model)
-    del model.graph.output[:]
-    for public, t in outputs:
-        sample = list(t.sample_shape)
-        dims = [BATCH] + (sample if inferred.get(public) == tuple(sample) else [None] * len(sample))
-        model.graph.output.append(helper.make_tensor_value_info(public, TensorProto.FLOAT, dims))
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    # Shape inference and the full check run on the model without its weights (initializers declared as typed
+    # inputs instead): they read the weights' shapes, never their values, and serialising hundreds of MB of
+    # weights twice per export was most of an export's time.
+    skeleton = helper.make_model(
+        helper.make_graph(onnx_nodes, graph.name, inputs + [helper.make_tensor_value_info(
+            name, _onnx_type(array), list(array.shape)) for name, array in initializers], loose),
+        opset_imports=model.opset_import, producer_name="easc", ir_version=model.ir_version)
+    inferred = _inferred_sample_shapes(skeleton)
+    for m in (model, skeleton):
+        del m.graph.output[:]
+        for public, t in outputs:
+            sample = list(t.sample_shape)
+            dims = [BATCH] + (sample if inferred.get(public) == tuple(sample) else [None] * len(sample))
+            m.graph.output.append(helper.make_tensor_value_info(public, TensorProto.FLOAT, dims))
+    onnx.checker.check_model(skeleton, full_check=True)
+    return model, [array for _, array in initializers]
 
 
 def _inferred_sample_shapes(model: onnx.ModelProto) -> dict:

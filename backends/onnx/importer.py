@@ -42,7 +42,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from easc.ir import BATCH, Graph, GraphBuilder, IRError, Node, TensorType, make_node, verify
+from easc.ir import BATCH, Graph, GraphBuilder, IRError, Namespace, Node, TensorType, make_node, verify
 from easc.backends.optable import LOWERINGS
 from easc.ir.ops import plain_ceil_output_size, pool_output_size
 
@@ -180,28 +180,14 @@ class _Importer:
 
     def _unique_names(self) -> list:
         """IR names for the ONNX nodes: the file's own, made unique; `Conv_0` style where missing."""
-        taken = {i.name for i in self.model.graph.input}
+        taken = Namespace(i.name for i in self.model.graph.input)  # the name authority (easc.ir.names)
         names: list = [None] * len(self.model.graph.node)
         for k, node in enumerate(self.model.graph.node):  # the first holder of a name keeps it
             if node.name and node.name not in taken:
-                taken.add(node.name)
-                names[k] = node.name
-        counters: dict = {}
+                names[k] = taken.claim(node.name)
         for k, node in enumerate(self.model.graph.node):
-            if names[k] is not None:
-                continue
-            if node.name:
-                j = 2
-                while f"{node.name}_{j}" in taken:
-                    j += 1
-                names[k] = f"{node.name}_{j}"
-            else:
-                j = counters.get(node.op_type, 0)
-                while f"{node.op_type}_{j}" in taken:
-                    j += 1
-                counters[node.op_type] = j + 1
-                names[k] = f"{node.op_type}_{j}"
-            taken.add(names[k])
+            if names[k] is None:
+                names[k] = taken.fresh(node.name) if node.name else taken.counter(node.op_type, start=0)
         return names
 
     @property
@@ -1107,6 +1093,7 @@ def load_onnx(path) -> Graph:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise OnnxImportError(f"{path}: not an ONNX model (it does not parse as one: {reason}; is the file "
                               "truncated?)") from None
+    del data  # parsed: the file's bytes need not stay in memory during the import
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         _check_external_data(model, path)
         try:

@@ -25,13 +25,15 @@ def _session(model: onnx.ModelProto, threads: int):
     # Severity 3 = errors only: onnxruntime warns when a ceil_mode pool's output is smaller than
     # ONNX's shape inference predicts, which is the documented behaviour (see exporter.py).
     options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    # bytes or a path go to onnxruntime as they are (the file the user gave, not a re-serialisation of it)
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def run_onnx(graph_or_model, feeds: dict, threads: int = 1) -> dict:
     """Run with onnxruntime on the CPU; outputs keyed by public output name (ONNX output name).
 
-    graph_or_model: an IR `Graph` (exported first), an `onnx.ModelProto`, or a path to a file.
+    graph_or_model: an IR `Graph` (exported first), an `onnx.ModelProto`, ONNX bytes, or a path to a file.
     feeds: input name -> array (cast to float32).
     """
     from .exporter import export_model
@@ -41,9 +43,12 @@ def run_onnx(graph_or_model, feeds: dict, threads: int = 1) -> dict:
     elif isinstance(graph_or_model, onnx.ModelProto):
         model = graph_or_model
     elif isinstance(graph_or_model, (str, Path)):
-        model = onnx.load(str(graph_or_model))
+        model = str(graph_or_model)
+    elif isinstance(graph_or_model, bytes):
+        model = graph_or_model
     else:
-        raise TypeError(f"run_onnx takes a Graph, an onnx.ModelProto or a path, not {type(graph_or_model).__name__}")
+        raise TypeError(f"run_onnx takes a Graph, an onnx.ModelProto, ONNX bytes or a path, "
+                        f"not {type(graph_or_model).__name__}")
     session = _session(model, threads)
     wanted = [i.name for i in session.get_inputs()]
     missing = [name for name in wanted if name not in feeds]
@@ -51,4 +56,18 @@ def run_onnx(graph_or_model, feeds: dict, threads: int = 1) -> dict:
         raise IRError(f"no value given for input {missing[0]!r} (inputs: {', '.join(wanted)})")
     arrays = {name: np.ascontiguousarray(feeds[name], dtype=np.float32) for name in wanted}
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, arrays)))
+    fixed = session.get_inputs()[0].shape[0] if wanted else None
+    total = len(arrays[wanted[0]]) if wanted else 0
+    if not isinstance(fixed, int) or fixed <= 0 or fixed == total:
+        return dict(zip(names, session.run(names, arrays)))
+    # A file with a fixed batch size (an export at batch 2, say) runs the feeds `fixed` samples at a time; a
+    # last short run is padded with repeats of its first sample and the padding's outputs dropped.
+    parts = []
+    for start in range(0, total, fixed):
+        chunk = {k: v[start:start + fixed] for k, v in arrays.items()}
+        short = fixed - len(chunk[wanted[0]])
+        if short:
+            chunk = {k: np.concatenate([v, np.repeat(v[:1], short, axis=0)]) for k, v in chunk.items()}
+        outs = session.run(names, chunk)
+        parts.append([o[:fixed - short] for o in outs])
+    return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(names)}

@@ -210,5 +210,5 @@ def write_back(graph: Graph, module: nn.Module) -> Graph:
                                         f"non-finite values; training diverged")
             weights[key] = array
         nodes.append(node.replace(weights=weights))
-    return verify(graph.replace(nodes=nodes))
+    return verify(graph.replace(nodes=nodes), since=graph)  # only weights changed: structure not re-verified
 

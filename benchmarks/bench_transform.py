@@ -1,0 +1,239 @@
+"""`easc transform` on real-size networks against its floor (issue 9).
+
+Standard layouts, built in plain PyTorch by `easc.backends.torch.zoo` (no downloads, random weights), exported
+to ONNX by torch at 1x3x64x64 (batch dimension symbolic). On each:
+
+    widen    `easc transform MODEL --widen -o OUT`           every widenable layer x2
+    deepen   `easc transform MODEL --deepen A ... -o OUT`    a chain of 10 deepens (relus spread over the net)
+    skip     `easc transform MODEL --skip S:D ... -o OUT`    a chain of 10 skips (pairs spread over the net)
+
+each run as a user runs it, the installed command in its own process: wall time, and peak RSS (the child's
+ru_maxrss from wait4). In the same run, right after, the floor on the same files, also in its own process
+(interpreter start and imports included, as in the command):
+
+    load      onnx.load of the input file
+    save      onnx.save of a model of the output's size (the command's own output, loaded untimed)
+    sessions  one onnxruntime session on the input and one on the output
+    probes    four probe runs (4 samples each): two on each session
+
+Printed per layout and chain: wall / floor and peak RSS / output bytes (the issue's targets: at most 2x and
+at most 3x), the floor's parts, and the process floor (the floor process's own wall time and peak RSS). Medians over
+`--repeats`, the command and its floor alternating.
+
+    python benchmarks/bench_transform.py [--models resnet18,resnet50,...] [--repeats 3] [--smoke]
+
+The model list is `MODELS` below: a name of `easc.backends.torch.zoo.ARCHITECTURES` (plus, optionally, the
+input size). `--smoke` runs resnet18's widen at 1x3x32x32, once, for the test suite. Writes
+benchmarks/results/bench_transform.json and .log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODELS = {  # name in easc.backends.torch.zoo.ARCHITECTURES -> input sample shape; add a line to add a row
+    "resnet18": (3, 64, 64),
+    "resnet50": (3, 64, 64),
+    "densenet121": (3, 64, 64),
+    "vgg11_bn": (3, 64, 64),
+}
+CHAIN = 10
+TARGET_WALL, TARGET_RSS = 2.0, 3.0
+
+FLOOR = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np, onnx, onnxruntime as ort
+imports = time.perf_counter() - t0
+source, output, scratch = sys.argv[1:4]
+def session(path):
+    o = ort.SessionOptions(); o.intra_op_num_threads = 1; o.inter_op_num_threads = 1
+    o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC; o.log_severity_level = 3
+    return ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
+t = time.perf_counter(); onnx.load(source); load = time.perf_counter() - t
+big = onnx.load(output)
+t = time.perf_counter(); onnx.save(big, scratch); save = time.perf_counter() - t
+del big
+t = time.perf_counter(); a, b = session(source), session(output); sessions = time.perf_counter() - t
+i = a.get_inputs()[0]
+x = np.random.default_rng(0).standard_normal([4] + list(i.shape[1:])).astype(np.float32)
+t = time.perf_counter()
+for s in (a, b, a, b):
+    s.run(None, {i.name: x})
+probes = time.perf_counter() - t
+print(json.dumps(dict(imports=imports, load=load, save=save, sessions=sessions, probes=probes)))
+"""
+
+
+def _measured(cmd: list) -> tuple:
+    """(wall seconds, peak RSS bytes, stdout): the child's own peak RSS, via a wrapper that wait4s it."""
+    wrapper = ("import os, subprocess, sys, time, json\n"
+               "t = time.perf_counter(); p = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, "
+               "stderr=subprocess.PIPE)\n"
+               "out, err = p.communicate(); wall = time.perf_counter() - t\n"
+               "import resource; rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024\n"
+               "print(json.dumps(dict(wall=wall, rss=rss, code=p.returncode, out=out.decode()[-4000:], "
+               "err=err.decode()[-2000:])))\n")
+    proc = subprocess.run([sys.executable, "-c", wrapper, *map(str, cmd)], capture_output=True, text=True)
+    report = json.loads(proc.stdout)
+    if report["code"]:
+        raise RuntimeError(f"{' '.join(map(str, cmd[:4]))} ... failed ({report['code']}): {report['err'].strip()}")
+    return report["wall"], report["rss"], report["out"]
+
+
+def _export(name: str, shape: tuple, path: Path) -> int:
+    import torch
+
+    from easc.backends.torch import zoo
+
+    torch.manual_seed(0)
+    model = zoo.ARCHITECTURES[name]().eval()
+    x = torch.randn(1, *shape)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["x"], output_names=["logits"],
+                          dynamic_axes={"x": {0: "N"}, "logits": {0: "N"}}, opset_version=17)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _spread(items: list, k: int) -> list:
+    if len(items) <= k:
+        return list(items)
+    return [items[round(i * (len(items) - 1) / (k - 1))] for i in range(k)]
+
+
+def _chains(path: Path) -> dict:
+    """The command-line arguments of each chain on the model at `path` (names from its own IR)."""
+    from easc.backends.formats import load_model
+    from easc.passes.pipeline import registry
+
+    graph = load_model(path)
+    passes = registry()
+    relus = [c["after"] for c in passes["deepen"].candidates(graph) if graph.node(c["after"]).op == "relu"]
+    deepen = []
+    for after in _spread(relus, CHAIN):
+        deepen += ["--deepen", after]
+    # skips: one per destination layer, sources spread over the net, same spatial size preferred (no pool)
+    order = {n.name: i for i, n in enumerate(graph.nodes)}
+    pairs, used = [], set()
+    layers = [n for n in graph.layers() if n.op == "conv2d"]
+    for dst in _spread(layers[1:], CHAIN * 2):
+        if len(pairs) == CHAIN or dst.name in used:
+            continue
+        for src in reversed(graph.nodes[:order[dst.name] - 1]):
+            if src.op == "relu" and passes["skip"].reason(graph, src=src.name, dst=dst.name) is None:
+                pairs.append(f"{src.name}:{dst.name}")
+                used.add(dst.name)
+                break
+    skip = [a for p in pairs for a in ("--skip", p)]
+    return {"widen": ["--widen"], "deepen": deepen, "skip": skip}
+
+
+def _floor(source: Path, output: Path, scratch: Path) -> dict:
+    wall, rss, out = _measured([sys.executable, "-c", FLOOR, source, output, scratch])
+    parts = json.loads(out.strip().splitlines()[-1])
+    parts["total"] = parts["load"] + parts["save"] + parts["sessions"] + parts["probes"]
+    parts["process"] = wall
+    parts["rss"] = rss
+    return parts
+
+
+def bench(models: list, repeats: int, shape_override=None, log=print, chains_wanted=None) -> list:
+    easc = [sys.executable, "-m", "easc.cli.main", "transform"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for name in models:
+            shape = shape_override or MODELS.get(name, (3, 64, 64))
+            source = tmp / f"{name}.onnx"
+            params = _export(name, shape, source)
+            chains = _chains(source)
+            for chain, args in chains.items():
+                if chains_wanted is not None and chain not in chains_wanted:
+                    continue
+                output = tmp / f"{name}_{chain}.onnx"
+                walls, rsss, floors = [], [], []
+                for _ in range(repeats):
+                    wall, rss, _ = _measured(easc + [source, *args, "-o", output])
+                    walls.append(wall)
+                    rsss.append(rss)
+                    floors.append(_floor(source, output, tmp / "scratch.onnx"))
+                out_bytes = output.stat().st_size
+                floor = {k: statistics.median(f[k] for f in floors) for k in floors[0]}
+                row = dict(model=name, input=list(shape), params=params, chain=chain,
+                           passes=len([a for a in args if a.startswith("--")]) if chain != "widen" else "all",
+                           input_bytes=source.stat().st_size, output_bytes=out_bytes,
+                           wall=statistics.median(walls), walls=walls, peak_rss=statistics.median(rsss),
+                           floor=floor)
+                row["wall_over_floor"] = row["wall"] / floor["total"]
+                row["wall_over_process_floor"] = row["wall"] / floor["process"]
+                row["rss_over_output"] = row["peak_rss"] / out_bytes
+                row["rss_over_floor_process"] = row["peak_rss"] / floor["rss"]
+                rows.append(row)
+                log(_line(row))
+    return rows
+
+
+def _line(r: dict) -> str:
+    f = r["floor"]
+    return (f"{r['model']:<12} {r['chain']:<7} out {r['output_bytes'] / 1e6:7.1f} MB  wall {r['wall']:6.2f} s  "
+            f"floor {f['total']:5.2f} s (load {f['load']:.2f}, save {f['save']:.2f}, sessions {f['sessions']:.2f}, "
+            f"probes {f['probes']:.2f}; process {f['process']:.2f})  wall/floor {r['wall_over_floor']:4.2f}  "
+            f"wall/process floor {r['wall_over_process_floor']:4.2f}  peak RSS {r['peak_rss'] / 1e6:7.1f} MB  "
+            f"RSS/output {r['rss_over_output']:4.2f}  RSS/floor process RSS {r['rss_over_floor_process']:4.2f}")
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="resnet18 --widen at 3x32x32, once (for the tests)")
+    parser.add_argument("--out", default=str(RESULTS / "bench_transform.json"))
+    args = parser.parse_args(argv)
+    models = ["resnet18"] if args.smoke else [m for m in args.models.split(",") if m]
+    repeats = 1 if args.smoke else args.repeats
+    out = Path(args.out)
+    lines = []
+
+    def log(line):
+        print(line, flush=True)
+        lines.append(line)
+
+    log(f"bench_transform: {platform.node()} {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}, "
+        f"python {platform.python_version()}, repeats {repeats}")
+    command = "python benchmarks/bench_transform.py" + (" --smoke" if args.smoke else
+                                                          f" --models {','.join(models)} --repeats {repeats}")
+    log(f"command: {command}")
+    rows = bench(models, repeats, (3, 32, 32) if args.smoke else None, log, ("widen",) if args.smoke else None)
+    headline = []
+    for r in rows:
+        key = f"{r['model']} {r['chain']}"
+        headline.append({"metric": f"{key}: wall / floor (target <= {TARGET_WALL:g})",
+                         "value": round(r["wall_over_floor"], 2)})
+        headline.append({"metric": f"{key}: peak RSS / output bytes (target <= {TARGET_RSS:g})",
+                         "value": round(r["rss_over_output"], 2)})
+    report = {"benchmark": "bench_transform", "mode": "smoke" if args.smoke else "full", "command": command,
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(),
+              "load_average": os.getloadavg()[0], "rows": rows, "headline": headline}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    out.with_suffix(".log").write_text("\n".join(lines) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()

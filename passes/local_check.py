@@ -1,0 +1,183 @@
+"""The numeric check of a rewritten region: cost follows the rewrite, not the graph.
+
+A chain keeps the probe activations of its current graph (every node's value on the probe inputs, float64,
+from the reference interpreter). After a pass that rewrote the node set R, the new graph is evaluated only
+where it can differ: starting from the cached activations at the region's inputs, a node is evaluated when
+it is in R or reads a value that is not yet known to agree; every evaluated node that exists in the old
+graph with the same type is compared with its cached value,
+
+    max |v_new - v_old|  <=  rtol * (1 + max |v_old|)          (rtol: PRESERVATION_RTOL, or the pass's noise
+                                                                 tolerance for a pass that adds noise)
+
+and once it agrees, the evaluation stops there: everything downstream reads the cached value, which the new
+graph provably computes too (same nodes, same inputs). A node whose type changed (a widened layer) or that is
+new (an inserted block) has no old value to agree with; it stays "dirty" and its readers are evaluated too.
+A dirty value that reaches a graph output is compared with the old output. So the check evaluates the
+region from its inputs to the first values where both graphs agree again, and nothing else.
+
+What this trusts: R. A pass that changes a node it does not list is invisible here; the end-to-end check at
+the end of a chain (the user's original model against the final one, in onnxruntime) is the backstop, and a
+pass that declares no R gets the set of nodes that are not the very objects of the old graph (graphs are
+immutable and share untouched nodes, so that set is exact).
+
+An agreeing value is cached as its old value (they differ by rounding only), so the cached activations stay
+those of one function. A pass that adds noise on purpose (not exact) changes values for real, within the
+tolerance it states for the pre-activations of the layers reading the noisy weights (`widen`'s
+NOISE_TOLERANCE_FACTOR is derived there): its region is checked against that tolerance the same way, its new
+values are cached, and every value downstream of them becomes *pending*, computed from them only if a later
+region reads it. So every cached value is what the current graph computes from the cached values of its
+inputs, which is all a later local check relies on; the noise that accumulates at the outputs is the
+end-to-end check's to bound.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+from easc.ir import Graph
+from easc.ir.interpret import eval_node
+
+from .base import FunctionNotPreservedError
+
+
+CHUNK = 1 << 22
+"""Weights converted to float64 at a time (32 MB): the float64 copy of a 100M-parameter fully connected layer
+would otherwise be the largest allocation of a whole `easc transform`."""
+
+
+def _evaluate(node, args: list) -> np.ndarray:
+    """`eval_node`, with a large linear layer's float64 product computed a block of rows at a time."""
+    weight = node.weights.get("weight")
+    if node.op != "linear" or weight is None or weight.size <= CHUNK:
+        return eval_node(node, args)
+    x = args[0]
+    rows = max(1, CHUNK // weight.shape[1])
+    y = np.empty((x.shape[0], weight.shape[0]))
+    for start in range(0, weight.shape[0], rows):
+        y[:, start:start + rows] = x @ weight[start:start + rows].astype(np.float64).T
+    return y + node.weights["bias"] if node.attrs["bias"] else y
+
+
+def identity_diff(before: Graph, after: Graph) -> frozenset:
+    """Names of `after`'s nodes that are not the very node objects of `before` (new or rewritten)."""
+    old = before._index
+    return frozenset(n.name for n in after.nodes if old.get(n.name) is not n)
+
+
+def _max_abs(a) -> float:
+    return float(np.max(np.abs(a))) if a.size else 0.0
+
+
+class Activations:
+    """The probe values of one graph's nodes (float32), some of them `pending`: not computed yet, computed from
+    their inputs on first use. After a pass that adds noise the values downstream of it are pending, so they
+    cost nothing unless a later region reads them."""
+
+    def __init__(self, graph: Graph, values: dict, pending=()):
+        # weakly: a ProbeSet keeps Activations by graph in a WeakKeyDictionary, which a strong reference back
+        # to the graph would keep alive forever
+        self._graph = weakref.ref(graph)
+        self.values = values
+        self.pending = set(pending)
+
+    def __contains__(self, name) -> bool:
+        return name in self.values or name in self.pending
+
+    def __getitem__(self, name) -> np.ndarray:
+        stack = [name]
+        while stack:  # post-order over pending inputs, without recursion (nets are deep)
+            current = stack[-1]
+            if current not in self.pending:
+                stack.pop()
+                continue
+            node = self._graph().node(current)
+            waiting = [i for i in node.inputs if i in self.pending]
+            if waiting:
+                stack.extend(waiting)
+                continue
+            value = _evaluate(node, [self.values[i].astype(np.float64) for i in node.inputs])
+            self.values[current] = value.astype(np.float32)
+            self.pending.discard(current)
+            stack.pop()
+        return self.values[name]
+
+
+def _descendants(graph: Graph, sources) -> set:
+    seen, work = set(), list(sources)
+    while work:
+        for reader in graph.consumers(work.pop()):
+            if reader not in seen:
+                seen.add(reader)
+                work.append(reader)
+    return seen
+
+
+def check_region(before: Graph, after: Graph, cached, rewritten, rtol: float, what: str,
+                 exact: bool = True) -> tuple:
+    """Evaluate `after` where it can differ from `before` and compare (see the module doc).
+
+    cached: `before`'s `Activations` (or a dict of every node's value): computed in float64, kept in float32
+            (half the memory; float32 rounding, 6e-8 relative, is far below the tolerances). The region is
+            computed in float64 from them.
+    exact:  False for a pass that adds noise on purpose: a value it changes within `rtol` is kept as its new
+            value, and everything downstream becomes pending (computed from it if a later region needs it).
+    Returns (`Activations` of `after`, sharing `cached`'s arrays for untouched nodes; max |difference| seen;
+    max |value| there; nodes evaluated). Raises `FunctionNotPreservedError` naming the first value that
+    differs beyond the tolerance.
+    """
+    if not isinstance(cached, Activations):
+        cached = Activations(before, dict(cached))
+    old_index = before._index
+    rewritten = set(rewritten)
+    new_values: dict = {}
+    dirty: set = set()
+    changed: list = []  # values a noisy pass changed within its tolerance: their readers become pending
+    worst, scale, evaluated = 0.0, 0.0, 0
+
+    def compare(name: str, value, old_value) -> float:
+        nonlocal worst, scale
+        size = _max_abs(old_value)
+        if value.shape != old_value.shape:
+            raise FunctionNotPreservedError(f"{what} did not preserve the function: the value of {name} changed "
+                                            f"shape {old_value.shape} -> {value.shape}")
+        diff = _max_abs(value - old_value)
+        allowed = rtol * (1 + size)
+        if not diff <= allowed:
+            raise FunctionNotPreservedError(f"{what} did not preserve the function: the value of {name} differs "
+                                            f"by max |difference| {diff:.3g} > allowed {allowed:.3g}")
+        worst, scale = max(worst, diff), max(scale, size)
+        return diff
+
+    for node in after.nodes:
+        name = node.name
+        if node.op == "input":
+            if name not in cached:
+                raise FunctionNotPreservedError(f"{what} did not preserve the function: new graph input {name}")
+            continue
+        if name not in rewritten and name in cached and not any(i in dirty for i in node.inputs):
+            continue
+        value = _evaluate(node, [new_values[i] if i in new_values else cached[i].astype(np.float64)
+                                 for i in node.inputs])
+        evaluated += 1
+        old = old_index.get(name)
+        if old is not None and old.type == node.type and name in cached:
+            # agrees: downstream reads the cached value again (a noisy pass: its new value, see `changed`)
+            if compare(name, value, cached[name]) > 0 and not exact:
+                new_values[name] = value
+                changed.append(name)
+        else:
+            new_values[name] = value
+            dirty.add(name)
+    for public, name in after.outputs.items():
+        if name in dirty:
+            compare(f"output {public!r}", new_values[name], cached[before.outputs[public]])
+    pending = (cached.pending | _descendants(after, changed)) - set(new_values)
+    values = {}
+    for n in after.nodes:
+        if n.name in new_values:
+            values[n.name] = new_values[n.name].astype(np.float32)
+        elif n.name in cached.values and n.name not in pending:
+            values[n.name] = cached.values[n.name]
+    return Activations(after, values, pending & set(after._index)), worst, scale, evaluated

@@ -1,0 +1,90 @@
+"""`easc transform` refuses impossible sizes and values in one line (exit 2, nothing written), and checks the
+chain end to end against the user's original file."""
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper
+
+from easc.backends.onnx import save_onnx
+from easc.cli.main import main
+from easc.search.start_nets import digits_small
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("limits") / "digits.onnx"
+    save_onnx(digits_small(), path)
+    return path
+
+
+def transform(*args):
+    return CliRunner().invoke(main, ["transform", *map(str, args)])
+
+
+def refused(result, *fragments):
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output, result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--widen", "conv_1=1000000000"], ["widen layer=conv_1, width=1000000000", "parameters", "--max-params"]),
+    (["--widen", "--factor", "1e6"], ["the result would have about", "--max-params"]),
+    (["--deepen", "relu_1", "--kernel", "100001"], ["deepen", "--max-params"]),
+    (["--widen-kernel", "conv_1=100001"], ["widen_kernel", "--max-params"]),
+    (["--widen", "conv_1=20", "--max-params", "10"], ["over the limit of 10"]),
+    (["--widen", "--seed", "-1"], ["--seed"]),
+    (["--widen", "--noise", "1e30"], ["--noise must be a finite number at least 0 and at most 1, got 1e+30"]),
+    (["--widen", "--noise", "nan"], ["--noise must be a finite number", "got nan"]),
+    (["--widen", "--factor", "inf"], ["--factor must be a finite number greater than 1"]),
+])
+def test_an_impossible_request_is_one_line_exit_2_and_writes_nothing(model, tmp_path, args, fragments):
+    out = tmp_path / "out.onnx"
+    refused(transform(model, *args, "-o", out), *fragments)
+    assert not out.exists()
+
+
+def _relu_model(path, side: int):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, side, side])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, side, side])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "huge", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize("side, fragments", [
+    (8192, ["value of x", "numbers on 4 probe inputs", "over the limit"]),  # fits the IR, not the checks
+    (1_000_000_000, ["elements per sample"]),  # the IR itself refuses it
+])
+def test_an_input_too_large_for_the_checks_is_refused_naming_the_value(tmp_path, side, fragments):
+    path = _relu_model(tmp_path / "huge.onnx", side)
+    out = tmp_path / "out.onnx"
+    refused(transform(path, "--deepen", "x", "-o", out), str(path), *fragments)
+    assert not out.exists()
+
+
+def test_the_end_to_end_check_runs_the_users_file_not_a_re_export(model, tmp_path, monkeypatch):
+    # An importer that gets one weight wrong makes every before/after comparison of easc's own graphs agree;
+    # only the user's file, run as given, shows that the result does not compute what the file computes.
+    import easc.backends.formats as formats
+
+    real = formats.load_model
+
+    def wrong_import(path):
+        graph = real(path)
+        node = graph.node("conv_1")
+        bias = node.weights["bias"] + np.float32(1.0)
+        return graph.replace(nodes=[node.replace(weights={**node.weights, "bias": bias}) if n.name == "conv_1"
+                                    else n for n in graph.nodes])
+
+    monkeypatch.setattr(formats, "load_model", wrong_import)
+    out = tmp_path / "out.onnx"
+    result = transform(model, "--deepen", "relu_1", "-o", out)
+    assert result.exit_code == 1, result.output
+    assert "end to end: the final model did not preserve the original's function" in result.stderr
+    assert "deepen after=relu_1 calibrated=False kernel=3: verified exact" in result.output  # the pass itself was right
+    assert not out.exists()
