@@ -235,7 +235,8 @@ def test_every_action_the_masks_allow_is_applied_exactly_and_the_tokens_follow_i
             assert len(blocks(new)[b]) == len(blocks(tokens)[b]) + 1
 
 
-@pytest.mark.parametrize("arch", ["densenet121", "googlenet", "mobilenet_v2", "efficientnet_b0", "regnety"])
+@pytest.mark.parametrize("arch", ["densenet121", "googlenet", "mobilenet_v2", "efficientnet_b0", "regnety",
+                                  "shufflenet_v2"])
 def test_zoo_networks_get_one_block_per_resolution_and_grow_exactly(tmp_path, arch):
     """DenseNet's dense blocks and GoogLeNet's inception branches join by concatenation (a widened layer is a
     segment of every later concat); MobileNetV2 and EfficientNet-B0 widen through depthwise convs, EfficientNet
