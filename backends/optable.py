@@ -362,6 +362,25 @@ def _slice_onnx(ctx, node, in_types, inputs, output):
     return [ctx.make("Slice", inputs + [starts, ends, axes], output)]
 
 
+def _gather_fx(fg, node, args, ident, in_types):
+    import torch
+
+    # index_select with an index made on x's device: both torch ONNX exporters write it as Gather on axis 1
+    device = fg.create_node("call_function", getattr, (args[0], "device"), name=f"{ident}_device")
+    index = fg.create_node("call_function", torch.tensor, (list(node.attrs["index"]),), {"device": device},
+                           name=f"{ident}_index")
+    return fg.create_node("call_function", torch.index_select, (args[0], 1, index), name=ident)
+
+
+def _gather_expr(node, args, in_types) -> str:
+    return f"torch.index_select({args[0]}, 1, torch.tensor({list(node.attrs['index'])}, device={args[0]}.device))"
+
+
+def _gather_onnx(ctx, node, in_types, inputs, output):
+    index = ctx.init("index", np.array(node.attrs["index"], np.int64))
+    return [ctx.make("Gather", inputs + [index], output, axis=1)]
+
+
 def _add_onnx(ctx, node, in_types, inputs, output):
     return [ctx.make("Add" if len(inputs) == 2 else "Sum", inputs, output)]
 
@@ -402,6 +421,7 @@ _entry(Lowering("mul", _mul_onnx, fx=_mul_fx, expr=_mul_expr, onnx_in=("Mul",)))
 _entry(Lowering("slice", _slice_onnx, fx=_slice_fx,
                 expr=lambda node, args, in_types: f"{args[0]}[:, {node.attrs['start']}:{node.attrs['end']}]",
                 onnx_in=("Slice", "Split")))
+_entry(Lowering("channel_gather", _gather_onnx, fx=_gather_fx, expr=_gather_expr))  # Gather: importer._op_Gather
 _entry(Lowering("softmax", _simple("Softmax", axis=1), fx=_softmax_fx,
                 expr=lambda node, args, in_types: f"torch.softmax({args[0]}, dim=1)", onnx_in=("Softmax",)))
 

@@ -26,7 +26,8 @@ target), the floor's parts, and the process floor (the floor process's own wall 
 
 The model list is `MODELS` below: a name of `easc.backends.torch.zoo.ARCHITECTURES` (plus, optionally, the
 input size). `--smoke` runs resnet18's widen at 1x3x32x32, once, for the test suite. Writes
-benchmarks/results/bench_transform.json and .log.
+benchmarks/results/bench_transform.json and .log; a run of some of the models replaces their rows and keeps the
+others' (the .log gets the new lines appended).
 """
 
 from __future__ import annotations
@@ -50,7 +51,10 @@ MODELS = {  # name in easc.backends.torch.zoo.ARCHITECTURES -> input sample shap
     "resnet50": (3, 64, 64),
     "densenet121": (3, 64, 64),
     "vgg11_bn": (3, 64, 64),
+    "mobilenet_v2": (3, 64, 64),  # ReLU6 (clip), depthwise convs, inverted residuals
+    "efficientnet_b0": (3, 64, 64),  # SiLU, squeeze-excitation gates, depthwise convs
 }
+ACTIVATIONS = ("relu", "clip", "silu", "hardswish")  # deepen after / skip from these (ReLU6 and SiLU nets too)
 CHAIN = 10
 TARGET_WALL, TARGET_RSS = 2.0, 3.0
 
@@ -138,7 +142,7 @@ def _chains(path: Path) -> dict:
 
     graph = load_model(path)
     passes = registry()
-    relus = [c["after"] for c in passes["deepen"].candidates(graph) if graph.node(c["after"]).op == "relu"]
+    relus = [c["after"] for c in passes["deepen"].candidates(graph) if graph.node(c["after"]).op in ACTIVATIONS]
     deepen = []
     for after in _spread(relus, CHAIN):
         deepen += ["--deepen", after]
@@ -150,7 +154,7 @@ def _chains(path: Path) -> dict:
         if len(pairs) == CHAIN or dst.name in used:
             continue
         for src in reversed(graph.nodes[:order[dst.name] - 1]):
-            if src.op == "relu" and passes["skip"].reason(graph, src=src.name, dst=dst.name) is None:
+            if src.op in ACTIVATIONS and passes["skip"].reason(graph, src=src.name, dst=dst.name) is None:
                 pairs.append(f"{src.name}:{dst.name}")
                 used.add(dst.name)
                 break
@@ -257,6 +261,17 @@ def main(argv=None) -> dict:
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(),
               "load_average": os.getloadavg()[0], "rows": rows, "headline": headline}
     out.parent.mkdir(parents=True, exist_ok=True)
+    if not args.smoke and out.exists():  # a run of some models keeps the other models' rows of an earlier run
+        earlier = json.loads(out.read_text())
+        if earlier.get("mode") == "full":
+            kept = [r for r in earlier.get("rows", []) if r["model"] not in models]
+            report["rows"] = kept + rows
+            report["headline"] = [h for h in earlier.get("headline", [])
+                                  if h["metric"].split(" ")[0] not in models] + headline
+            report["earlier_runs"] = earlier.get("earlier_runs", []) + [
+                {k: earlier.get(k) for k in ("command", "date", "load_average")}]
+            lines = [out.with_suffix(".log").read_text().rstrip("\n")] + lines if out.with_suffix(".log").exists() \
+                else lines
     out.write_text(json.dumps(report, indent=2))
     out.with_suffix(".log").write_text("\n".join(lines) + "\n")
     return report

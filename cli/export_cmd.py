@@ -49,8 +49,8 @@ def command(source, fmt, best, child, output):
     if fmt == "torch":
         from easc.backends.torch import export_torch_source
 
-        # export_torch_source creates the folder only after the generated code has been checked, so a
-        # model that cannot be exported leaves no empty folder behind.
+        # export_torch_source creates the folder only after the generated code has been checked, and is all
+        # or nothing: a failed write leaves neither a lone weights file nor a folder it created behind.
         export_torch_source(graph, out)
         click.echo(f"wrote {out / 'model.py'} and {out / 'weights.safetensors'}")
         return

@@ -75,7 +75,8 @@ def _range(node, ins: list) -> tuple:
         return (f(lo) if lo >= 0 else HARDSWISH_MIN), max(f(hi), 0.0)
     if op == "softmax":
         return 0.0, 1.0
-    if op in ("maxpool2d", "global_avgpool", "dropout", "flatten", "slice", "channel_shuffle"):
+    if op in ("maxpool2d", "global_avgpool", "dropout", "flatten", "slice", "channel_shuffle",
+              "channel_gather"):
         return lo, hi
     if op == "avgpool2d":
         if a["count_include_pad"] and any(a["padding"]):

@@ -166,6 +166,7 @@ def slice_channels(node, args):
 
 
 def channel_shuffle(node, args):
+    # the same as channel_gather with ops.shuffle_index(C, g)
     x, g = args[0], node.attrs["groups"]
     n, c = x.shape[:2]
     return x.reshape((n, g, c // g) + x.shape[2:]).swapaxes(1, 2).reshape(x.shape)
@@ -174,3 +175,7 @@ def channel_shuffle(node, args):
 def pad(node, args):
     top, left, bottom, right = node.attrs["pads"]
     return np.pad(args[0], ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=node.attrs["value"])
+
+
+def channel_gather(node, args):
+    return args[0][:, list(node.attrs["index"])]

@@ -18,6 +18,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
+
 from . import kernels
 from .types import BATCH, TensorType
 
@@ -195,6 +197,21 @@ def _shuffle_rule(inputs, attrs):
     return x
 
 
+def _gather_rule(inputs, attrs):
+    (x,) = inputs
+    index = attrs["index"]
+    if x.rank not in (2, 4) or not index or min(index) < 0 or max(index) >= x.channels:
+        raise ShapeError(f"channel_gather needs a non-empty index of channels of an NC or NCHW value; got "
+                         f"{len(index)} entries in [{min(index, default=0)}, {max(index, default=0)}] for {x}")
+    return x.with_channels(len(index))
+
+
+def shuffle_index(channels: int, groups: int) -> tuple:
+    """The gather of a channel shuffle: output channel j g + i reads input channel i (C/g) + j."""
+    per = channels // groups
+    return tuple(i * per + j for j in range(per) for i in range(groups))
+
+
 def _pad_rule(inputs, attrs):
     (x,) = inputs
     _expect_rank(x, 4, "pad")
@@ -229,6 +246,7 @@ class OpSpec:
     kernel: Callable | None = None  # (node, input values) -> value: the reference semantics (float64)
     quads: tuple = ()  # attributes given as 4-tuples of ints
     ints: tuple = ()  # attributes that are whole numbers
+    vectors: tuple = ()  # attributes given as tuples of whole numbers, any length
 
 
 OPS: dict[str, OpSpec] = {}
@@ -297,6 +315,10 @@ _op(OpSpec("slice", "channels start..end-1 (a channel split)", {"start": None, "
 # y[:, j g + i] = x[:, i (C/g) + j]: view C as (g, C/g), swap, flatten back (ShuffleNet); shape unchanged
 _op(OpSpec("channel_shuffle", "channel shuffle (reshape-transpose-reshape)", {"groups": None},
            rule=_shuffle_rule, kernel=kernels.channel_shuffle, ints=("groups",)))
+# y[:, i] = x[:, index[i]]: any channel permutation, selection or repetition (ONNX Gather on axis 1 with a
+# constant index, torch x[:, index]); what a channel shuffle becomes when widening makes its groups unequal
+_op(OpSpec("channel_gather", "channels index[0], index[1], ... of x (a fixed gather)", {"index": None},
+           rule=_gather_rule, kernel=kernels.channel_gather, vectors=("index",)))
 # y = sum of inputs; all inputs have the same type
 _op(OpSpec("add", "element-wise sum", arity=(2, None), rule=_add_rule, kernel=kernels.add))
 # y = a * b; b has a's type or is (N, C, 1, 1) or (N, C) (a squeeze-excitation gate, broadcast over H, W)
@@ -334,6 +356,13 @@ def normalise_attrs(op: str, attrs: dict) -> dict:
         elif key in spec.quads:
             if not isinstance(value, (list, tuple)) or len(value) != 4:
                 raise ShapeError(f"{op} attribute {key!r} must be 4 integers, got {value!r}")
+            value = tuple(int(v) for v in value)
+        elif key in spec.vectors:
+            if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+                value = (value,)
+            if not isinstance(value, (list, tuple, np.ndarray)) or not all(
+                    isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
+                raise ShapeError(f"{op} attribute {key!r} must be a tuple of integers, got {value!r}"[:300])
             value = tuple(int(v) for v in value)
         elif isinstance(default, bool) or isinstance(value, bool):
             value = bool(value)

@@ -29,11 +29,64 @@ ordinary consumer. A slice that holds none of the channels only moves when they 
 The backward half of the add rule is what couples layers: channels summed by a residual add must be
 laid out identically on every input, so the producer of each other input gets widened with the same g.
 The backward walk stops at conv2d / linear nodes, which become *sources* (their output rows are gathered);
-anything else there (a graph input, a softmax, a concat whose inputs the segment straddles) is refused.
+anything else there (a graph input, a softmax, a concat whose inputs a segment straddles) is refused.
 The forward walk stops at conv2d / linear consumers, the *sinks*, whose input columns are gathered and
-divided by copy counts. A value carrying the channels that is a graph output, an op without a rule above
-(softmax, ...) and a channel shuffle are refused with a reason: a shuffle interleaves equal groups, and
-widening one group alone would move the other groups' channels.
+divided by copy counts. A value carrying the channels that is a graph output, or an op without a rule
+(softmax, ...) is refused with a reason.
+
+Rearrangements: channel shuffles, gathers, and splits that cut the channels
+---------------------------------------------------------------------------
+A slice [a, b), a `channel_shuffle(G)` and a `channel_gather(index)` all read output column k from a fixed
+input column I(k): I = a + k for a slice, I(j G + i) = i (C/G) + j for a shuffle (`ops.shuffle_index`),
+I = index for a gather. After them the channels need not form a segment any more: a shuffle interleaves
+them with other channels, and a split may keep only some of them (ShuffleNet's `chunk(2)` after a shuffle
+takes every other channel of each half). Such a placement is a `Scatter`: channel chans[i] at column
+cols[i] (blocks as above), any subset of the n channels, in any order, possibly repeated. The rules are
+
+    rearrangement I            input carries channel c at column p  <=>  output carries c at every k with I(k) = p
+
+(forward: the output's occurrences are the k reading an occupied column; backward: the input's are the
+I(k) of the output's occurrences). A placement that is exactly a segment is always written as a Segment.
+
+Layouts. A value's new axis 1 under g is fixed by its placement alone (`ChannelFlow.remap`), which is what
+keeps every op consistent without inserting anything but gathers:
+
+    Segment at s:              columns s + g(0..m-1) in g's order: the originals in place, then the copies
+    Scatter occurrence (p, c): the columns of every unit j with g(j) = c, in increasing j (the original
+                               first, then its copies), at p's place: each copy sits right after its original
+    any other column:          itself
+
+Both rules are local (each occurrence or segment is laid out inside its own span), so channel-wise ops,
+depthwise convs, adds, muls, concats and flattens map the layout of their inputs onto exactly the layout
+of their output, and a layer gathering its rows by its output's layout computes unit j at the place its
+readers expect. A rearrangement is not local: write each new column of a value as (old column, unit),
+u = -1 for a column that carries none of the channels. The rearrangement's new output column (k, u) must
+hold what input column I(k) held for unit u, which sits at the new input position P(I(k), u); so the new
+op is the gather
+
+    I'(k, u) = P(I(k), u)   for the new output columns (k, u) in the output's layout order,
+
+and it is written as the original op when it still is one: a slice when I' is a contiguous range (always,
+for a slice of a Scatter, since each occurrence expands in place), a `channel_shuffle(G)` when I' is the
+shuffle of the new width, otherwise a `channel_gather(I')`. A consumer reading the output then gathers
+its input columns by the output's layout and divides each by c(g(u)), so its sum is unchanged:
+sum over the copies u of c of V[:, k] / c(c) * h_c = V[:, k] h_c. Occurrence by occurrence, every value
+downstream holds exactly its old channels plus copies of them, so the function is unchanged.
+
+Worked example, a ShuffleNetV2 unit: y = shuffle_2(concat(x1, L)) with x1 and L both C/2 wide, L widened to
+m by g. The concat's inputs map by id (x1) and g (L), so its new columns are x1's C/2 then C/2 + g(j) for
+j = 0..m-1 (the Segment rule). The shuffle's permutation puts old column C/2 + c at 2c + 1, so y carries L's
+channel c at 2c + 1 (a Scatter) and y's new layout is, for k = 0..C-1, column k itself when k is even and the
+units of c = (k - 1)/2 (original, then copies) when it is odd. The composed map on y's new columns is
+(k, u) -> P(pi(k), u), which is no shuffle of C/2 + m channels unless no unit was copied: the shuffle becomes a
+gather. The next unit's chunk(2) slices [0, C/2) and [C/2, C) of y; each holds half of L's channels, and
+since every occurrence expanded in place both stay slices (with moved bounds). The branch conv reading the
+second half gathers its input columns by that half's layout and divides them by c(g(u)); the first half
+goes on into the next concat and shuffle, which are rewritten the same way. A placement reached forwards
+(from the rearrangement's input) is the image of the input's and asks nothing back of it; only a placement
+reached from a reader (through an add's backward rule) is pushed back through the inverse. A block of a
+flatten cut by a rearrangement, or a Scatter reaching an add that another path lays out differently, is
+refused; so is a Scatter meeting a grouped conv (copies would cross its groups).
 
 Grouped convs (groups G, not depthwise) are widened group-consistently: a grouped conv reading all n
 channels, or producing them, sees them as G blocks of n/G, and a copy must stay in its original's block
@@ -52,6 +105,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from easc.ir import OPS, Graph, IRError, LAYER_OPS
+from easc.ir.ops import shuffle_index
 
 
 class ChannelFlowError(IRError):
@@ -70,6 +124,98 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class Scatter:
+    """Channel chans[i] of the group sits at columns `cols[i] + [0, block)` of a value's axis 1 (cols ascending):
+    any subset of the channels, in any order, possibly repeated (after a shuffle, a gather or a cutting split)."""
+
+    cols: tuple
+    chans: tuple
+    block: int = 1
+
+    @property
+    def start(self) -> int:
+        return self.cols[0]
+
+    def end(self, n: int) -> int:
+        return self.cols[-1] + self.block
+
+
+def occurrences(fact, n: int) -> tuple:
+    """(columns, channels) of a Segment or Scatter: channel chans[i] starts at column cols[i]."""
+    if isinstance(fact, Segment):
+        return fact.start + np.arange(n) * fact.block, np.arange(n)
+    return np.asarray(fact.cols, dtype=np.int64), np.asarray(fact.chans, dtype=np.int64)
+
+
+def _make_fact(cols, chans, block: int, n: int):
+    """The placement of channels `chans` at columns `cols`: a Segment when it is one, None when empty."""
+    cols, chans = np.asarray(cols, dtype=np.int64), np.asarray(chans, dtype=np.int64)
+    if not len(cols):
+        return None
+    order = np.argsort(cols, kind="stable")
+    cols, chans = cols[order], chans[order]
+    if len(cols) == n and np.array_equal(chans, np.arange(n)) and np.array_equal(cols, cols[0] + np.arange(n) * block):
+        return Segment(int(cols[0]), block)
+    return Scatter(tuple(int(c) for c in cols), tuple(int(c) for c in chans), block)
+
+
+def _span(fact, n: int) -> np.ndarray:
+    cols, _ = occurrences(fact, n)
+    return (cols[:, None] + np.arange(fact.block)[None, :]).ravel()
+
+
+def rearrangement(node, in_channels: int) -> np.ndarray | None:
+    """I(k), the input column output column k of a slice / channel shuffle / channel gather reads (else None)."""
+    if node.op == "slice":
+        return np.arange(node.attrs["start"], node.attrs["end"])
+    if node.op == "channel_shuffle":
+        return np.asarray(shuffle_index(in_channels, node.attrs["groups"]), dtype=np.int64)
+    if node.op == "channel_gather":
+        return np.asarray(node.attrs["index"], dtype=np.int64)
+    return None
+
+
+class _CutBlock(Exception):
+    pass
+
+
+def _forward(fact, n: int, index: np.ndarray, size: int):
+    """The placement on a rearrangement's output, given its input's (see the module doc); None if empty."""
+    chan = np.full(size, -1)
+    offset = np.zeros(size, dtype=np.int64)
+    cols, chans = occurrences(fact, n)
+    for p, c in zip(cols, chans):
+        chan[p:p + fact.block] = c
+        offset[p:p + fact.block] = np.arange(fact.block)
+    out_chan, out_off = chan[index], offset[index]
+    starts = np.flatnonzero((out_chan >= 0) & (out_off == 0))
+    covered = np.zeros(len(index), dtype=bool)
+    for k in starts:
+        run = slice(k, k + fact.block)
+        if k + fact.block > len(index) or not (np.all(out_chan[run] == out_chan[k])
+                                                and np.array_equal(out_off[run], np.arange(fact.block))):
+            raise _CutBlock()
+        covered[run] = True
+    if np.any((out_chan >= 0) & ~covered):
+        raise _CutBlock()
+    return _make_fact(starts, out_chan[starts], fact.block, n)
+
+
+def _backward(fact, n: int, index: np.ndarray):
+    """The placement a rearrangement's input must have for its output to carry `fact`."""
+    cols, chans = occurrences(fact, n)
+    starts = []
+    for k in cols:
+        src = index[k:k + fact.block]
+        if not np.array_equal(src, src[0] + np.arange(fact.block)):
+            raise _CutBlock()
+        starts.append(int(src[0]))
+    if len(set(starts)) != len(starts):
+        raise _CutBlock()
+    return _make_fact(starts, chans, fact.block, n)
+
+
+@dataclass(frozen=True)
 class Remap:
     """How one value's axis 1 changes under a mapping g.
 
@@ -77,11 +223,18 @@ class Remap:
     divisor: for each new column, how many copies its source unit has (1 outside the segments);
              a consumer divides its input weights by it so that its sums are unchanged
     new:     True for the columns of the new copies (units n..m-1)
+    unit:    for each new column, the unit j of the mapping it holds (-1 outside the channels)
     """
 
     index: np.ndarray
     divisor: np.ndarray
     new: np.ndarray
+    unit: np.ndarray | None = None
+
+    @staticmethod
+    def identity(size: int) -> "Remap":
+        return Remap(np.arange(size), np.ones(size, dtype=np.int64), np.zeros(size, dtype=bool),
+                     np.full(size, -1, dtype=np.int64))
 
 
 @dataclass
@@ -108,25 +261,43 @@ class ChannelFlow:
     groups: int = 1
 
     def remap(self, value: str, g: np.ndarray) -> Remap:
-        """The gather of `value`'s axis 1 under the mapping g (len(g) = m >= n, g[:n] = 0..n-1)."""
+        """The gather of `value`'s axis 1 under the mapping g (len(g) = m >= n; see "Layouts" in the module doc)."""
         n, g = self.width, np.asarray(g, dtype=np.int64)
         counts = np.bincount(g, minlength=n)
-        index, divisor, new = [], [], []
+        copies = _copies(g)
+        # units[c]: the j with g(j) = c, increasing (the original first); a stable sort groups them by c
+        units = np.split(np.argsort(g, kind="stable"), np.cumsum(counts)[:-1])
+        pieces = []  # (first column, fact, channel or None for a whole segment)
+        for fact in self.segments[value]:
+            if isinstance(fact, Segment):
+                pieces.append((fact.start, fact, None))
+            else:
+                pieces += [(int(p), fact, int(c)) for p, c in zip(fact.cols, fact.chans)]
+        index, divisor, new, unit = [], [], [], []
+
+        def plain(a, b):
+            index.append(np.arange(a, b))
+            divisor.append(np.ones(b - a, dtype=np.int64))
+            new.append(np.zeros(b - a, dtype=bool))
+            unit.append(np.full(b - a, -1, dtype=np.int64))
+
         pos = 0
-        for seg in self.segments[value]:
-            index.append(np.arange(pos, seg.start))
-            divisor.append(np.ones(seg.start - pos, dtype=np.int64))
-            new.append(np.zeros(seg.start - pos, dtype=bool))
-            within = np.arange(seg.block)
-            index.append((seg.start + g[:, None] * seg.block + within[None, :]).ravel())
-            divisor.append(np.repeat(counts[g], seg.block))
-            new.append(np.repeat(_copies(g), seg.block))
-            pos = seg.end(n)
-        size = self.channels[value]
-        index.append(np.arange(pos, size))
-        divisor.append(np.ones(size - pos, dtype=np.int64))
-        new.append(np.zeros(size - pos, dtype=bool))
-        return Remap(np.concatenate(index).astype(np.int64), np.concatenate(divisor), np.concatenate(new))
+        for start, fact, c in sorted(pieces, key=lambda piece: piece[0]):
+            plain(pos, start)
+            within = np.arange(fact.block)
+            js = np.arange(len(g)) if c is None else units[c]
+            base = start + g[js] * fact.block if c is None else np.full(len(js), start)
+            index.append((base[:, None] + within[None, :]).ravel())
+            divisor.append(np.repeat(counts[g[js]], fact.block))
+            new.append(np.repeat(copies[js], fact.block))
+            unit.append(np.repeat(js, fact.block))
+            pos = start + (n * fact.block if c is None else fact.block)
+        plain(pos, self.channels[value])
+        return Remap(*(np.concatenate(a) for a in (index, divisor, new, unit)))
+
+    def has_scatter(self) -> bool:
+        """Whether the channels reach a placement other than whole segments (a shuffle, gather or cutting split)."""
+        return any(isinstance(f, Scatter) for facts in self.segments.values() for f in facts)
 
 
 def _copies(g: np.ndarray) -> np.ndarray:
@@ -151,8 +322,11 @@ def _grouped(node) -> bool:
     return node.op == "conv2d" and node.attrs["groups"] > 1 and not is_depthwise(node)
 
 
-def trace_channels(graph: Graph, layer: str) -> ChannelFlow:
+def trace_channels(graph: Graph, layer: str, rearrange: bool = True) -> ChannelFlow:
     """Follow `layer`'s output channels forwards and, through adds, backwards (see the module doc).
+
+    With `rearrange=False` the channels must stay whole segments: a channel shuffle or gather, or a slice
+    cutting them, is refused (for passes that insert channels rather than copy them, `dense.py`).
 
     Raises `ChannelFlowError` when the channels reach something widening cannot remap. The walk is a
     FIFO worklist over graph-ordered lists, so the result and the first reported problem are reproducible.
@@ -178,18 +352,20 @@ def trace_channels(graph: Graph, layer: str) -> ChannelFlow:
     sources: dict = {}
     consumers: dict = {}
     couplings: dict = {}
-    work = deque([(layer, Segment(0, 1), "")])
+    work = deque([(layer, Segment(0, 1), "", False)])
 
     def size(name):
         return graph.node(name).type.channels
 
     while work:
-        value, seg, via = work.popleft()
+        value, seg, via, ahead = work.popleft()
+        if seg is None:
+            continue
         have = segments.setdefault(value, [])
         if seg in have:
             continue
         for other in have:
-            if seg.start < other.end(n) and other.start < seg.end(n):
+            if np.intersect1d(_span(seg, n), _span(other, n)).size:
                 raise ChannelFlowError(f"its channels reach {value} twice at overlapping positions "
                                        f"(columns {other.start}.. and {seg.start}..); one mapping cannot "
                                        f"widen both")
@@ -202,12 +378,23 @@ def trace_channels(graph: Graph, layer: str) -> ChannelFlow:
             raise ChannelFlowError(f"its channels reach the graph output {public[0]!r} (node {value}); "
                                    f"widening would change the output's shape")
         node = graph.node(value)
+        whole = isinstance(seg, Segment)
 
         # producer side: whatever makes `value` must lay the channels out at `seg`
+        moved = rearrangement(node, size(node.inputs[0])) if node.inputs else None
         if is_depthwise(node):
-            work.append((node.inputs[0], seg, via))
-        elif node.op == "slice":
-            work.append((node.inputs[0], Segment(seg.start + node.attrs["start"], seg.block), via))
+            work.append((node.inputs[0], seg, via, False))
+        elif moved is not None and ahead:
+            pass  # reached from its input: the placement is the image of the input's, which may hold more
+        elif node.op == "slice" and whole:
+            work.append((node.inputs[0], Segment(seg.start + node.attrs["start"], seg.block), via, False))
+        elif moved is not None and rearrange:  # reached from a reader (an add): the input must hold it
+            try:
+                work.append((node.inputs[0], _backward(seg, n, moved), via, False))
+            except _CutBlock:
+                raise ChannelFlowError(f"its output feeds {via} whose other input comes from {_describe(node)}, "
+                                       f"which reads the coupled channels from columns it also repeats or "
+                                       f"splits; one mapping cannot lay them out for both") from None
         elif node.op in LAYER_OPS:
             if _grouped(node):
                 partial = seg != Segment(0, 1) or node.width != n
@@ -219,15 +406,25 @@ def trace_channels(graph: Graph, layer: str) -> ChannelFlow:
                 if via:
                     couplings.setdefault(via, []).append(node.name)
         elif OPS[node.op].channelwise:
-            work.append((node.inputs[0], seg, via))
+            work.append((node.inputs[0], seg, via, False))
         elif node.op in ("add", "mul"):
             for i in dict.fromkeys(node.inputs):
-                work.append((i, seg, value))
+                work.append((i, seg, value, False))
+        elif node.op == "concat" and not whole:
+            cols, chans = occurrences(seg, n)
+            offset = 0
+            for i in node.inputs:
+                inside = (cols >= offset) & (cols < offset + size(i))
+                if np.any(inside & (cols + seg.block > offset + size(i))):
+                    raise ChannelFlowError(f"its output feeds {via} whose other input comes from {node.name} "
+                                           f"(concat), whose inputs cut a block of the coupled channels")
+                work.append((i, _make_fact(cols[inside] - offset, chans[inside], seg.block, n), via, False))
+                offset += size(i)
         elif node.op == "concat":
             offset = 0
             for i in node.inputs:
                 if offset <= seg.start and seg.end(n) <= offset + size(i):
-                    work.append((i, Segment(seg.start - offset, seg.block), via))
+                    work.append((i, Segment(seg.start - offset, seg.block), via, False))
                     break
                 offset += size(i)
             else:
@@ -236,15 +433,16 @@ def trace_channels(graph: Graph, layer: str) -> ChannelFlow:
                     f"{n} coupled channels (from column {seg.start}) span several of the concat's inputs; "
                     f"widen cannot split one mapping between them")
         elif node.op == "flatten" and graph.node(node.inputs[0]).type.rank == 2:
-            work.append((node.inputs[0], seg, via))
+            work.append((node.inputs[0], seg, via, False))
         elif node.op == "flatten":
             src = graph.node(node.inputs[0]).type
             hw = math.prod(src.shape[2:])
-            if seg.block != hw or seg.start % hw:
+            cols, chans = occurrences(seg, n)
+            if seg.block != hw or np.any(cols % hw):
                 raise ChannelFlowError(f"its output feeds {via} whose other input comes from {node.name} "
                                        f"(flatten), whose columns do not line up with whole channels of "
                                        f"{node.inputs[0]}")
-            work.append((node.inputs[0], Segment(seg.start // hw, 1), via))
+            work.append((node.inputs[0], _make_fact(cols // hw, chans, 1, n), via, False))
         else:
             where = f"its output feeds {via} whose other input comes from" if via else "its channels come from"
             raise ChannelFlowError(f"{where} {_describe(node)}, which cannot be widened; only conv2d and "
@@ -253,20 +451,27 @@ def trace_channels(graph: Graph, layer: str) -> ChannelFlow:
         # consumer side: every reader of `value` sees the channels at `seg`
         for c in graph.consumers(value):
             cnode = graph.node(c)
+            moved = rearrangement(cnode, node.type.channels)
             if is_depthwise(cnode):
-                work.append((c, seg, ""))
+                work.append((c, seg, "", True))
+            elif cnode.op == "slice" and whole and cnode.attrs["start"] <= seg.start \
+                    and seg.end(n) <= cnode.attrs["end"]:
+                work.append((c, Segment(seg.start - cnode.attrs["start"], seg.block), "", True))
+            elif moved is not None and rearrange:
+                try:
+                    work.append((c, _forward(seg, n, moved, node.type.channels), "", True))
+                except _CutBlock:
+                    raise ChannelFlowError(f"{c} ({cnode.op}) cuts the columns of one of its channels (blocks of "
+                                           f"{seg.block} in {value}); one mapping cannot widen the parts") from None
             elif cnode.op == "slice":
                 a, b = cnode.attrs["start"], cnode.attrs["end"]
-                if a <= seg.start and seg.end(n) <= b:
-                    work.append((c, Segment(seg.start - a, seg.block), ""))
-                elif seg.end(n) > a and seg.start < b:
+                if seg.end(n) > a and seg.start < b:
                     raise ChannelFlowError(f"its channels (columns {seg.start}..{seg.end(n) - 1} of {value}) straddle "
                                            f"the edge of {c}, a slice of channels {a}..{b - 1}; one mapping cannot "
                                            f"widen both parts")
-            elif cnode.op == "channel_shuffle":
-                raise ChannelFlowError(f"its channels reach {c}, a channel shuffle (groups={cnode.attrs['groups']}), "
-                                       f"which interleaves equal groups: widening one group alone would move the "
-                                       f"other groups' channels")
+            elif moved is not None:
+                raise ChannelFlowError(f"its channels reach {c}, a channel {cnode.op.split('_')[1]}, which "
+                                       f"rearranges them among other channels")
             elif cnode.op in LAYER_OPS:
                 if _grouped(cnode):
                     partial = seg != Segment(0, 1) or node.type.channels != n
@@ -275,19 +480,21 @@ def trace_channels(graph: Graph, layer: str) -> ChannelFlow:
                                 if partial else "")
                 consumers.setdefault(c, None)
             elif OPS[cnode.op].channelwise or cnode.op in ("add", "mul"):
-                work.append((c, seg, ""))
+                work.append((c, seg, "", True))
             elif cnode.op == "flatten":
                 src = node.type
                 if src.rank == 2:
-                    work.append((c, seg, ""))
+                    work.append((c, seg, "", True))
                 else:
                     hw = math.prod(src.shape[2:])
-                    work.append((c, Segment(seg.start * hw, hw), ""))
+                    cols, chans = occurrences(seg, n)
+                    work.append((c, _make_fact(cols * hw, chans, hw, n), "", True))
             elif cnode.op == "concat":
                 offset = 0
                 for i in cnode.inputs:
                     if i == value:
-                        work.append((c, Segment(offset + seg.start, seg.block), ""))
+                        cols, chans = occurrences(seg, n)
+                        work.append((c, _make_fact(cols + offset, chans, seg.block, n), "", True))
                     offset += size(i)
             else:
                 raise ChannelFlowError(f"its channels reach {_describe(cnode)}, which widen cannot remap")
@@ -297,7 +504,7 @@ def trace_channels(graph: Graph, layer: str) -> ChannelFlow:
     return ChannelFlow(
         layer=layer,
         width=n,
-        segments={v: tuple(sorted(segments[v])) for v in by_order(segments)},
+        segments={v: tuple(sorted(segments[v], key=lambda f: f.start)) for v in by_order(segments)},
         channels={v: size(v) for v in by_order(segments)},
         sources={s: sources[s] for s in by_order(sources)},
         consumers=tuple(by_order(consumers)),

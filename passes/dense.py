@@ -471,7 +471,7 @@ def dense_deepen(graph: Graph, after_layer: str, *, rng: np.random.Generator | N
     rewired = graph.replace(nodes=new_nodes)
 
     try:
-        flow = trace_channels(rewired, stem)
+        flow = trace_channels(rewired, stem, rearrange=False)
     except ChannelFlowError as e:
         raise PassError(f"{where}: the new layer's output cannot join the block: {e}") from None
 

@@ -16,8 +16,12 @@ through a concat, where they are a segment at an offset and only that segment is
 shift); and through a residual add, whose inputs must all lay the channels out the same way. The producers
 of an add's other inputs are therefore widened *with the same g* ("coupled"; `changes` names them); the pass
 refuses only when such a producer cannot be widened (a graph input, a grouped conv, a concat the channels
-straddle). It refuses when the channels reach a graph output (its shape would change), a softmax or another
-op it cannot remap. Node names do not change: the nodes are edited in place in the new graph.
+straddle). Through a channel shuffle, a channel gather or a slice cutting the channels (ShuffleNet's
+`chunk(2)` after a shuffle) the map is carried through the permutation: each copy sits right after its
+channel, the rearranging node reads the new columns `I'(k, u) = P(I(k), u)` and stays a slice or a shuffle
+when it still is one, else becomes a `channel_gather` (the math is in `channels.py`, "Rearrangements").
+It refuses when the channels reach a graph output (its shape would change), a softmax or another op it
+cannot remap. Node names do not change: the nodes are edited in place in the new graph.
 
 Noise (optional, `noise` > 0): the copies are identical to their originals, incoming weights and outgoing
 weights alike, so their gradients would be identical too and they would never drift apart. The pass adds
@@ -37,10 +41,10 @@ import math
 import numpy as np
 
 from easc.ir import OPS, Graph, UnknownNodeError
-from easc.ir.ops import LAYER_OPS, infer_type
+from easc.ir.ops import LAYER_OPS, infer_type, shuffle_index
 
 from .base import PRESERVATION_RTOL, PassError, PassResult, default_rng
-from .channels import ChannelFlow, ChannelFlowError, is_depthwise, trace_channels
+from .channels import ChannelFlow, ChannelFlowError, Remap, Segment, is_depthwise, rearrangement, trace_channels
 
 NOISE_TOLERANCE_FACTOR = 10.0
 """Allowed output change per unit of noise, relative to (1 + max |output|).
@@ -174,19 +178,18 @@ def widen(graph: Graph, layer: str, width: int, *, rng: np.random.Generator | No
         elif here is not None and node.weights and OPS[node.op].channelwise:
             weights = {k: _owned(w[here.index]) for k, w in weights.items()}
             lines.append(f"{node.name}: gathered {len(here.index)} channels")
-        if node.op == "slice" and node.inputs[0] in remaps:
-            moved = _moved_slice(node, remaps[node.inputs[0]])
-            if moved != {"start": attrs["start"], "end": attrs["end"]}:
-                attrs.update(moved)
-                lines.append(f"{node.name}: channels {node.attrs['start']}..{node.attrs['end'] - 1} are now "
-                             f"{moved['start']}..{moved['end'] - 1}")
+        op = node.op
+        if node.inputs and node.inputs[0] in remaps and rearrangement(node, flow.channels[node.inputs[0]]) is not None:
+            op, attrs, line = _rearranged(node, remaps[node.inputs[0]], here, flow)
+            if line:
+                lines.append(line)
         if node.name in flow.consumers:
             lines.append(_remap_consumer(node, weights, remaps[node.inputs[0]], flow, noise, rng))
-        if node.op in ("concat", "add") and here is not None:
+        if node.op in ("concat", "add") and here is not None and len(here.index) != flow.channels[node.name]:
             lines.append(_join_note(node, flow, here))
-        new_type = infer_type(node.op, [types[i] for i in node.inputs], attrs)
+        new_type = infer_type(op, [types[i] for i in node.inputs], attrs)
         if lines or new_type != node.type:
-            node = node.replace(attrs=attrs, weights=weights, type=new_type)
+            node = node.replace(op=op, attrs=attrs, weights=weights, type=new_type)
             rewritten.append(node.name)
         new_nodes.append(node)
         types[node.name] = node.type
@@ -204,12 +207,35 @@ def widen(graph: Graph, layer: str, width: int, *, rng: np.random.Generator | No
     return result
 
 
-def _moved_slice(node, remap) -> dict:
-    """A slice's new [start, end) after its input was gathered: the new columns copying its old ones
-    (contiguous: the flow refuses a slice whose edge cuts the widened channels)."""
-    a, b = node.attrs["start"], node.attrs["end"]
-    inside = np.flatnonzero((remap.index >= a) & (remap.index < b))
-    return {"start": int(inside[0]), "end": int(inside[-1]) + 1}
+def _rearranged(node, before: Remap, after: Remap | None, flow: ChannelFlow) -> tuple:
+    """A slice / channel shuffle / channel gather after its input was remapped: (op, attrs, change line).
+
+    New output column (k, u) reads the new input column holding old column I(k) for unit u (the module doc of
+    `channels.py`, "Rearrangements"); the result stays a slice or a shuffle when it still is one.
+    """
+    old_in = flow.channels[node.inputs[0]]
+    moved = rearrangement(node, old_in)
+    after = after if after is not None else Remap.identity(len(moved))
+    where = {(int(i), int(u)): p for p, (i, u) in enumerate(zip(before.index, before.unit))}
+    index = np.array([where[int(moved[k]), int(u)] for k, u in zip(after.index, after.unit)], dtype=np.int64)
+    width = len(before.index)
+    if node.op == "slice" and np.array_equal(index, np.arange(index[0], index[0] + len(index))):
+        attrs = {"start": int(index[0]), "end": int(index[-1]) + 1}
+        if attrs == dict(node.attrs):
+            return "slice", attrs, ""
+        return "slice", attrs, (f"{node.name}: channels {node.attrs['start']}..{node.attrs['end'] - 1} are now "
+                                f"{attrs['start']}..{attrs['end'] - 1}")
+    if node.op == "channel_shuffle" and len(index) == width and width % node.attrs["groups"] == 0 \
+            and tuple(index) == shuffle_index(width, node.attrs["groups"]):
+        return "channel_shuffle", dict(node.attrs), (f"{node.name}: shuffles {width} channels" if width != old_in
+                                                     else "")
+    attrs = {"index": tuple(int(i) for i in index)}
+    if node.op == "channel_gather":
+        return "channel_gather", attrs, f"{node.name}: gathers {len(index)} of {width} channels (each copy next to its channel)"
+    what = (f"channel shuffle (groups={node.attrs['groups']})" if node.op == "channel_shuffle"
+            else f"slice of channels {node.attrs['start']}..{node.attrs['end'] - 1}")
+    return "channel_gather", attrs, (f"{node.name}: {what} -> channel_gather of {len(index)} of {width} channels "
+                                     f"(the same channels, each copy next to its channel)")
 
 
 def _coupling_note(flow: ChannelFlow, name: str) -> str:
@@ -217,7 +243,7 @@ def _coupling_note(flow: ChannelFlow, name: str) -> str:
     if not via:
         return ""
     n, segs = flow.width, flow.segments[name]
-    if len(segs) == 1 and segs[0].start == 0 and segs[0].end(n) == flow.channels[name]:
+    if len(segs) == 1 and isinstance(segs[0], Segment) and segs[0].start == 0 and segs[0].end(n) == flow.channels[name]:
         part = f" in blocks of {segs[0].block}," if segs[0].block > 1 else ""
     else:
         part = " its " + ", ".join(f"{'channels' if s.block == 1 else 'columns'} {s.start}..{s.end(n) - 1}"
@@ -231,7 +257,10 @@ def _join_note(node, flow: ChannelFlow, remap) -> str:
         coupled = flow.couplings.get(node.name, ())
         note = f"; widens {', '.join(coupled)} with the same mapping" if coupled else ""
         return f"{node.name}: {old} -> {new} {_unit(node)} (all inputs remapped alike{note})"
-    starts = ", ".join(str(s.start) for s in flow.segments[node.name])
+    facts = flow.segments[node.name]
+    if any(not isinstance(f, Segment) for f in facts):
+        return f"{node.name}: {old} -> {new} {_unit(node)} (copies next to their channels, the rest in order)"
+    starts = ", ".join(str(s.start) for s in facts)
     return f"{node.name}: {old} -> {new} {_unit(node)} (segment at offset {starts} widened, later ones shifted)"
 
 

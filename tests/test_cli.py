@@ -476,6 +476,26 @@ def test_export_of_an_unreadable_model_creates_no_output_folder(model_dir, tmp_p
     assert not outdir.exists()
 
 
+def test_export_torch_that_fails_halfway_leaves_no_weights_behind(model_dir, tmp_path, monkeypatch):
+    import errno
+
+    from easc.backends.torch import codegen
+
+    real_stage = codegen._stage
+
+    def stage(path, data):  # the disk fills up after the weights were written
+        if path.name == "model.py":
+            raise codegen.OutputError(errno.ENOSPC, "cannot write (No space left on device)", str(path))
+        return real_stage(path, data)
+
+    monkeypatch.setattr(codegen, "_stage", stage)
+    outdir = tmp_path / "exported"
+    result = easc("export", model_dir / "digits.onnx", "--format", "torch", "-o", outdir)
+    assert result.exit_code != 0 and "Traceback" not in result.stderr
+    assert "model.py" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not outdir.exists()
+
+
 def test_any_command_module_can_be_imported_first_without_a_circular_import():
     for module in ("transform_cmd", "train_cmd", "export_cmd", "search_cmd", "report_cmd", "inspect_cmd"):
         proc = subprocess.run([sys.executable, "-c", f"import easc.cli.{module}"], capture_output=True, text=True)

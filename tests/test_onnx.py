@@ -39,7 +39,7 @@ def feeds_for(graph, batch=3, seed=0):
 
 def modern_ops_branch(b, h):
     """The ops of mobile networks on an NCHW value (6 channels): activations, pad, depthwise conv,
-    squeeze-excitation gate, channel shuffle and split; returns a pooled (N, 4, 1, 1) value."""
+    squeeze-excitation gate, channel shuffle, split and gather; returns a pooled (N, 4, 1, 1) value."""
     e = b.add("clip", [h], {"min": 0.0, "max": 6.0})
     e = b.add("leaky_relu", [b.add("hardswish", [e])], {"slope": 0.1})
     p = b.add("pad", [e], {"pads": (1, 0, 2, 1), "value": 0.5})
@@ -47,6 +47,7 @@ def modern_ops_branch(b, h):
     gate = b.add("hardsigmoid", [b.conv2d(b.add("silu", [b.conv2d(b.global_avgpool(dw), 3, 1)]), 6, 1)])
     se = b.add("mul", [dw, gate])
     sl = b.add("slice", [b.add("channel_shuffle", [se], {"groups": 3})], {"start": 1, "end": 5})
+    sl = b.add("channel_gather", [sl], {"index": (3, 0, 0, 2)})
     s = b.add("mul", [b.add("sigmoid", [sl]), b.add("clip", [sl], {"min": -1.0, "max": 0.75})])
     return b.global_avgpool(s)
 

@@ -585,6 +585,60 @@ def test_export_replaces_its_two_files_and_keeps_everything_else(tmp_path):
         export_torch_source(graph, tmp_path / "notes.txt")
 
 
+def _fail_on(monkeypatch, name: str, when: str):
+    """Make the export's rename of (when="rename") or write to (when="stage") the file `name` fail with ENOSPC."""
+    import errno
+    import os
+
+    from easc.backends.torch import codegen
+
+    if when == "stage":
+        real_stage = codegen._stage
+
+        def stage(path, data):
+            if path.name == name:
+                raise codegen.OutputError(errno.ENOSPC, "cannot write (No space left on device)", str(path))
+            return real_stage(path, data)
+        monkeypatch.setattr(codegen, "_stage", stage)
+    else:
+        real_replace = os.replace
+
+        def replace(src, dst):
+            if os.path.basename(dst) == name and os.path.basename(src).startswith("." + name):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_replace(src, dst)
+        monkeypatch.setattr(codegen.os, "replace", replace)
+
+
+@pytest.mark.parametrize("when", ["stage", "rename"])
+def test_a_failed_export_into_a_new_folder_leaves_no_folder_and_no_weights(tmp_path, monkeypatch, when):
+    from easc.ir.serialize import OutputError
+
+    _fail_on(monkeypatch, "model.py", when)
+    outdir = tmp_path / "new" / "export"
+    with pytest.raises(OutputError) as err:
+        export_torch_source(small_cnn_graph(), outdir)
+    assert err.value.filename == str(outdir / "model.py")
+    assert list(tmp_path.iterdir()) == []  # neither weights.safetensors nor the folders it created
+
+
+@pytest.mark.parametrize("when", ["stage", "rename"])
+def test_a_failed_export_over_an_earlier_one_keeps_the_earlier_pair_and_the_other_files(tmp_path, monkeypatch, when):
+    from easc.ir.serialize import OutputError
+
+    (tmp_path / "notes.txt").write_text("mine")
+    old = small_cnn_graph()
+    export_torch_source(old, tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    _fail_on(monkeypatch, "model.py", when)
+    with pytest.raises(OutputError):
+        export_torch_source(every_op_graph(), tmp_path)
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert after == before  # the old model.py with its own weights, no temporary file left
+    monkeypatch.undo()
+    _assert_module_matches_interpreter(old, _import_fresh(tmp_path / "model.py").load())
+
+
 def test_export_of_names_that_are_not_identifiers_and_write_back_from_the_exported_class(tmp_path):
     b = GraphBuilder("7 resnet-ish", rng=np.random.default_rng(0))
     x = b.input("input.1", (1, 4, 4))

@@ -551,22 +551,45 @@ def test_widen_through_depthwise_conv_and_squeeze_excitation_copies_filters_and_
     assert (new.node("part_2").attrs["start"], new.node("part_2").attrs["end"]) == (7, 9)
 
 
-def test_widen_refuses_channels_reaching_a_channel_shuffle_or_straddling_a_split():
+def test_widen_through_a_channel_shuffle_and_a_cutting_split_is_exact_and_gathers_the_copies():
     graph = _graph(DEPTHWISE_SE)
-    assert widen_reason(graph, "conv_2") == (
-        "widen conv_2: its channels reach shuffle_1, a channel shuffle (groups=2), which interleaves equal groups: "
-        "widening one group alone would move the other groups' channels")
+    assert widen_reason(graph, "conv_2") is None
+    result = _run_pass_and_check(graph, layer="conv_2", width=4)
+    shuffle = result.graph.node("shuffle_1")
+    # a shuffle of 2 channels whose groups become unequal: a gather with each copy right after its channel
+    assert shuffle.op == "channel_gather" and str(shuffle.type) == "f32[N,4,6,6]"
+    assert any(line.startswith("shuffle_1: channel shuffle (groups=2) -> channel_gather of 4 of 4 channels")
+               for line in result.changes)
     assert widen_reason(graph, "dw_1").startswith("widen dw_1: it is a depthwise conv")
     straddle = (DEPTHWISE_SE.replace("{start=0, end=4} : f32[N,4,6,6]", "{start=0, end=5} : f32[N,5,6,6]")
                 .replace("{start=4, end=6} : f32[N,2,6,6]", "{start=5, end=6} : f32[N,1,6,6]")
+                .replace("conv_2 = conv2d(part_2) {out=2, kernel=1} : f32[N,2,6,6]",
+                         "conv_2 = conv2d(part_2) {out=2, kernel=1} : f32[N,2,6,6]")
                 .replace("cat_1 = concat(part_1, shuffle_1) : f32[N,6,6,6]", "cat_1 = concat(part_1, shuffle_1) : f32[N,7,6,6]")
                 .replace("f32[N,6,8,8]", "f32[N,7,8,8]").replace("gap_2 = global_avgpool(lrelu_1) : f32[N,6,1,1]",
                                                                 "gap_2 = global_avgpool(lrelu_1) : f32[N,7,1,1]")
                 .replace("flat_1 = flatten(gap_2) : f32[N,6]", "flat_1 = flatten(gap_2) : f32[N,7]"))
-    with pytest.raises(PassError) as err:
-        widen(_graph(straddle), "conv_3", 4)
-    assert str(err.value) == ("widen conv_3: its channels (columns 4..5 of cat_0) straddle the edge of part_1, a "
-                              "slice of channels 0..4; one mapping cannot widen both parts")
+    # conv_3's two channels (columns 4, 5 of cat_0) are cut by the split at 5: each part keeps its channel
+    # and the copies of it, so part_1 may become a gather and part_2 a longer slice
+    flow = trace_channels(_graph(straddle), "conv_3")
+    assert flow.segments["part_2"][0].chans == (1,)
+    for seed in range(4):
+        _run_pass_and_check(_graph(straddle), layer="conv_3", width=5, rng=np.random.default_rng(seed))
+
+
+def test_widen_refuses_a_block_of_a_flatten_cut_by_a_split():
+    text = """
+    graph cut
+      x = input() : f32[N,2,2,2]
+      conv_1 = conv2d(x) {out=2, kernel=1} : f32[N,2,2,2]
+      flat_1 = flatten(conv_1) : f32[N,8]
+      part_1 = slice(flat_1) {start=0, end=3} : f32[N,3]
+      fc_1 = linear(part_1) {out=2} : f32[N,2]
+      output y = fc_1
+    """
+    assert widen_reason(_graph(text), "conv_1") == (
+        "widen conv_1: part_1 (slice) cuts the columns of one of its channels (blocks of 4 in flat_1); one mapping "
+        "cannot widen the parts")
 
 
 def test_widen_unknown_layer_lists_the_valid_layer_names():

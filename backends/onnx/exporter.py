@@ -32,6 +32,7 @@ the same IR, text form included.
 | slice          | Slice on axis 1                                             |
 | channel_shuffle| Reshape (N, g, C/g, H, W) - Transpose - Reshape             |
 | pad            | Pad mode=constant                                           |
+| channel_gather | Gather axis=1 with a constant int64 index                   |
 
 The rows live in `easc.backends.optable` (each op's `onnx` entry); this module owns names,
 initializers, the graph's inputs and outputs, and the checks.

@@ -19,7 +19,7 @@ Mobile-network patterns: Clip (bounds as attributes or constant inputs), HardSig
 1/6, Mul of x and Sigmoid(x) (or HardSigmoid(x)) becomes one silu (hardswish), Mul of a value and a
 (N, C, 1, 1) gate is a squeeze-excitation `mul`, Slice / Split along the channels become `slice` nodes, and
 the Reshape (N, g, C/g, H, W) - Transpose [0,2,1,3,4] - Reshape of a channel shuffle becomes one
-`channel_shuffle`. One-to-one operators are read from the op table (`easc.backends.optable`, `onnx_in`).
+`channel_shuffle`, and a Gather on axis 1 with a constant 1-D index is a `channel_gather`. One-to-one operators are read from the op table (`easc.backends.optable`, `onnx_in`).
 
 Layers absorb what belongs to them: Conv / Gemm / MatMul followed by an Add of a per-channel
 constant become one `conv2d` / `linear` with a bias, named after the Conv / Gemm / MatMul. The
@@ -49,7 +49,8 @@ from easc.ir.ops import plain_ceil_output_size, pool_output_size
 from .fold_budget import FoldBudget, FoldBudgetError
 
 _STRUCTURAL_OPS = (
-    "Add", "BatchNormalization", "Cast", "Concat", "Conv", "Dropout", "Expand", "Flatten", "Gemm", "Identity",
+    "Add", "BatchNormalization", "Cast", "Concat", "Conv", "Dropout", "Expand", "Flatten", "Gather", "Gemm",
+    "Identity",
     "MatMul", "Mul", "ReduceMean", "Reshape", "Shape", "Squeeze", "Sum", "Swish", "Transpose", "Unsqueeze",
 )
 SUPPORTED_OPS = tuple(sorted(set(_STRUCTURAL_OPS) | {t for low in LOWERINGS.values() for t in low.onnx_in}))
@@ -961,6 +962,23 @@ class _Importer:
                 self.emit(part, "slice", [x], {"start": start, "end": start + size}, None, where)
                 self.bind(out, part, where)
             start += size
+
+    def _op_Gather(self, node, name, where):
+        """A constant 1-D index on the channel axis of an activation: a `channel_gather`."""
+        x = self.act(node.input[0], where)
+        xt = self.ir_type(x)
+        axis = int(self.attrs(node).get("axis", 0))
+        if axis % xt.rank != 1:
+            raise self.fail(f"{where}: only a gather along the channel axis is supported (axis={axis} of {xt})")
+        index = np.asarray(self.const(node.input[1], where, "indices"))
+        if index.ndim != 1 or index.size == 0 or index.dtype.kind not in "iu":
+            raise self.fail(f"{where}: only a non-empty 1-D integer index of channels is supported (got shape "
+                            f"{list(index.shape)}, {index.dtype})")
+        c = xt.channels
+        if index.min() < -c or index.max() >= c:
+            raise self.fail(f"{where}: index {int(index.min())}..{int(index.max())} is out of range for the {c} "
+                            f"channels")
+        self._simple(node, name, where, "channel_gather", {"index": tuple(int(i) % c for i in index)}, inputs=[x])
 
     def _op_Pad(self, node, name, where):
         x = self.act(node.input[0], where)

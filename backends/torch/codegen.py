@@ -32,13 +32,16 @@ never written.
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
-from easc.ir import Graph, atomic_write_bytes, probe_inputs, verify
+from easc.ir import Graph, probe_inputs, verify
+from easc.ir.serialize import OutputError, _creation_mode
 
 from easc.backends.optable import LOWERINGS
 
@@ -233,9 +236,13 @@ def _check(graph: Graph, reference: torch.nn.Module, exported: torch.nn.Module) 
 def export_torch_source(graph: Graph, outdir) -> TorchExport:
     """Write `outdir/model.py` and `outdir/weights.safetensors` for `graph`; return their paths.
 
-    The folder is created if missing; in an existing one only these two files are replaced (each
-    atomically) and nothing else is removed. The source is checked to reproduce `to_module(graph)`
-    before anything is written.
+    All or nothing: the folder is created if missing; in an existing one only these two files are replaced and
+    nothing else is removed. The source is checked to reproduce `to_module(graph)` before anything is written;
+    both files are then written in full to temporary names next to their targets and renamed into place, the
+    previous weights kept aside until the new model.py is in place. A failure at any step (a full disk, a
+    read-only folder) removes what this call wrote, restores the previous pair and removes a folder it created,
+    so the folder never holds new weights without their model.py. Write errors are `OutputError`s naming the
+    file the user asked for.
     """
     from safetensors.torch import save
 
@@ -251,8 +258,101 @@ def export_torch_source(graph: Graph, outdir) -> TorchExport:
     state = {k: v.detach().contiguous() for k, v in exported.state_dict().items()}
     blob = save(state, metadata={"format": "pt", "easc_graph": graph.name, "class": cls})
 
-    outdir.mkdir(parents=True, exist_ok=True)
     model_py, weights = outdir / MODEL_FILE, outdir / WEIGHTS_FILE
-    atomic_write_bytes(weights, blob)
-    atomic_write_bytes(model_py, source.encode("utf-8"))
+    created = _make_folder(outdir)
+    staged, backup, placed = {}, None, False
+    try:
+        staged[weights] = _stage(weights, blob)
+        staged[model_py] = _stage(model_py, source.encode("utf-8"))
+        if os.path.lexists(weights):
+            backup = _aside(weights)
+        for target in (weights, model_py):
+            _rename(staged[target], target)
+            del staged[target]
+            placed = True
+    except BaseException:
+        for tmp in staged.values():
+            _remove(tmp)
+        if placed:  # the new weights are in place but model.py is not: take them out again
+            _remove(weights)
+        if backup is not None:
+            _rename_quietly(backup, weights)
+            backup = None
+        if created is not None:
+            _remove_folder(created)
+        raise
+    finally:
+        if backup is not None:
+            _remove(backup)
     return TorchExport(model_py, weights, cls)
+
+
+def _make_folder(outdir: Path) -> Path | None:
+    """Create `outdir` (and missing parents); the topmost folder created, or None if it existed."""
+    top = None
+    for folder in reversed([outdir, *outdir.parents]):
+        if not folder.exists():
+            top = top or folder
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(e.errno, f"cannot create the folder ({e.strerror or e})", str(outdir)) from None
+    return top
+
+
+def _stage(path: Path, data: bytes) -> Path:
+    """`data` written in full and flushed to a temporary file next to `path`."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), _creation_mode())
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return Path(tmp)
+    except OSError as e:
+        if tmp is not None:
+            _remove(Path(tmp))
+        raise OutputError(e.errno, f"cannot write ({e.strerror or e})", str(path)) from None
+
+
+def _aside(path: Path) -> Path:
+    keep = Path(tempfile.mktemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+    _rename(path, keep)
+    return keep
+
+
+def _rename(src: Path, dst: Path) -> None:
+    try:
+        os.replace(src, dst)
+    except OSError as e:
+        raise OutputError(e.errno, f"cannot write ({e.strerror or e})", str(dst)) from None
+
+
+def _rename_quietly(src: Path, dst: Path) -> None:
+    try:
+        os.replace(src, dst)
+    except OSError:
+        pass
+
+
+def _remove(path: Path) -> None:
+    try:
+        if os.path.lexists(path):
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def _remove_folder(top: Path) -> None:
+    """Remove the folders this export created, if they hold nothing (they only ever held its own files)."""
+    for folder in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+    try:
+        top.rmdir()
+    except OSError:
+        pass

@@ -30,6 +30,7 @@ layers below as leaves), runs the example through the trace once to learn every 
 | slice          | torch.chunk / torch.split / x.chunk / x.split on dim 1 (one slice per part), x[:, a:b] |
 | channel_shuffle| nn.ChannelShuffle, x.view(n, g, c // g, h, w) -> transpose(1, 2) -> view(n, -1, h, w) |
 | pad            | nn.ZeroPad2d, nn.ConstantPad2d, F.pad (constant, H and W)                             |
+| channel_gather | torch.index_select(x, 1, torch.tensor([i, j, ...])), x[:, [i, j, ...]] (constant)     |
 
 nn.Identity and x.contiguous() are no-ops and make no node; `x.size(0)` / `x.shape[0]` (the batch) only
 feed a reshape; the other entries of a size are static ints, so shape arithmetic on them (`c // groups`)
@@ -57,6 +58,7 @@ are refused when a value they overwrite is read later.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from typing import Any
@@ -97,7 +99,8 @@ SUPPORTED_MODULES = "Conv2d, BatchNorm1d/2d, ReLU, ReLU6, Hardtanh, LeakyReLU, S
 SUPPORTED_FUNCTIONS = "F.relu, F.relu6, F.hardtanh, F.leaky_relu, torch.sigmoid, F.silu, F.hardsigmoid, " \
                       "F.hardswish, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.pad, torch.flatten, " \
                       "torch.reshape, torch.transpose, torch.cat, torch.chunk, torch.split, torch.mean, " \
-                      "torch.add / +, torch.mul / *, // on sizes, F.softmax, torch.softmax, F.dropout"
+                      "torch.add / +, torch.mul / *, // on sizes, F.softmax, torch.softmax, F.dropout, " \
+                      "torch.index_select on dim 1 with a constant index"
 SUPPORTED_METHODS = "relu, sigmoid, view, reshape, transpose, flatten, size, mean, chunk, split, softmax, add, " \
                     "mul, expand_as, contiguous"
 
@@ -136,6 +139,14 @@ class _View:
     def __init__(self, node: str, shape: tuple):
         self.node = node
         self.shape = tuple(shape)
+
+
+class _Channels:
+    """A constant list of channel indices (`torch.tensor([...], device=x.device)` or a traced tensor constant)
+    that only `torch.index_select(x, 1, ...)` may read; `device` marks a traced `x.device`."""
+
+    def __init__(self, index=None):
+        self.index = index
 
 
 class _Parts:
@@ -451,12 +462,19 @@ class _Lowering:
         self.storage[self.fx_node] = self.fx_node
 
     def index(self, arg, index):
-        """`x[:, a:b]` (and trailing full slices): a channel slice; `g[:, :, None, None]` of an (N, C) gate."""
+        """`x[:, a:b]` (and trailing full slices): a channel slice; `x[:, [i, j, ...]]`: a channel gather;
+        `g[:, :, None, None]` of an (N, C) gate."""
         t = self.type_of(arg)
         index = index if isinstance(index, tuple) else (index,)
         full = slice(None, None, None)
         if t.rank == 2 and index == (full, full, None, None):
             return self.gate_view(self.tensor(arg))
+        if len(index) == 2 and index[0] == full and isinstance(index[1], (list, tuple)) and index[1] \
+                and all(isinstance(i, int) and not isinstance(i, bool) for i in index[1]):
+            c = t.channels
+            if not all(-c <= i < c for i in index[1]):
+                self.fail(f"channel index {list(index[1])!r} out of range for {c} channels")
+            return self.emit("channel_gather", [self.tensor(arg)], {"index": tuple(i % c for i in index[1])})
         if len(index) < 2 or index[0] != full or not isinstance(index[1], slice) \
                 or any(i not in (full, Ellipsis) for i in index[2:]):
             self.fail(f"indexing with {index!r} (the IR slices channels: x[:, a:b])")
@@ -466,6 +484,17 @@ class _Lowering:
         if (start, end) == (0, t.channels):
             return self.alias(arg)
         self.emit("slice", [self.tensor(arg)], {"start": start, "end": end})
+
+    def index_select(self, arg, dim, index):
+        """`torch.index_select(x, 1, constant index)`: a channel gather."""
+        t = self.type_of(arg)
+        value = self.env.get(index) if isinstance(index, fx.Node) else None
+        if not isinstance(value, _Channels) or value.index is None or dim % t.rank != 1:
+            self.fail("index_select other than along dim 1 with a constant index (torch.tensor([...]))")
+        c = t.channels
+        if not value.index or not all(-c <= i < c for i in value.index):
+            self.fail(f"channel index {list(value.index)!r} out of range for {c} channels")
+        self.emit("channel_gather", [self.tensor(arg)], {"index": tuple(i % c for i in value.index)})
 
     def view_reshape(self, arg, shape) -> bool:
         """Reshapes of a channel shuffle: NCHW -> (N, g, C/g, H, W), and back after the transpose."""
@@ -644,6 +673,16 @@ class _Lowering:
         elif t is F.dropout:
             a = _bind(n, ("input", "p", "training", "inplace"), {"p": 0.5, "inplace": False})
             self.dropout(a["input"], a["p"], bool(a["inplace"]))
+        elif t is getattr and len(n.args) == 2 and n.args[1] == "device":
+            self.env[n] = _Channels()  # x.device: only the device of a constant index
+        elif t is torch.tensor and n.args and isinstance(n.args[0], (list, tuple)) \
+                and all(isinstance(i, int) and not isinstance(i, bool) for i in n.args[0]) \
+                and all(isinstance(self.env.get(v), _Channels) for k, v in n.kwargs.items() if k == "device") \
+                and set(n.kwargs) <= {"device"}:
+            self.env[n] = _Channels(tuple(n.args[0]))
+        elif t is torch.index_select:
+            a = _bind(n, ("input", "dim", "index"), {})
+            self.index_select(a["input"], a["dim"], a["index"])
         elif t is getattr and len(n.args) == 2 and n.args[1] == "shape":
             self.size(n.args[0], None)
         elif t is operator.getitem and isinstance(self.env.get(n.args[0]), _Size) \
@@ -768,6 +807,18 @@ class _Lowering:
             outputs[public] = self.tensor(r)
         return outputs
 
+    def _index_constant(self, n: fx.Node) -> bool:
+        """A traced 1-D integer tensor constant (`torch.tensor([...])` in forward) read only by index_select."""
+        try:
+            value = functools.reduce(getattr, n.target.split("."), self.gm)
+        except AttributeError:
+            return False
+        if not isinstance(value, torch.Tensor) or value.dim() != 1 or value.dtype.is_floating_point \
+                or value.dtype == torch.bool or any(u.target is not torch.index_select for u in n.users):
+            return False
+        self.env[n] = _Channels(tuple(int(i) for i in value.tolist()))
+        return True
+
     def run(self) -> Graph:
         outputs = None
         placeholders = 0
@@ -784,6 +835,8 @@ class _Lowering:
                 self.call_method(n)
             elif n.op == "output":
                 outputs = self.output(n)
+            elif self._index_constant(n):
+                pass
             else:  # get_attr: a parameter or buffer read by hand, outside any layer
                 self.fail("reading a parameter or buffer directly has no IR form (wrap it in a layer)")
         if placeholders != len(self.examples):
