@@ -33,14 +33,15 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
 # In the order they run: the cheap, timing-sensitive ones first.
-BENCHMARKS = ("bench_backend", "bench_passes", "bench_driver", "bench_transform", "bench_executors", "bench_search",
-              "bench_reuse", "bench_rl_vs_random")
+BENCHMARKS = ("bench_backend", "bench_passes", "bench_data", "bench_driver", "bench_transform", "bench_executors",
+              "bench_search", "bench_reuse", "bench_rl_vs_random")
 # For scripts without a --quick flag: arguments that make them quick.
 QUICK_ARGS = {"bench_backend": ["--repeats", "5", "--steps", "10", "--threads", "1"],
               "bench_search": ["--repeats", "2"], "bench_transform": ["--repeats", "1"],
               "bench_driver": ["--children", "4"]}
 DESCRIPTIONS = {
     "bench_backend": "generated module vs hand-written PyTorch, training images/s",
+    "bench_data": "image folder decoding: easc's parallel cached loader vs a plain Pillow loop",
     "bench_passes": "pass + verification cost against depth, error distribution",
     "bench_executors": "children per minute: in-process, 1 and 2 worker processes, Ray",
     "bench_search": "search wall time, 1 vs 2 workers",

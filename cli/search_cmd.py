@@ -28,14 +28,20 @@ def _stages(value):
 
 @click.command("search")
 @click.option("--config", type=click.Path(dir_okay=False), default=None, help="A TOML recipe; flags override it.")
-@click.option("--dataset", default=None, help="digits (default), cifar10, cifar100, svhn, synthetic.")
+@click.option("--dataset", default=None, help="digits (default), cifar10, cifar100, svhn, synthetic, or the path of "
+              "an image folder (DIR/<class>/*.png, or DIR/train + DIR/test) or an .npz (x_train, y_train, ...).")
+@click.option("--image-size", default=None, help="Image folders: resize to N or HxW [default: the most common size].")
+@click.option("--augment", "augmentation", type=click.Choice(["crop-flip", "none"]), default=None,
+              help="Image folders and .npz: training augmentation [default: none].")
+@click.option("--skip-bad-images", is_flag=True, default=None, help="Leave out unreadable images instead of stopping.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None)
 @click.option("--download", is_flag=True, default=None, help="Allow downloading the data set.")
 @click.option("--out", type=click.Path(), default=None, help="Run folder to create [default: runs/search].")
 @click.option("--resume", "resume", type=click.Path(file_okay=False), default=None,
               help="Continue the search in this run folder.")
 @click.option("--strategy", type=click.Choice(["rl", "random"]), default=None, help="[default: rl]")
-@click.option("--space", type=click.Choice(["plain", "densenet"]), default=None, help="[default: plain]")
+@click.option("--space", type=click.Choice(["plain", "densenet", "graph"]), default=None,
+              help="[default: plain; graph when --start is a model file]")
 @click.option("--start", default=None, help="Built-in start net or a model file (.onnx/.easir).")
 @click.option("--parent", type=click.Choice(["start", "best"]), default=None,
               help="start: every child from its stage's start net (EAS); best: from the best so far (hill "
@@ -70,10 +76,10 @@ def _stages(value):
 @click.option("--executor", type=click.Choice(["local", "process", "ray"]), default=None, help="[default: local]")
 @click.option("--ray-address", default=None, help="Ray cluster address (auto, or host:port).")
 @click.option("--quiet", is_flag=True, default=None, help="No progress output.")
-def command(config, dataset, data_dir, download, out, resume, strategy, space, start, parent, stages, stage_epochs,
-            steps, children, wider_actions, deeper_actions, epochs, max_layers_per_block, max_layers, max_params,
-            no_augment, widen_transitions, widen_noise, seed, workers, threads, device, devices, executor,
-            ray_address, quiet):
+def command(config, dataset, image_size, augmentation, skip_bad_images, data_dir, download, out, resume, strategy,
+            space, start, parent, stages, stage_epochs, steps, children, wider_actions, deeper_actions, epochs,
+            max_layers_per_block, max_layers, max_params, no_augment, widen_transitions, widen_noise, seed, workers,
+            threads, device, devices, executor, ray_address, quiet):
     """Search architectures by growing a trained network with verified transformations."""
     from easc.search.config import build_config, load_config
     from easc.search.loop import Search, summary_json
@@ -82,8 +88,9 @@ def command(config, dataset, data_dir, download, out, resume, strategy, space, s
 
     if device and devices:
         raise click.UsageError("give --device or --devices, not both")
-    overrides = dict(dataset=dataset, data_dir=data_dir, download=download, strategy=strategy, space=space,
-                     start=start, parent=parent, stages=_stages(stages), stage_epochs=stage_epochs,
+    overrides = dict(dataset=dataset, image_size=image_size, augmentation=augmentation,
+                     skip_bad_images=skip_bad_images, data_dir=data_dir, download=download, strategy=strategy,
+                     space=space, start=start, parent=parent, stages=_stages(stages), stage_epochs=stage_epochs,
                      max_layers_per_block=max_layers_per_block, max_layers=max_layers, max_params=max_params,
                      augment=False if no_augment else None, widen_transitions=widen_transitions,
                      steps=steps, children=children, wider_actions=wider_actions,

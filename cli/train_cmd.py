@@ -19,8 +19,12 @@ from .common import fail
 
 @click.command("train")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--dataset", default=None, help="digits, cifar10, cifar100, svhn, synthetic [default: the "
-              "recipe's, else digits].")
+@click.option("--dataset", default=None, help="digits, cifar10, cifar100, svhn, synthetic, or the path of an image "
+              "folder or an .npz [default: the recipe's, else digits].")
+@click.option("--image-size", default=None, help="Image folders: resize to N or HxW [default: the most common size].")
+@click.option("--augment", "augmentation", type=click.Choice(["crop-flip", "none"]), default=None,
+              help="Image folders and .npz: training augmentation [default: none].")
+@click.option("--skip-bad-images", is_flag=True, help="Leave out unreadable images instead of stopping.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder with the data set's files.")
 @click.option("--download", is_flag=True, help="Allow downloading the data set into --data-dir.")
 @click.option("--epochs", type=int, default=None, help="Training epochs [default: 20, or the config's].")
@@ -41,8 +45,9 @@ from .common import fail
               help="CPU threads for torch (small nets train fastest on one).")
 @click.option("--quiet", is_flag=True, help="No per-epoch lines.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Trained model (.onnx/.easir).")
-def command(model, dataset, data_dir, download, epochs, batch_size, lr, weight_decay, seed, device, config, final,
-            keep_weights, hold_out_validation, no_augment, threads, quiet, output):
+def command(model, dataset, image_size, augmentation, skip_bad_images, data_dir, download, epochs, batch_size, lr,
+            weight_decay, seed, device, config, final, keep_weights, hold_out_validation, no_augment, threads, quiet,
+            output):
     """Train MODEL on a data set; print validation/test accuracy and a closing JSON line."""
     from easc.backends.formats import check_save_path, load_model, save_model
     from easc.backends.torch import to_module, write_back
@@ -77,7 +82,9 @@ def command(model, dataset, data_dir, download, epochs, batch_size, lr, weight_d
 
         torch.set_num_threads(threads)
     graph = load_model(model)
-    data = load_dataset(dataset, data_dir, seed=seed, download=download)
+    options = {k: v for k, v in (("image_size", image_size), ("augment", augmentation),
+                                 ("skip_bad_images", skip_bad_images or None)) if v is not None}
+    data = load_dataset(dataset, data_dir, seed=seed, download=download, **options)
     if not augment:
         data.augment = "none"
     if len(graph.inputs) != 1:

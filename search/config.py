@@ -28,6 +28,9 @@ class SearchConfig:
     dataset: str = "digits"
     data_dir: str | None = None
     download: bool = False
+    image_size: str | int | None = None  # image folders: resize to N or "HxW"; None: the size most images have
+    augmentation: str | None = None  # image folders / .npz: "crop-flip" or "none"; None: none (see augment)
+    skip_bad_images: bool = False  # image folders: leave out unreadable files instead of stopping
     start: str | None = None  # a built-in start net or a model file; None: the data set's default
     space: str = "plain"
     strategy: str = "rl"
@@ -132,6 +135,15 @@ def text_list(v):
         "a non-empty list of strings"
 
 
+def image_size(v):
+    """N or "N" or "HxW" (users' image folders)."""
+    if _is_int(v):
+        return None if 1 <= v <= 4096 else "a size N or HxW from 1 to 4096"
+    parts = v.lower().replace(" ", "").split("x") if isinstance(v, str) else []
+    ok = 1 <= len(parts) <= 2 and all(p.isdigit() and 1 <= int(p) <= 4096 for p in parts)
+    return None if ok else "a size N or HxW from 1 to 4096"
+
+
 def optional(rule):
     def check(v):
         return None if v is None else rule(v)
@@ -143,7 +155,10 @@ SEARCH_SCHEMA = {
     "data_dir": optional(text),
     "download": boolean,
     "start": optional(text),
-    "space": choice("plain", "densenet"),
+    "image_size": optional(image_size),
+    "augmentation": optional(choice("crop-flip", "none")),
+    "skip_bad_images": boolean,
+    "space": choice("plain", "densenet", "graph"),
     "strategy": choice("rl", "random"),
     "parent": choice("start", "best"),
     "stages": optional(int_list(increasing=False)),

@@ -89,6 +89,7 @@ def limit_tokens(graph: Graph, tokens: list, space: SearchSpace, max_params: int
         if t.kind == "pool":
             out.append(t)
             continue
-        out.append(dataclasses.replace(t, can_widen=widen_cost(graph, t, space) <= budget,
-                                       can_deepen=deepen_cost(graph, t, space, dense) <= budget))
+        # Only ever cleared: a space may have masked the token already (graph_space: a coupled layer).
+        out.append(dataclasses.replace(t, can_widen=t.can_widen and widen_cost(graph, t, space) <= budget,
+                                       can_deepen=t.can_deepen and deepen_cost(graph, t, space, dense) <= budget))
     return out

@@ -60,6 +60,7 @@ from .tokens import deepen_points
 from .worker import ChildJob, dataset_for
 
 CHILDREN_DIR = "children"
+SPLIT_FILE = "split.json"
 CALIBRATION_IMAGES = 64  # per-channel mean / var of a new batchnorm: 64 x H x W samples per conv channel; cheap in numpy
 PROBES = 2  # probe images per pass check in the search (the CLI uses more)
 
@@ -108,7 +109,14 @@ def resolve_defaults(config: SearchConfig, where: str | None = None) -> SearchCo
         config.stage_epochs = config.epochs
     if config.wider_actions is None:
         config.wider_actions = 10 if config.space == "densenet" else 4
-    if config.space == "plain":  # DenseNets grow deep by design (the paper's reach depth 76): no default cap
+    from easc.backends.torch.userdata import is_path_dataset
+
+    if config.dataset and is_path_dataset(config.dataset):
+        # Recorded as an absolute path, so a resume from another folder finds the same data.
+        config.dataset = str(Path(config.dataset).expanduser().resolve())
+    # DenseNets grow deep by design (the paper's reach depth 76), and so do imported networks (a DenseNet-121
+    # has 120 layers): the released code's depth caps apply to plain conv-pool chains only.
+    if config.space == "plain" and not uses_graph_space(config):
         for key, value in PLAIN_LIMITS.items():
             if getattr(config, key) is None:
                 setattr(config, key, value)
@@ -133,6 +141,22 @@ def stage_first_steps(config: SearchConfig) -> list:
     return firsts
 
 
+def data_options(config: SearchConfig) -> dict:
+    """Loader options of users' data sets (image folders, .npz) that the config sets."""
+    values = {"image_size": config.image_size, "augment": config.augmentation,
+              "skip_bad_images": config.skip_bad_images or None}
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def uses_graph_space(config: SearchConfig) -> bool:
+    """--space graph, or the default space with a model file as the start net: any layout can come in a
+    file, and the graph space reads its blocks and couplings from the IR (on a conv-pool chain it gives the
+    plain space's tokens)."""
+    if config.space == "graph":
+        return True
+    return config.space == "plain" and bool(config.start) and Path(config.start).suffix in (".onnx", ".easir")
+
+
 def make_space(config: SearchConfig, input_shape):
     if config.space == "densenet":
         from .densenet_space import DenseNetSpace
@@ -140,6 +164,10 @@ def make_space(config: SearchConfig, input_shape):
         return DenseNetSpace.from_config(config, input_shape)
     space = default_space(input_shape, config)
     space = dataclasses.replace(space, max_layers_per_block=config.max_layers_per_block, max_layers=config.max_layers)
+    if uses_graph_space(config):
+        from .graph_space import GraphSpace
+
+        return GraphSpace(space, config.widen_noise)
     return PlainSpace(space, config.widen_noise)
 
 
@@ -213,7 +241,8 @@ class Search:
         for device in config.devices:
             resolve_device(device)
         self.data_spec = {"name": config.dataset, "data_dir": config.data_dir, "seed": config.seed,
-                          "download": config.download, "augment": config.augment}
+                          "download": config.download, "augment": config.augment,
+                          "options": data_options(config)}
         self.data = dataset_for(self.data_spec)
         self.space = make_space(config, self.data.input_shape)
         self.start_graph = load_start(config, self.data)
@@ -255,6 +284,8 @@ class Search:
             owned = True
             (run_dir / CHILDREN_DIR).mkdir(exist_ok=True)
             store.record_config(config.to_dict(), strategy=config.strategy)
+            if search.data.split_record is not None:  # which image went to which split (users' data sets)
+                atomic_write_bytes(run_dir / SPLIT_FILE, json.dumps(search.data.split_record).encode())
         except BaseException:
             search.close()
             if owned:

@@ -62,6 +62,13 @@ class LayerToken:
     is_output: bool = False  # the final classifier layer (never widened, never deepened after)
     can_widen: bool = True  # False: the search space forbids widening this layer (e.g. a parameter cap)
     can_deepen: bool = True  # False: no new layer may go after this one (e.g. a parameter cap)
+    # Spaces derived from arbitrary graphs (graph_space.py) also say what the IR allows (through can_widen /
+    # can_deepen) and how widths move together: a layer whose output channels are coupled to another layer's
+    # (a residual add, a depthwise conv after it) is widened by that layer's pass (the group's lead), so it
+    # cannot be widened itself and lists (lead, times) in `coupled`: widening the lead by d units widens it by
+    # times * d (times > 1 when the lead's channels reach it more than once, via a concat).
+    coupled: tuple = ()
+    step: int = 1  # the width may only grow by multiples of this (channels passing a grouped conv: its groups)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -134,10 +141,12 @@ class SearchSpace:
 
 
 def next_width(token: LayerToken, space: SearchSpace) -> int | None:
-    """The next value of the width list strictly larger than the token's width; None at the maximum or for pool."""
+    """The next value of the width list strictly larger than the token's width (and reachable in steps of
+    `token.step`); None at the maximum or for pool."""
     if token.kind == "pool":
         return None
-    return next((w for w in space.widths(token.kind) if w > token.width), None)
+    return next((w for w in space.widths(token.kind) if w > token.width and (w - token.width) % token.step == 0),
+                None)
 
 
 def token_string(t: LayerToken) -> str:
@@ -201,15 +210,30 @@ def apply_wider(tokens: Sequence[LayerToken], widen: Sequence[bool], space: Sear
     """Widen every token whose mask entry is true to its next width; refuse a token that cannot be widened."""
     _check_length(tokens, widen)
     allowed = widen_mask(tokens, space)
-    out = []
     for t, w, ok in zip(tokens, widen, allowed):
         if w and not ok:
             why = "it is the output layer" if t.is_output else (
                 "it is a pool" if t.kind == "pool" else
                 "the search space forbids it" if not t.can_widen else f"{t.width} is the maximum width")
             raise ValueError(f"cannot widen {t.name!r}: {why}")
-        out.append(dataclasses.replace(t, width=next_width(t, space)) if w else t)
-    return out
+    # As the search applies a decision: one pass per marked layer, in order, each to the next width of the
+    # layer's width *before* the decision, skipped if an earlier pass already made it that wide; a pass that
+    # widens a lead by d widens the layers coupled to it by times * d.
+    widths = [t.width for t in tokens]
+    followers = {}
+    for k, t in enumerate(tokens):
+        for lead, times in t.coupled:
+            followers.setdefault(lead, []).append((k, times))
+    for i, (t, w) in enumerate(zip(tokens, widen)):
+        if not w:
+            continue
+        target = next_width(t, space)
+        if widths[i] >= target:
+            continue
+        delta, widths[i] = target - widths[i], target
+        for k, times in followers.get(t.name, ()):
+            widths[k] += times * delta
+    return [dataclasses.replace(t, width=wd) if wd != t.width else t for t, wd in zip(tokens, widths)]
 
 
 def _fresh_name(base: str, taken: set[str]) -> str:

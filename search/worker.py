@@ -44,11 +44,13 @@ class ChildOutcome:
 def dataset_for(spec: dict):
     from easc.backends.torch.data import load_dataset
 
-    key = (spec["name"], spec.get("data_dir"), spec.get("seed", 0), spec.get("augment", True))
+    options = dict(spec.get("options") or {})  # users' data sets: image_size, augment, skip_bad_images
+    key = (spec["name"], spec.get("data_dir"), spec.get("seed", 0), spec.get("augment", True),
+           tuple(sorted(options.items())))
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()  # one data set per process is all a search needs
         data = load_dataset(spec["name"], spec.get("data_dir"), seed=spec.get("seed", 0),
-                            download=spec.get("download", False))
+                            download=spec.get("download", False), **options)
         if not spec.get("augment", True):  # --no-augment: the paper's no-augmentation setting
             data.augment = "none"
         _DATA_CACHE[key] = data

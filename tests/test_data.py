@@ -374,7 +374,8 @@ def test_svhn_file_with_images_in_the_wrong_layout_is_rejected(tmp_path):
 def test_unknown_dataset_name_error_lists_the_valid_names():
     with pytest.raises(DatasetError) as err:
         load_dataset("imagenet")
-    assert str(err.value) == f"unknown dataset 'imagenet'; valid names: {', '.join(DATASETS)}"
+    assert str(err.value) == (f"unknown dataset 'imagenet'; valid names: {', '.join(DATASETS)}, or the path of an "
+                              f"image folder or an .npz file")
 
 
 def test_option_a_dataset_does_not_take_is_rejected():

@@ -13,6 +13,7 @@ Sources, and how each is prepared (PAPER.md, "Child training during search"):
 | cifar100  | `cifar-100-python/` python pickles        | 5,000 of the 50,000   | standardised   | crop_flip |
 | svhn      | `train_32x32.mat`, `test_32x32.mat`       | 5,000 of the 73,257   | / 255 (EAS)    | none      |
 | synthetic | generated: class prototypes plus noise    | 20%, stratified       | standardised   | optional  |
+| a path    | image folder or .npz (`userdata.py`)      | given, or as digits   | standardised   | optional  |
 
 digits and synthetic have no official test set: a fixed 20% (stratified, independent of `seed`) is the test
 split, 20% is held out for validation (stratified, drawn with `seed`), 60% trains. For copies of CIFAR/SVHN
@@ -124,6 +125,8 @@ class DataSplits:
     augment: str = "none"
     mean: tuple[float, ...] = field(default=())
     std: tuple[float, ...] = field(default=())
+    classes: tuple[str, ...] = field(default=())  # class names, where the source has them (image folders)
+    split_record: dict | None = None  # which file / array row went to which split (users' data sets)
 
     def __post_init__(self) -> None:
         # Data sets are also built by other code (image folders, tests); catching a mismatch here gives a
@@ -174,10 +177,21 @@ def load_dataset(
     `cifar-10-batches-py` / `cifar-100-python` folder itself); default `default_data_dir()`. `val_size`
     overrides how many training images are held out for validation. `kwargs` are data-set options (only
     `synthetic` takes any: `shape`, `num_classes`, `n`, `noise`, `augment`).
+
+    `name` may also be the path of an image folder or an .npz file (`userdata.load_path_dataset`, options
+    `image_size`, `augment`, `skip_bad_images`, `progress`); `data_dir` and `download` do not apply to those.
     """
     key = name.strip().lower().replace("-", "").replace("_", "")
     if key not in _LOADERS:
-        raise DatasetError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+        from .userdata import PATH_OPTIONS, is_path_dataset, load_path_dataset
+
+        if not is_path_dataset(name):
+            raise DatasetError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}, or the path of an "
+                               f"image folder or an .npz file")
+        unknown = sorted(set(kwargs) - set(PATH_OPTIONS))
+        if unknown:
+            raise DatasetError(f"{name}: unknown option(s) {', '.join(unknown)}; accepted: {', '.join(PATH_OPTIONS)}")
+        return load_path_dataset(name, seed=seed, val_size=val_size, **kwargs)
     if val_size is not None and (isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 0):
         raise DatasetError(f"{key}: val_size must be a non-negative integer, got {val_size!r}")
     loader, options = _LOADERS[key]
