@@ -62,6 +62,11 @@ def command(model, dataset, image_size, augmentation, skip_bad_images, data_dir,
         recipe_dataset, recipe_data_dir = settings.pop("dataset"), settings.pop("data_dir")
         augment = settings.pop("augment")
         dataset, data_dir = dataset or recipe_dataset, data_dir or recipe_data_dir  # flags override the recipe
+        recipe_image_size, recipe_augmentation = settings.pop("image_size"), settings.pop("augmentation")
+        recipe_skip = settings.pop("skip_bad_images")
+        image_size = image_size if image_size is not None else recipe_image_size
+        augmentation = augmentation if augmentation is not None else recipe_augmentation
+        skip_bad_images = skip_bad_images or bool(recipe_skip)
     elif final:
         settings = dict(FINAL_DEFAULTS)
     if (keep_weights or hold_out_validation) and not final:

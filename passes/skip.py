@@ -21,7 +21,6 @@ cycle). A grouped conv DST is refused: its new input channels would have to be s
 
 from __future__ import annotations
 
-import networkx as nx
 import numpy as np
 
 from easc.ir import LAYER_OPS, Graph, UnknownNodeError, make_node
@@ -54,6 +53,8 @@ def _plan(graph: Graph, src: str, dst: str, pool: str, nxg=None) -> list:
                         f"would have to be split across its groups")
     if pool not in POOLS:
         raise PassError(f"{where}: pool {pool!r} is not one of {', '.join(POOLS)}")
+    import networkx as nx  # here, not at the top: 0.1 s of every `easc transform` that adds no skip
+
     nxg = nxg if nxg is not None else graph.to_networkx()
     if nx.has_path(nxg, dst, src):
         raise PassError(f"{where}: {dst} already reaches {src}, so a path from {src} into {dst} would make a cycle")

@@ -294,7 +294,10 @@ def training_settings(file_tables: dict, final: bool = False) -> dict:
     """Training options for `easc train --config`: the [search] child schedule, or [final] with --final."""
     search = file_tables.get("search", {})
     out = {"dataset": search.get("dataset", "digits"), "data_dir": search.get("data_dir"),
-           "augment": search.get("augment", True)}
+           "augment": search.get("augment", True),
+           # users' data sets (image folders, .npz): how to read them, as the search reads them
+           "image_size": search.get("image_size"), "augmentation": search.get("augmentation"),
+           "skip_bad_images": search.get("skip_bad_images")}
     if final:
         out.update(FINAL_DEFAULTS)
         out.update(file_tables.get("final", {}))

@@ -167,9 +167,4 @@ class GraphSpace(PlainSpace):
         if after is None:
             return graph, [{"pass": "deepen", "after": decision.name, "kernel": kernel,
                             "skipped": f"{decision.name}: no point after it keeps the function"}]
-        calibration = None
-        if calibration_batch is not None:
-            calibration = self.calibration.stats(graph, after, calibration_batch)
-        result = self.manager(graph, rng, probes).run("deepen", after=after, kernel=kernel, calibration=calibration)
-        self.calibration.transport(graph, result)
-        return result.graph, [result.action()]
+        return self.deepen_after(graph, after, kernel, rng, probes, calibration_batch)

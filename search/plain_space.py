@@ -78,8 +78,12 @@ class PlainSpace:
 
     def apply_deeper(self, graph: Graph, decision, rng, probes, calibration_batch=None):
         """(new graph, action records): Net2Deeper after the chosen layer's unit (conv/linear-bn-relu)."""
-        after = unit_end(graph, decision.name)
         kernel = decision.kernel if decision.kind == "conv" else 3
+        return self.deepen_after(graph, unit_end(graph, decision.name), kernel, rng, probes, calibration_batch)
+
+    def deepen_after(self, graph: Graph, after: str, kernel: int, rng, probes, calibration_batch=None):
+        """(new graph, action records): one verified deepen after value `after`, its new batchnorm calibrated
+        with the parent's statistics carried through the chain (measured once per parent)."""
         calibration = None
         if calibration_batch is not None:
             calibration = self.calibration.stats(graph, after, calibration_batch)

@@ -12,13 +12,9 @@ The dynamo exporter costs several seconds per model, so those cases are marked s
 
 from __future__ import annotations
 
-import io
-import logging
 import re
-import warnings
 
 import numpy as np
-import onnx
 import pytest
 import torch
 from click.testing import CliRunner
@@ -35,6 +31,7 @@ from easc.passes.deepen import deepen
 from easc.passes.skip import skip
 from easc.passes.widen import widen, widen_reason
 from easc.passes.widen_kernel import widen_kernel
+from onnx_export import export_onnx
 
 RELATIVE_TOLERANCE = 1e-5
 """max |result - original| / max |original| in onnxruntime: float32 sums over a few thousand terms."""
@@ -76,29 +73,15 @@ def _model(arch: str):
         kwargs = {"input_size": size} if "input_size" in build.__code__.co_varnames else {}
         model = _randomise_batchnorm(build(num_classes=10, width_mult=WIDTH, **kwargs)).eval()
         x = torch.randn(BATCH, 3, size, size, generator=torch.Generator().manual_seed(1))
-        _MODELS[arch] = (model, x, _export(model, x, dynamo=False))
+        _MODELS[arch] = (model, x, export_onnx(model, x, dynamo=False))
     return _MODELS[arch]
-
-
-def _export(model, x, dynamo: bool) -> onnx.ModelProto:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.disable(logging.WARNING)
-        try:
-            if dynamo:
-                return torch.onnx.export(model, (x,), dynamo=True, verbose=False).model_proto
-            f = io.BytesIO()
-            torch.onnx.export(model, (x,), f, dynamo=False, opset_version=17)
-            return onnx.load_from_string(f.getvalue())
-        finally:
-            logging.disable(logging.NOTSET)
 
 
 def _graph(arch: str, route: str):
     model, x, legacy = _model(arch)
     if route == "fx":
         return from_module(model, x, name=arch)
-    return import_model(legacy if route == "torchscript" else _export(model, x, dynamo=True), arch)
+    return import_model(legacy if route == "torchscript" else export_onnx(model, x, dynamo=True), arch)
 
 
 def _assert_matches(graph, reference: np.ndarray, x: np.ndarray, what: str):

@@ -9,9 +9,6 @@ after `from_module`; they round-trip through the text form and `.easir`.
 from __future__ import annotations
 
 import importlib.util
-import io
-import logging
-import warnings
 
 import numpy as np
 import onnx
@@ -26,6 +23,7 @@ from easc.ir import (GraphBuilder, graph_from_bytes, graph_to_bytes, parse_graph
                      value_ranges)
 from easc.passes.base import checked
 from easc.passes.deepen import deepen
+from onnx_export import export_onnx
 
 RTOL = 1e-5
 
@@ -124,24 +122,10 @@ def _mobile():
     return m
 
 
-def _export(model, x, dynamo):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.disable(logging.WARNING)
-        try:
-            if dynamo:
-                return torch.onnx.export(model, (x,), dynamo=True, verbose=False).model_proto
-            f = io.BytesIO()
-            torch.onnx.export(model, (x,), f, dynamo=False, opset_version=17)
-            return onnx.load_from_string(f.getvalue())
-        finally:
-            logging.disable(logging.NOTSET)
-
-
 @pytest.mark.parametrize("route", ["torchscript", pytest.param("dynamo", marks=pytest.mark.slow), "fx"])
 def test_mobile_forms_of_both_torch_exporters_and_from_module_lower_to_the_ir_ops(route):
     model, x = _mobile(), torch.randn(2, 3, 8, 8)
-    graph = from_module(model, x) if route == "fx" else import_model(_export(model, x, route == "dynamo"))
+    graph = from_module(model, x) if route == "fx" else import_model(export_onnx(model, x, route == "dynamo"))
     ops = {n.op for n in graph.nodes}
     assert {"clip", "silu", "mul", "hardsigmoid", "hardswish", "slice", "channel_shuffle", "pad",
             "leaky_relu"} <= ops, ops
@@ -159,7 +143,7 @@ def test_an_operator_outside_the_set_is_refused_in_one_line_naming_it_the_node_a
         def forward(self, x):
             return torch.tanh(x)
 
-    model = _export(Tanh(), torch.randn(1, 3, 4, 4), dynamo=False)
+    model = export_onnx(Tanh(), torch.randn(1, 3, 4, 4), dynamo=False)
     with pytest.raises(OnnxImportError) as err:
         import_model(model, "m.onnx")
     message = str(err.value)
@@ -242,7 +226,7 @@ def test_easc_transform_widens_deepens_and_skips_through_a_grouped_squeeze_excit
 
     model, x = GroupedSE().eval(), torch.randn(2, 3, 8, 8)
     path = tmp_path / "block.onnx"
-    onnx.save(_export(model, x, dynamo=False), str(path))
+    onnx.save(export_onnx(model, x, dynamo=False), str(path))
     graph = import_model(onnx.load(str(path)))
     relu6 = next(n.name for n in graph.nodes if n.op == "clip")
     silu = next(n.name for n in graph.nodes if n.op == "silu")
@@ -357,7 +341,7 @@ def test_a_squeeze_excitation_gate_of_linear_layers_imports_widens_and_exports(r
 
     torch.manual_seed(0)
     model, x = LinearSE().eval(), torch.randn(2, 3, 6, 6)
-    graph = from_module(model, x) if route == "fx" else import_model(_export(model, x, route == "dynamo"))
+    graph = from_module(model, x) if route == "fx" else import_model(export_onnx(model, x, route == "dynamo"))
     mul = next(n for n in graph.nodes if n.op == "mul")
     assert graph.node(mul.inputs[1]).type.rank == 2  # the (N, C) gate, broadcast per channel
     with torch.no_grad():

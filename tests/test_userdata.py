@@ -413,3 +413,22 @@ def test_bench_data_smoke_runs_all_arms_and_writes_json(tmp_path, monkeypatch):
     assert report["benchmark"] == "bench_data" and report["mode"] == "smoke" and report["arrays_equal"]
     assert set(report["median_seconds"]) == {"plain", "easc", "decode", "one", "cached"}
     assert os.environ["EASC_CACHE_DIR"] == str(tmp_path / "cache")  # restored after the run
+
+
+def test_easc_train_reads_a_recipes_data_options_and_flags_override_them(tmp_path):
+    root = small_folder(tmp_path / "imgs", size=(8, 8), mode="L", n_per_class=10)
+    from easc.ir import save_graph
+    from easc.search.start_nets import digits_small
+
+    model = tmp_path / "m.easir"
+    save_graph(digits_small((1, 6, 6), 3, seed=0), model)
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(f'[search]\ndataset = "{root}"\nimage_size = 6\naugmentation = "crop-flip"\n'
+                      '[final]\nepochs = 1\n')
+
+    result = easc("train", model, "--config", recipe, "--final")  # 8x8 images fit the 6x6 net: image_size read
+    assert result.exit_code == 0, result.output
+    assert "augmentation crop_flip" in result.output  # the recipe's augmentation, not the default none
+
+    result = easc("train", model, "--config", recipe, "--image-size", 8)  # the flag wins: 8x8 no longer fits
+    assert result.exit_code == 2 and "(1, 6, 6)" in result.output and "(1, 8, 8)" in result.output
