@@ -29,16 +29,17 @@ and `run_all.py` keeps it in bench_defaults.log).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_all beside it, also when loaded by file path
+from run_all import load_average, machine_info  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_defaults.json"
 # --smoke: the same commands, cut to seconds.
@@ -52,29 +53,6 @@ def easc_command() -> list:
     if script.exists():
         return [str(script)]
     return [sys.executable, "-c", "import sys; from easc.cli.main import main; sys.exit(main())"]
-
-
-def load_average():
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    return {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cores": os.cpu_count(),
-            "cpu": cpu, "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
 
 
 def run(argv: list, cwd: Path) -> dict:
@@ -144,8 +122,8 @@ def main(argv=None):
     extra_search = SMOKE_SEARCH if args.smoke else []
     extra_train = SMOKE_TRAIN if args.smoke else []
 
-    info = machine()
-    load_start = load_average()
+    info = {**machine_info(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+    load_start = info["load_average"]
     print(f"{info['date']}: {info['cores']} cores, {info['cpu']}, torch {info['torch']}; "
           f"load average at start {load_start}", flush=True)
     t0 = time.perf_counter()

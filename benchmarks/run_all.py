@@ -53,6 +53,14 @@ DESCRIPTIONS = {
 }
 
 
+def load_average():
+    """[1, 5, 15 min] load averages, None where the system has none."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def machine_info() -> dict:
     cpu = platform.processor() or platform.machine()
     try:
@@ -69,12 +77,8 @@ def machine_info() -> dict:
         cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     except ImportError:
         torch_version, cuda = None, None
-    try:
-        load = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        load = None
     return {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cores": os.cpu_count(),
-            "cpu": cpu, "load_average": load, "torch": torch_version, "cuda_device": cuda,
+            "cpu": cpu, "load_average": load_average(), "torch": torch_version, "cuda_device": cuda,
             "python": platform.python_version(), "platform": platform.platform()}
 
 

@@ -22,18 +22,22 @@ def eval_node(node: Node, args: list) -> np.ndarray:
     return spec.kernel(node, args)
 
 
+def input_value(node, feeds: dict) -> np.ndarray:
+    """The float64 value fed to input node `node`, checked against its declared sample shape."""
+    if node.name not in feeds:
+        raise IRError(f"no value given for input {node.name!r}")
+    x = np.asarray(feeds[node.name], dtype=np.float64)
+    if x.shape[1:] != node.type.sample_shape:
+        raise IRError(f"input {node.name!r} expects samples of shape {node.type.sample_shape}, got {x.shape[1:]}")
+    return x
+
+
 def run_all(graph: Graph, feeds: dict) -> dict:
     """Every node's value (eval mode) for the given inputs, keyed by node name."""
     values = {}
     for node in graph.nodes:
         if node.op == "input":
-            if node.name not in feeds:
-                raise IRError(f"no value given for input {node.name!r}")
-            x = np.asarray(feeds[node.name], dtype=np.float64)
-            if x.shape[1:] != node.type.sample_shape:
-                raise IRError(f"input {node.name!r} expects samples of shape {node.type.sample_shape}, "
-                              f"got {x.shape[1:]}")
-            values[node.name] = x
+            values[node.name] = input_value(node, feeds)
         else:
             values[node.name] = eval_node(node, [values[i] for i in node.inputs])
     return values

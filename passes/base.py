@@ -28,6 +28,7 @@ from typing import Callable
 import numpy as np
 
 from easc.ir import Graph, IRError, probe_inputs, run, verify
+from easc.ir.interpret import input_value
 
 PRESERVATION_RTOL = 1e-5
 """Relative tolerance of the function-preservation check for noise-free passes (see module doc)."""
@@ -175,12 +176,7 @@ def _all_activations(graph: Graph, feeds: dict) -> dict:
     exact, values = {}, {}
     for k, node in enumerate(graph.nodes):
         if node.op == "input":
-            if node.name not in feeds:
-                raise IRError(f"no value given for input {node.name!r}")
-            value = np.asarray(feeds[node.name], dtype=np.float64)
-            if value.shape[1:] != node.type.sample_shape:
-                raise IRError(f"input {node.name!r} expects samples of shape {node.type.sample_shape}, "
-                              f"got {value.shape[1:]}")
+            value = input_value(node, feeds)
         else:
             value = _evaluate(node, [exact[i] for i in node.inputs])
         values[node.name] = value.astype(np.float32)
