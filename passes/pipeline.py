@@ -21,8 +21,15 @@ from easc.ir import Graph, run
 from .base import Pass, PassError, PassResult
 
 
-def _function(module: str, name: str):
-    return getattr(importlib.import_module(f"{__package__}.{module}"), name)
+class _ModulePass(Pass):
+    """A pass whose rewrite is the function `function` of module `passes.<module>`, looked up at call time."""
+
+    module: str = ""
+    function: str = ""
+
+    def apply(self, graph, *, rng, **args) -> PassResult:
+        rewrite = getattr(importlib.import_module(f"{__package__}.{self.module}"), self.function)
+        return rewrite(graph, rng=rng, **args)
 
 
 def _flow_nodes(graph: Graph, layer: str) -> list:
@@ -49,8 +56,9 @@ def _widen_growth(graph: Graph, layer: str, width) -> int | None:
     return int(sum(node.params for node in nodes) * (width - n) / n) + 1
 
 
-class Widen(Pass):
+class Widen(_ModulePass):
     name = "widen"
+    module, function = "widen", "widen"
     arguments = ("layer", "width", "noise")
 
     def candidates(self, graph: Graph) -> list:
@@ -66,24 +74,19 @@ class Widen(Pass):
             return super().reason(graph, layer=layer, width=width, **args)
         return why
 
-    def apply(self, graph, *, rng, **args) -> PassResult:
-        return _function("widen", "widen")(graph, rng=rng, **args)
-
     def added_params(self, graph, layer=None, width=None, **args):
         return _widen_growth(graph, layer, width)
 
 
-class Deepen(Pass):
+class Deepen(_ModulePass):
     name = "deepen"
+    module, function = "deepen", "deepen"
     arguments = ("after", "kernel", "calibration")
 
     def candidates(self, graph: Graph) -> list:
         from .deepen import deepenable
 
         return [{"after": name} for name in deepenable(graph)]
-
-    def apply(self, graph, *, rng, **args) -> PassResult:
-        return _function("deepen", "deepen")(graph, rng=rng, **args)
 
     def added_params(self, graph, after=None, kernel=3, **args):
         if after not in graph or isinstance(kernel, bool) or not isinstance(kernel, (int, np.integer)):
@@ -94,8 +97,9 @@ class Deepen(Pass):
         return c * c * k + 3 * c
 
 
-class Skip(Pass):
+class Skip(_ModulePass):
     name = "skip"
+    module, function = "skip", "skip"
     arguments = ("src", "dst", "pool")
 
     def candidates(self, graph: Graph) -> list:
@@ -112,21 +116,16 @@ class Skip(Pass):
             return str(e)
         return None
 
-    def apply(self, graph, *, rng, **args) -> PassResult:
-        return _function("skip", "skip")(graph, rng=rng, **args)
 
-
-class WidenKernel(Pass):
+class WidenKernel(_ModulePass):
     name = "widen_kernel"
+    module, function = "widen_kernel", "widen_kernel"
     arguments = ("layer", "kernel")
 
     def candidates(self, graph: Graph) -> list:
         from .widen_kernel import kernel_widenable
 
         return [{"layer": layer} for layer in kernel_widenable(graph)]
-
-    def apply(self, graph, *, rng, **args) -> PassResult:
-        return _function("widen_kernel", "widen_kernel")(graph, rng=rng, **args)
 
     def added_params(self, graph, layer=None, kernel=None, **args):
         if layer not in graph or graph.node(layer).op != "conv2d":
@@ -141,17 +140,15 @@ class WidenKernel(Pass):
         return int(node.weights["weight"].size * max(th * tw - kh * kw, 0) / (kh * kw))
 
 
-class DenseWiden(Pass):
+class DenseWiden(_ModulePass):
     name = "dense_widen"
+    module, function = "dense", "dense_widen"
     arguments = ("layer", "growth", "bottleneck", "noise")
 
     def candidates(self, graph: Graph) -> list:
         from .dense import dense_layers
 
         return [{"layer": layer} for layer in dense_layers(graph)]
-
-    def apply(self, graph, *, rng, **args) -> PassResult:
-        return _function("dense", "dense_widen")(graph, rng=rng, **args)
 
     def added_params(self, graph, layer=None, growth=None, **args):
         from .dense import BOTTLENECK_FACTOR, dense_layers
@@ -167,17 +164,15 @@ class DenseWiden(Pass):
         return grow
 
 
-class DenseDeepen(Pass):
+class DenseDeepen(_ModulePass):
     name = "dense_deepen"
+    module, function = "dense", "dense_deepen"
     arguments = ("after_layer", "calibration")
 
     def candidates(self, graph: Graph) -> list:
         from .dense import dense_layers
 
         return [{"after_layer": layer} for layer in dense_layers(graph)]
-
-    def apply(self, graph, *, rng, **args) -> PassResult:
-        return _function("dense", "dense_deepen")(graph, rng=rng, **args)
 
 
 def registry() -> dict:
