@@ -23,8 +23,10 @@ from easc.search.executors import ExecutorError, ProcessExecutor
 from easc.search.loop import Search, SearchError
 from easc.search.runs import report_data
 from easc.search.start_nets import digits_small
-from easc.search.store import ExperimentStore
 from easc.search.worker import ChildJob
+
+import searches
+from searches import children_of, resume_search, steps_of
 
 # Small enough for seconds per run, big enough that children differ and actually train.
 FAST = dict(dataset="digits", children=2, epochs=1, start_epochs=1, wider_actions=1, deeper_actions=1,
@@ -33,29 +35,7 @@ DIVERGING_LR = 1e6  # SGD at this rate overflows the loss to inf/NaN within the 
 
 
 def run_search(out, **options):
-    search = Search.start(SearchConfig(**{**FAST, **options}), out)
-    try:
-        return search.run()
-    finally:
-        search.close()
-
-
-def resume_search(out, **overrides):
-    search = Search.resume(out, overrides)
-    try:
-        return search.run()
-    finally:
-        search.close()
-
-
-def children_of(run_dir):
-    with ExperimentStore.open_existing(run_dir) as store:
-        return store.children()
-
-
-def steps_of(run_dir):
-    with ExperimentStore.open_existing(run_dir) as store:
-        return store.steps()
+    return searches.run_search(out, **{**FAST, **options})
 
 
 def decisions(run_dir):

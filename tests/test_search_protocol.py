@@ -20,6 +20,8 @@ from easc.search.encode import graph_tokens
 from easc.search.loop import Search
 from easc.search.store import ExperimentStore
 from easc.search.tokens import LayerToken, SearchSpace, blocks, deepen_points
+import searches
+from searches import children_of
 from strategies import randomise_weights
 
 FAST = dict(dataset="digits", children=3, epochs=1, start_epochs=1, wider_actions=1, deeper_actions=2,
@@ -27,16 +29,7 @@ FAST = dict(dataset="digits", children=3, epochs=1, start_epochs=1, wider_action
 
 
 def run_search(out, **options):
-    search = Search.start(SearchConfig(**{**FAST, **options}), out)
-    try:
-        return search.run()
-    finally:
-        search.close()
-
-
-def children_of(run_dir):
-    with ExperimentStore.open_existing(run_dir) as store:
-        return store.children()
+    return searches.run_search(out, **{**FAST, **options})
 
 
 # -- parents and stages ---------------------------------------------------------------------------

@@ -19,9 +19,10 @@ import pytest
 from click.testing import CliRunner
 
 from easc.cli.main import main
-from easc.search.config import SearchConfig
 from easc.search.loop import Search
 from easc.search.store import ExperimentStore
+
+import searches
 
 OPTIONS = dict(dataset="digits", children=3, epochs=1, start_epochs=1, stage_epochs=1, wider_actions=1,
                deeper_actions=1, stages=[6, 3], threads=1, quiet=True)
@@ -31,11 +32,7 @@ KILL_TIMEOUT = 600  # generous: the machine may be shared and slow to import tor
 
 
 def run_search(out, **options):
-    search = Search.start(SearchConfig(**{**OPTIONS, **options}), out)
-    try:
-        return search.run()
-    finally:
-        search.close()
+    return searches.run_search(out, **{**OPTIONS, **options})
 
 
 def children(run_dir):
