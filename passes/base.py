@@ -197,9 +197,14 @@ def max_output_difference(before: Graph, after: Graph, probes: dict | None = Non
                           executor: Executor = run) -> tuple:
     """(max |difference| of all outputs, max |output| of `before`) on the probe inputs."""
     probes = probes if probes is not None else probe_inputs(before, PROBE_BATCH)
-    a, b = _outputs(before, probes, executor), _outputs(after, probes, executor)
-    diff = max(float(np.max(np.abs(np.asarray(a[k], np.float64) - np.asarray(b[k], np.float64)))) for k in a)
-    scale = max(float(np.max(np.abs(np.asarray(a[k], np.float64)))) for k in a)
+    return output_difference(_outputs(before, probes, executor), _outputs(after, probes, executor))
+
+
+def output_difference(reference: dict, other: dict) -> tuple:
+    """(max |difference| over the outputs of `reference`, max |reference output|), in float64."""
+    diff = max(float(np.max(np.abs(np.asarray(reference[k], np.float64) - np.asarray(other[k], np.float64))))
+               for k in reference)
+    scale = max(float(np.max(np.abs(np.asarray(reference[k], np.float64)))) for k in reference)
     return diff, scale
 
 

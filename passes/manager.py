@@ -40,7 +40,7 @@ import numpy as np
 from easc.ir import Graph, probe_inputs, run, verify
 
 from .base import (PRESERVATION_RTOL, PROBE_BATCH, FunctionNotPreservedError, PassError, PassResult, ProbeSet,
-                   checked, signature)
+                   checked, output_difference, signature)
 from .local_check import check_region, identity_diff
 
 CHECKS = ("local", "full", "structural")
@@ -198,9 +198,7 @@ class PassManager:
         missing = [k for k in reference if k not in final]
         if missing:
             raise FunctionNotPreservedError(f"end to end: the final model has no output {missing[0]!r}")
-        diff = max(float(np.max(np.abs(np.asarray(reference[k], np.float64) - np.asarray(final[k], np.float64))))
-                   for k in reference)
-        scale = max(float(np.max(np.abs(np.asarray(reference[k], np.float64)))) for k in reference)
+        diff, scale = output_difference(reference, final)
         allowed = (PRESERVATION_RTOL + self.noise_tolerance) * (1 + scale)
         if not diff <= allowed:
             raise FunctionNotPreservedError(
