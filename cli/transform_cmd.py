@@ -92,12 +92,12 @@ def _export_check_write(manager, reference: dict, output: str) -> float:
     the check, and it is renamed to OUTPUT only when the check passes (removed otherwise: nothing written).
     """
     import os
-    import tempfile
 
     from easc.backends.onnx import OnnxExportError, run_onnx
     from easc.backends.onnx.exporter import export_parts
     from easc.backends.onnx.stream import write_model
     from easc.ir import save_graph
+    from easc.ir.serialize import commit_file, stage_file
 
     if Path(output).suffix == ".easir":
         diff, _ = manager.finish(reference, run_onnx)
@@ -106,21 +106,17 @@ def _export_check_write(manager, reference: dict, output: str) -> float:
     if manager.graph.params * 4 >= 2 ** 31:
         raise OnnxExportError(f"{output}: the model is larger than 2 GB, which a single ONNX file cannot hold")
     manager.probes.forget_activations()  # the passes are done; the end-to-end check runs onnxruntime
-    model, weights = export_parts(manager.graph)  # the weights are the IR's own arrays
-    fd, temporary = tempfile.mkstemp(prefix=f".{Path(output).name}.", suffix=".tmp", dir=Path(output).parent)
+    parts = list(export_parts(manager.graph))  # (model, weights): the weights are the IR's own arrays
+    # written from the arrays: no copy of the weights in memory
+    temporary = stage_file(output, lambda f: write_model(*parts, f))
     try:
-        with os.fdopen(fd, "wb") as f:
-            write_model(model, weights, f)  # written from the arrays: no copy of the weights in memory
-        del model, weights
+        parts.clear()
         manager.graph = None  # onnxruntime loads the file next; the IR copy can go first
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # as an ordinary new file (mkstemp makes it private)
         diff, _ = manager.finish(reference, lambda _graph, feeds: run_onnx(temporary, feeds))
-        os.replace(temporary, output)
     except BaseException:
         os.unlink(temporary)
         raise
+    commit_file(temporary, output)
     return diff
 
 

@@ -141,6 +141,47 @@ class OutputError(OSError):
     """An output that cannot be written; `filename` is the path the user gave, never a temporary name."""
 
 
+def stage_file(path, write) -> Path:
+    """A temporary file next to `path`, created with the mode the umask gives, filled by `write(f)` (a binary
+    file object), flushed and synced; returns its path for the caller to rename into place (`commit_file`)
+    or remove. Nothing is left behind on failure; an OSError is raised as an `OutputError` naming `path`.
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), _creation_mode())
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        return Path(tmp)
+    except BaseException as e:
+        if tmp is not None:
+            _unlink_quietly(tmp)
+        if isinstance(e, OSError):
+            raise OutputError(e.errno, f"cannot write ({e.strerror or e})", str(path)) from None
+        raise
+
+
+def commit_file(staged, path) -> None:
+    """Rename the staged file over `path` (replacing a symlink there, never writing through it); on failure
+    remove it and raise an `OutputError` naming `path`."""
+    try:
+        os.replace(staged, path)
+    except OSError as e:
+        _unlink_quietly(staged)
+        raise OutputError(e.errno, f"cannot write ({e.strerror or e})", str(path)) from None
+
+
+def _unlink_quietly(path) -> None:
+    try:
+        if os.path.lexists(path):
+            os.unlink(path)
+    except OSError:
+        pass
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder and an atomic rename.
 
@@ -149,25 +190,7 @@ def atomic_write_bytes(path, data: bytes) -> None:
     `OutputError` naming `path`, with the errno of the cause, so that callers can tell a full disk
     (ENOSPC) from a path the user got wrong.
     """
-    path = Path(path)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), _creation_mode())
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as e:
-        raise OutputError(e.errno, f"cannot write ({e.strerror or e})", str(path)) from None
-    finally:
-        if tmp is not None and os.path.lexists(tmp):
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+    commit_file(stage_file(path, lambda f: f.write(data)), path)
 
 
 def check_writable(path) -> None:

@@ -41,7 +41,7 @@ from typing import NamedTuple
 import torch
 
 from easc.ir import Graph, probe_inputs, verify
-from easc.ir.serialize import OutputError, _creation_mode
+from easc.ir.serialize import OutputError, stage_file
 
 from easc.backends.optable import LOWERINGS
 
@@ -302,19 +302,7 @@ def _make_folder(outdir: Path) -> Path | None:
 
 def _stage(path: Path, data: bytes) -> Path:
     """`data` written in full and flushed to a temporary file next to `path`."""
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), _creation_mode())
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        return Path(tmp)
-    except OSError as e:
-        if tmp is not None:
-            _remove(Path(tmp))
-        raise OutputError(e.errno, f"cannot write ({e.strerror or e})", str(path)) from None
+    return stage_file(path, lambda f: f.write(data))
 
 
 def _aside(path: Path) -> Path:
