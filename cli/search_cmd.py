@@ -57,9 +57,9 @@ def _stages(value):
 @click.option("--deeper-actions", type=int, default=None, help="Net2Deeper actions per network [default: 5].")
 @click.option("--epochs", type=int, default=None, help="Child training epochs [default: 6 on digits, 20 otherwise].")
 @click.option("--max-layers-per-block", type=int, default=None,
-              help="Deepening stops in a block with this many layers [default: 10 in the plain space].")
+              help="Deepening stops in a block with this many layers (0: no limit) [default: 10 in the plain space].")
 @click.option("--max-layers", type=int, default=None,
-              help="Deepening stops at this many layer tokens in all [default: 50 in the plain space].")
+              help="Deepening stops at this many layer tokens in all (0: no limit) [default: 50 in the plain space].")
 @click.option("--max-params", type=int, default=None, help="Mask actions that would exceed this many parameters.")
 @click.option("--no-augment", "no_augment", is_flag=True, default=None,
               help="Train without the data set's augmentation (the paper's no-augmentation setting).")

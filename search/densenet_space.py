@@ -60,7 +60,8 @@ class DenseNetSpace(PlainSpace):
         growth = SMALL_GROWTH_RATES if small else GROWTH_RATES
         space = cls(SearchSpace(conv_widths=tuple(config.growth_rates or growth),
                                 fc_widths=tuple(config.fc_widths or fc), kernels=(3,),
-                                max_layers_per_block=config.max_layers_per_block, max_layers=config.max_layers),
+                                max_layers_per_block=config.max_layers_per_block or None,  # 0: no limit
+                                max_layers=config.max_layers or None),
                     widen_noise=config.widen_noise)
         space.widen_transitions = bool(getattr(config, "widen_transitions", True))
         return space

@@ -68,6 +68,7 @@ class LocalExecutor:
 
 class ProcessExecutor:
     name = "process"
+    queued = 0  # jobs handed to the pool beyond one per worker (see _dispatch)
 
     def __init__(self, devices: list, threads: int = 1, data_spec: dict | None = None):
         self.devices = devices
@@ -82,15 +83,16 @@ class ProcessExecutor:
         return len(self.futures) + len(self.backlog)
 
     def _dispatch(self) -> None:
-        """Hand jobs to the pool, the largest first, keeping one queued beyond the workers.
+        """Hand jobs to the pool, the costliest first, at most one per free worker (plus `queued`).
 
         A step ends when its last child does, so the children left for the end should be the short ones
-        (longest-processing-time-first scheduling); the size of a child's file (its parameters) stands in for
-        its training time. One job queued beyond the workers lets a worker that finishes start the next child
-        at once, without waiting for the driver to notice.
+        (longest-processing-time-first scheduling, by `cost.training_cost`). Sampling a child takes a
+        fraction of training one, so by the time a worker frees most of the step's children are waiting and
+        the choice is real. Queuing a job beyond the workers would spare a freed worker the driver's round
+        trip (milliseconds) but commits the job early, before the costlier ones are sampled.
         """
-        while self.backlog and len(self.futures) < len(self.devices) + 1:
-            job = max(self.backlog, key=lambda j: len(j.graph))
+        while self.backlog and len(self.futures) < len(self.devices) + self.queued:
+            job = max(self.backlog, key=lambda j: (j.cost, -j.child_id))
             self.backlog.remove(job)
             self.futures[self._submit_to_pool(job)] = job
 

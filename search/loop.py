@@ -50,6 +50,7 @@ from easc.passes.base import FunctionNotPreservedError, ProbeSet
 
 from .config import ConfigError, SearchConfig, check_config, validate
 from .controller import Episode, ReinforcePolicy, make_policy, reward_from_accuracy
+from .cost import training_cost
 from .executors import make_executor
 from .killpoints import kill_point
 from .limits import limit_tokens
@@ -163,7 +164,9 @@ def make_space(config: SearchConfig, input_shape):
 
         return DenseNetSpace.from_config(config, input_shape)
     space = default_space(input_shape, config)
-    space = dataclasses.replace(space, max_layers_per_block=config.max_layers_per_block, max_layers=config.max_layers)
+    # 0: no limit (the space's None)
+    space = dataclasses.replace(space, max_layers_per_block=config.max_layers_per_block or None,
+                                max_layers=config.max_layers or None)
     if uses_graph_space(config):
         from .graph_space import GraphSpace
 
@@ -402,7 +405,8 @@ class Search:
         def on_epoch(cid, epoch, loss, val_acc):
             self.on_event("child_epoch", child=cid, epoch=epoch, epochs=epochs, val_acc=val_acc)
 
-        job = ChildJob(child_id, graph_to_bytes(graph), self.data_spec, self._train_config(epochs, seed))
+        job = ChildJob(child_id, graph_to_bytes(graph), self.data_spec, self._train_config(epochs, seed),
+                       cost=training_cost(graph, epochs))
         self._executor().submit(job, on_epoch)
 
     def _collect(self, block: bool) -> list:

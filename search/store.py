@@ -58,13 +58,14 @@ import torch
 from easc import __version__ as easc_version
 
 from .runlock import LOCK_FILE, RunLock
+from .store_migrations import FINAL_TRAININGS_TABLE, MigrationError, migrate
 
 __all__ = ["ExperimentStore", "StoreError", "StoreFullError", "ChildRecord", "StepRecord", "STORE_FILE",
            "CHILD_STATUSES", "CHILDREN_DIR"]
 
 STORE_FILE = "search.sqlite"
 CHILDREN_DIR = "children"  # every child file a run records lives under RUN/children/
-SCHEMA_VERSION = 2  # 2: stages (children.stage/role/idx, steps.stage)
+SCHEMA_VERSION = 3  # 2: stages (children.stage/role/idx, steps.stage); 3: final_trainings (store_migrations.py)
 # 'cached': the same canonical hash was already trained; the row copies that child's results.
 # 'lost': was pending or running when the driver stopped (see mark_in_flight_lost); the resumed step trains
 # it again in the same row (same id), so a finished search keeps no 'lost' row unless it stopped for good.
@@ -73,6 +74,10 @@ SCHEMA_VERSION = 2  # 2: stages (children.stage/role/idx, steps.stage)
 CHILD_ROLES = ("child", "start")
 CHILD_STATUSES = ("pending", "running", "done", "failed", "cached", "lost")
 _FINAL_STATUSES = ("done", "failed", "cached", "lost")
+# Final training of a found network (easc train --final): fresh or inherited weights, on train + validation
+# images or with the validation images held out.
+FINAL_WEIGHTS = ("reinitialised", "kept")
+FINAL_DATA = ("train+validation", "train")
 
 # One statement per entry: sqlite3 executes one at a time inside our transaction (executescript would commit).
 _SCHEMA = (
@@ -126,6 +131,7 @@ CREATE TABLE controller_state (
     blob BLOB NOT NULL
 )
 """,
+    FINAL_TRAININGS_TABLE,
 )
 
 _JSON_COLUMNS = ("actions", "widths")
@@ -273,6 +279,7 @@ class ExperimentStore:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / STORE_FILE
         self._lock = None
+        self._memory_copy = False  # a reader's upgraded copy of an older store (see _upgrade): never written
         # SQLite and the search follow symlinks: one planted as the database, its journal or children/ would
         # have them write outside the run folder.
         for name in (STORE_FILE, f"{STORE_FILE}-wal", f"{STORE_FILE}-shm", CHILDREN_DIR, LOCK_FILE):
@@ -344,8 +351,39 @@ class ExperimentStore:
             raise StoreError(f"{self.run_dir}: {STORE_FILE} is not an experiment store (no table "
                              f"{', '.join(sorted(missing))})")
         version = self.run_info().get("schema_version")
-        if version != str(SCHEMA_VERSION):
-            raise StoreError(f"{self.run_dir}: store schema version {version}, this easc reads {SCHEMA_VERSION}")
+        number = int(version) if isinstance(version, str) and version.isdigit() and len(version) < 6 else None
+        if number == SCHEMA_VERSION:
+            return
+        if number is None or not 1 <= number < SCHEMA_VERSION:
+            raise StoreError(f"{self.run_dir}: store schema version {version}, this easc reads versions 1 to "
+                             f"{SCHEMA_VERSION}")
+        self._upgrade(number)
+
+    def _upgrade(self, version: int) -> None:
+        """Bring a store of an earlier schema to the current one (see store_migrations.py).
+
+        The driver (``lock=True``) upgrades the file, once, in one transaction, under the run folder's lock:
+        after a crash the file is either still the old version or fully upgraded. A reader takes no lock and
+        never writes, so it upgrades a copy in memory (``Connection.backup`` copies the WAL's pages too).
+        """
+        if self._lock is None:
+            memory = sqlite3.connect(":memory:", isolation_level=None)
+            try:
+                self._db.backup(memory)
+            except BaseException:
+                memory.close()
+                raise
+            self._db.close()
+            self._db = memory
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA foreign_keys=ON")
+        try:
+            with self._transaction():
+                migrate(self._db, version, SCHEMA_VERSION)
+        except MigrationError as e:
+            raise StoreError(f"{self.run_dir}: cannot upgrade {STORE_FILE} from schema version {version} to "
+                             f"{SCHEMA_VERSION}: it is corrupt ({e})") from None
+        self._memory_copy = self._lock is None
 
     def close(self) -> None:
         try:
@@ -361,6 +399,9 @@ class ExperimentStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        if self._memory_copy:  # a write would be lost with the copy: only the lock holder writes an old store
+            raise StoreError(f"{self.run_dir}: {STORE_FILE} has an older schema and was opened to read only; "
+                             f"resume the search (easc search --resume {self.run_dir}) to upgrade it")
         # IMMEDIATE takes the write lock at the start, so a transaction never fails half-way on a busy lock.
         self._db.execute("BEGIN IMMEDIATE")
         try:
@@ -583,6 +624,47 @@ class ExperimentStore:
 
     def steps(self) -> list[StepRecord]:
         return [StepRecord(**dict(r)) for r in self._db.execute("SELECT * FROM steps ORDER BY step")]
+
+    # ------------------------------------------------------------------------------------ final training
+
+    def child_of_file(self, path: str | Path) -> ChildRecord | None:
+        """The trained child whose network file is `path` (inside ``RUN/children/``), if any."""
+        full = Path(path).resolve()
+        children = (self.run_dir / CHILDREN_DIR).resolve()
+        if not full.is_relative_to(children):
+            return None
+        for row in self._db.execute("SELECT * FROM children WHERE status = 'done' AND weights_path IS NOT NULL "
+                                    "ORDER BY id"):
+            if (self.run_dir / row["weights_path"]).resolve() == full:
+                return _child(row, self.run_dir)
+        return None
+
+    def record_final_training(self, *, child_id: int | None, model: str, hash: str, weights: str, data: str,
+                              train_images: int, augment: str, epochs: int, lr: float, seed: int,
+                              val_acc: float | None, test_acc: float | None, seconds: float | None,
+                              output: str | None) -> int:
+        """Record which final training (`easc train --final`) ran on a network of this run; returns its id."""
+        if weights not in FINAL_WEIGHTS or data not in FINAL_DATA:
+            raise StoreError(f"{self.run_dir}: a final training is {'/'.join(FINAL_WEIGHTS)} weights on "
+                             f"{'/'.join(FINAL_DATA)} images, not {weights!r} on {data!r}")
+        with self._transaction():
+            cur = self._db.execute(
+                "INSERT INTO final_trainings (child_id, model, hash, weights, data, train_images, augment, epochs, "
+                "lr, seed, val_acc, test_acc, seconds, output, finished) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (child_id, model, hash, weights, data, train_images, augment, epochs, lr, seed, val_acc, test_acc,
+                 seconds, output, _now()))
+        return int(cur.lastrowid)
+
+    def final_trainings(self) -> list[dict]:
+        """Every recorded final training, oldest first (the fields of ``record_final_training``, plus id and
+        finished)."""
+        rows = [dict(r) for r in self._db.execute("SELECT * FROM final_trainings ORDER BY id")]
+        for row in rows:
+            if row["weights"] not in FINAL_WEIGHTS or row["data"] not in FINAL_DATA:
+                raise StoreError(f"{self.run_dir}: {STORE_FILE} is corrupt (final training {row['id']}: weights "
+                                 f"{row['weights']!r}, data {row['data']!r})")
+        return rows
 
     # ---------------------------------------------------------------------------------------------- misc
 

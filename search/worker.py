@@ -23,6 +23,7 @@ class ChildJob:
     dataset: dict  # {"name", "data_dir", "seed", "download"}
     train: dict  # TrainConfig fields: epochs, batch_size, lr, weight_decay, seed, ...
     device: str | None = None  # None: the worker's own device (process pools) or cpu
+    cost: float = 0.0  # expected training cost (cost.training_cost): a pool hands out the costliest first
 
 
 @dataclass

@@ -1,11 +1,16 @@
 """The search driver: each child goes to the executor as soon as it is sampled, one controller update per
-step, one probe set per parent, and the process pool hands the largest waiting child to a free worker."""
+step, one probe set per parent, and the process pool hands the costliest waiting child to a free worker."""
 
 from __future__ import annotations
 
+import numpy as np
+
+from easc.passes import apply_pass
 from easc.search.config import SearchConfig
+from easc.search.cost import multiply_adds, training_cost
 from easc.search.executors import ProcessExecutor
 from easc.search.loop import Search
+from easc.search.start_nets import build_start_net
 from easc.search.worker import ChildJob
 
 FAST = dict(dataset="digits", children=3, epochs=1, start_epochs=1, wider_actions=1, deeper_actions=1,
@@ -43,25 +48,36 @@ def test_each_child_is_submitted_as_soon_as_it_is_sampled_and_the_policy_updates
     assert len({probes for _, probes in probe_sets}) == 1
 
 
-def _job(child_id, size):
-    return ChildJob(child_id, b"x" * size, {"name": "digits"}, {})
+def _job(child_id, cost):
+    return ChildJob(child_id, b"x", {"name": "digits"}, {}, cost=cost)
 
 
-def test_the_process_pool_hands_the_largest_waiting_child_to_the_next_free_worker():
+def test_the_process_pool_hands_the_costliest_waiting_child_to_the_next_free_worker():
     pool = ProcessExecutor.__new__(ProcessExecutor)  # the scheduling only: no worker processes
     pool.devices, pool.futures, pool.backlog = ["cpu", "cpu"], {}, []
     handed = []
     pool._submit_to_pool = lambda job: handed.append(job.child_id) or object()
 
-    for child_id, size in enumerate([10, 20, 5, 50, 30, 40]):
-        pool.submit(_job(child_id, size))
+    for child_id, cost in enumerate([10, 20, 5, 50, 30, 40, 50]):
+        pool.submit(_job(child_id, cost))
 
-    # Two workers plus one queued: the first three as they come, then the largest waiting first.
-    assert handed == [0, 1, 2]
-    assert pool.in_flight == 6
+    # One child per worker: the first two as they come (nothing else is waiting yet); the rest wait, so
+    # that a freed worker takes the costliest of all sampled by then (ties: the earlier child).
+    assert handed == [0, 1]
+    assert pool.in_flight == 7
     pool.futures.popitem()
     pool._dispatch()
-    assert handed == [0, 1, 2, 3]
+    assert handed == [0, 1, 3]
     pool.futures.clear()
     pool._dispatch()
-    assert handed == [0, 1, 2, 3, 5, 4]
+    assert handed == [0, 1, 3, 6, 5]
+
+
+def test_the_training_cost_follows_multiply_adds_and_epochs():
+    net = build_start_net("digits-small", (1, 8, 8), 10, 0)
+    conv = next(n for n in net.layers() if n.op == "conv2d")
+    wider = apply_pass(net, "widen", layer=conv.name, width=2 * conv.width, rng=np.random.default_rng(0)).graph
+    # Doubling the first conv's filters doubles its multiply-adds and the next conv's.
+    assert multiply_adds(wider) > multiply_adds(net)
+    assert training_cost(wider, 6) > training_cost(net, 6)
+    assert training_cost(net, 6) == 2 * training_cost(net, 3)

@@ -206,7 +206,7 @@ def test_a_store_of_another_schema_version_is_refused(tmp_path):
     raw.execute("UPDATE run SET value = '99' WHERE key = 'schema_version'")
     raw.commit()
     raw.close()
-    with pytest.raises(StoreError, match="store schema version 99, this easc reads 2"):
+    with pytest.raises(StoreError, match="store schema version 99, this easc reads versions 1 to 3"):
         ExperimentStore.open_existing(tmp_path)
 
 
