@@ -70,6 +70,29 @@ def write_plots(data: dict, run_dir: Path, compare: dict | None = None) -> list:
     return written
 
 
+def _shown(text) -> str:
+    """A string from the run folder, printed so that control characters in a hostile store stay inert."""
+    return text if isinstance(text, str) and text.isprintable() else repr(text)
+
+
+def final_training_lines(trainings: list) -> list:
+    """One line per `easc train --final` recorded in the run: which network, which weights, which images."""
+    if not trainings:
+        return ["final training: none recorded (easc train RUN/children/child_N.easir --final records one)"]
+    lines = []
+    for f in trainings:
+        network = f"child {f['child']}" if f["child"] is not None else f"{_shown(f['model'])} (none of the children)"
+        weights = "fresh weights (re-initialised)" if f["weights"] == "reinitialised" else \
+            "the network's own weights (--keep-weights)"
+        images = "train + validation" if f["data"] == "train+validation" else \
+            "train only, validation held out (--hold-out-validation)"
+        output = f" -> {_shown(f['output'])}" if f["output"] else ""
+        lines.append(f"final training: {network}, {weights}, on {f['train_images']:,} images ({images}), "
+                     f"{f['epochs']} epochs at lr {f['lr']:g}, augmentation {_shown(f['augment'])}: val acc "
+                     f"{_fmt(f['val_acc'])}, test acc {_fmt(f['test_acc'])}{output}")
+    return lines
+
+
 @click.command("report")
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary (schema in the README).")
@@ -85,7 +108,7 @@ def command(run, as_json, compare, top, no_plots):
     other = report_data(compare, top) if compare else None
     if as_json:
         shown = {k: data[k] for k in ("start", "best", "steps", "children", "failed", "strategy", "parent", "stages",
-                                      "leaderboard")}
+                                      "final_trainings", "leaderboard")}
         click.echo(json.dumps(shown, indent=2))
     else:
         click.echo(f"run {run} ({data['strategy']}): {data['children']} children, {data['failed']} failed")
@@ -103,6 +126,8 @@ def command(run, as_json, compare, top, no_plots):
             click.echo(f"stage {st['stage']}: from step {st['first_step']}, {st['steps']} step(s) done; start net "
                        f"child {st['start_child']} = {origin}, val acc {_fmt(st['start_val_acc'])}; "
                        f"best in stage {_fmt(st['best_val_acc'])}")
+        for line in final_training_lines(data["final_trainings"]):
+            click.echo(line)
         click.echo("")
         click.echo(f"{'rank':>4}  {'child':>5}  {'val acc':>7}  {'params':>10}  {'depth':>5}  widths / lineage")
         for rank, row in enumerate(data["leaderboard"], 1):

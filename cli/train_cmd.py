@@ -5,6 +5,12 @@ epochs, lr 0.1 cosine), weights re-initialised (a fresh start: the search's inhe
 short schedules) and all training images, train + validation (the released code's default: on CIFAR-10 all
 50,000). `--keep-weights` fine-tunes the inherited weights instead; `--hold-out-validation` keeps the
 validation images out of training (and reports their accuracy). The command prints which one ran.
+
+Run on a network of a search's run folder (a child's file, `RUN/children/child_N.easir`, or one exported into
+the folder), or with `-o` inside a run folder, `--final` also records which training ran in that run's store,
+for `easc report` (`final_trainings`). It holds the run folder's lock from before training to the record (a
+search running there is refused at once, not after hours of training) and writes the record in one
+transaction after the trained model is saved; the output may not replace a child's file or the store.
 """
 
 from __future__ import annotations
@@ -49,10 +55,9 @@ def command(model, dataset, image_size, augmentation, skip_bad_images, data_dir,
             weight_decay, seed, device, config, final, keep_weights, hold_out_validation, no_augment, threads, quiet,
             output):
     """Train MODEL on a data set; print validation/test accuracy and a closing JSON line."""
-    from easc.backends.formats import check_save_path, load_model, save_model
-    from easc.backends.torch import to_module, write_back
+    from easc.backends.formats import check_save_path, load_model
     from easc.backends.torch.data import load_dataset
-    from easc.backends.torch.train import TrainConfig, TrainConfigError, resolve_device, train_module
+    from easc.backends.torch.train import TrainConfig, TrainConfigError, resolve_device
 
     from easc.search.config import FINAL_DEFAULTS, load_config, training_settings
 
@@ -86,6 +91,11 @@ def command(model, dataset, image_size, augmentation, skip_bad_images, data_dir,
         import torch
 
         torch.set_num_threads(threads)
+    run = None
+    if final:
+        from easc.search.runs import final_training_run
+
+        run = final_training_run(model, output)
     graph = load_model(model)
     options = {k: v for k, v in (("image_size", image_size), ("augment", augmentation),
                                  ("skip_bad_images", skip_bad_images or None)) if v is not None}
@@ -105,7 +115,30 @@ def command(model, dataset, image_size, augmentation, skip_bad_images, data_dir,
         cfg = TrainConfig(seed=seed, device=device, quiet=True, **settings)
     except TrainConfigError as e:  # "TrainConfig.lr = -1.0: ..." -> "--lr = -1.0: ...": name the flag the user typed
         fail(re.sub(r"TrainConfig\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(e)))
+    store = None
+    if run is not None:  # checked and locked before training: a run folder in use or corrupt fails now
+        from easc.search.runlock import RunLockedError
+        from easc.search.store import ExperimentStore
+
+        try:
+            store = ExperimentStore.open_existing(run, lock=True)
+        except RunLockedError as e:
+            fail(f"easc train --final records its training in the run folder {run}, but {e}")
+    try:
+        _train(graph, data, cfg, model, output, final, keep_weights, hold_out_validation, seed, quiet, run, store)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _train(graph, data, cfg, model, output, final, keep_weights, hold_out_validation, seed, quiet, run, store):
+    from easc.backends.formats import save_model
+    from easc.backends.torch import to_module, write_back
+    from easc.backends.torch.train import train_module
+    from easc.ir import structural_hash
+
     protocol = None
+    architecture = structural_hash(graph)
     if final:
         import numpy as np
 
@@ -144,6 +177,20 @@ def command(model, dataset, image_size, augmentation, skip_bad_images, data_dir,
     val_acc = None if result.val_acc != result.val_acc else round(result.val_acc, 6)  # NaN: none held out
     summary = {"val_acc": val_acc, "test_acc": round(result.test_acc, 6), "epochs": result.epochs,
                "seconds": round(result.seconds, 2)}
+    if store is not None:
+        from easc.search.runs import shown_path
+
+        # The run's child this network is: the child file given, else a trained child of the same architecture.
+        child = store.child_of_file(model) or store.find_done_by_hash(architecture)
+        record = store.record_final_training(
+            child_id=child.id if child else None, model=shown_path(model, run), hash=architecture,
+            weights=protocol["weights"], data=protocol["data"], train_images=protocol["train_images"],
+            augment=str(protocol["augment"]), epochs=cfg.epochs, lr=cfg.lr, seed=seed, val_acc=val_acc,
+            test_acc=summary["test_acc"], seconds=summary["seconds"],
+            output=shown_path(output, run) if output else None)
+        protocol.update(run=str(run), child=child.id if child else None)
+        of = f"child {child.id}" if child else "a network that is none of its children"
+        click.echo(f"recorded in {run} as final training {record} ({of}); easc report {run} shows it")
     if protocol is not None:
         summary["final"] = protocol
     click.echo(json.dumps(summary))

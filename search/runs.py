@@ -6,9 +6,14 @@
      "steps": [{"step", "mean_val_acc", "best_val_acc", "mean_reward", "baseline"}],
      "children": N, "failed": N,
      "parent": "start" | "best",
-     "stages": [{"stage", "first_step", "steps", "start_child", "source_child", "start_val_acc", "best_val_acc"}]}
+     "stages": [{"stage", "first_step", "steps", "start_child", "source_child", "start_val_acc", "best_val_acc"}],
+     "final_trainings": [{"child", "weights", "data", "train_images", "augment", "epochs", "lr", "seed",
+                          "val_acc", "test_acc", "model", "output", "finished"}]}
 
-plus a few extra fields (strategy, leaderboard). `children` counts the networks the run trained or reused
+plus a few extra fields (strategy, leaderboard). `final_trainings` lists every `easc train --final` run on a
+network of the run (see `final_training_run`), oldest first: `weights` "reinitialised" | "kept" (--keep-weights),
+`data` "train+validation" | "train" (--hold-out-validation), `child` the run's child it trained (null when
+the network is none of the run's). `children` counts the networks the run trained or reused
 (start nets included); children lost in flight by a stopped driver are not counted (a resumed step trains
 them again in the same row). Opening a run never writes to it.
 """
@@ -19,7 +24,7 @@ from pathlib import Path
 
 from easc.ir import Graph, load_graph
 
-from .store import ExperimentStore, StoreError
+from .store import CHILDREN_DIR, STORE_FILE, ExperimentStore, StoreError
 
 
 def _open(run_dir) -> ExperimentStore:
@@ -72,6 +77,11 @@ def report_data(run_dir, top: int = 10) -> dict:
                              "widths": c.widths, "step": c.step, "lineage": lineage(store, c.id)} for c in board],
             "points": [{"child": c.id, "val_acc": c.val_acc, "params": c.params} for c in children
                        if c.status == "done" and c.val_acc is not None],
+            "final_trainings": [{"child": f["child_id"], "weights": f["weights"], "data": f["data"],
+                                 "train_images": f["train_images"], "augment": f["augment"], "epochs": f["epochs"],
+                                 "lr": f["lr"], "seed": f["seed"], "val_acc": f["val_acc"], "test_acc": f["test_acc"],
+                                 "model": f["model"], "output": f["output"], "finished": f["finished"]}
+                                for f in store.final_trainings()],
         }
 
 
@@ -88,3 +98,36 @@ def load_run_child(run_dir, child_id: int | None = None) -> Graph:
             record = store.child(child_id)
         # child_file refuses a path outside RUN/children/ (a database edited to point at /etc/passwd).
         return load_graph(store.child_file(record))
+
+
+def run_folder_of(path) -> Path | None:
+    """The run folder `path` lies in (the nearest folder above it holding a store), or None."""
+    for folder in Path(path).resolve().parents:
+        if (folder / STORE_FILE).is_file() or (folder / STORE_FILE).is_symlink():
+            return folder
+    return None
+
+
+def final_training_run(model, output) -> Path | None:
+    """The run folder a final training belongs to: the one holding the model (a run's child file, or a network
+    exported into the run folder), else the one the output goes into; None when neither is in one.
+
+    The output may not replace a child's file under children/: it is that child's record (its weights are
+    what the store says was trained). The run's other files cannot be hit: an output is an .onnx or .easir.
+    """
+    run = run_folder_of(model)
+    if output is not None:
+        out_run = run_folder_of(output)
+        if out_run is not None:
+            target = Path(output).resolve()
+            if target.is_relative_to((out_run / CHILDREN_DIR).resolve()):
+                raise StoreError(f"-o {output}: {out_run}/{CHILDREN_DIR}/ holds the search's networks; write the "
+                                 f"final model elsewhere (e.g. {out_run}/final.easir)")
+        run = run or out_run
+    return run
+
+
+def shown_path(path, run: Path) -> str:
+    """`path` relative to the run folder when inside it (a run folder can be moved whole), else absolute."""
+    full = Path(path).resolve()
+    return full.relative_to(run.resolve()).as_posix() if full.is_relative_to(run.resolve()) else str(full)

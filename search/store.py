@@ -79,6 +79,24 @@ _FINAL_STATUSES = ("done", "failed", "cached", "lost")
 FINAL_WEIGHTS = ("reinitialised", "kept")
 FINAL_DATA = ("train+validation", "train")
 
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+
+
+_FINAL_COLUMN_TYPES = {
+    "child_id": lambda v: v is None or _is_count(v), "model": lambda v: isinstance(v, str),
+    "weights": lambda v: isinstance(v, str), "data": lambda v: isinstance(v, str), "train_images": _is_count,
+    "augment": lambda v: isinstance(v, str), "epochs": _is_count, "lr": _is_real, "seed": _is_count,
+    "val_acc": lambda v: v is None or _is_real(v), "test_acc": lambda v: v is None or _is_real(v),
+    "seconds": lambda v: v is None or _is_real(v), "output": lambda v: v is None or isinstance(v, str),
+    "finished": lambda v: isinstance(v, str),
+}
+
 # One statement per entry: sqlite3 executes one at a time inside our transaction (executescript would commit).
 _SCHEMA = (
     """
@@ -660,10 +678,13 @@ class ExperimentStore:
         """Every recorded final training, oldest first (the fields of ``record_final_training``, plus id and
         finished)."""
         rows = [dict(r) for r in self._db.execute("SELECT * FROM final_trainings ORDER BY id")]
-        for row in rows:
-            if row["weights"] not in FINAL_WEIGHTS or row["data"] not in FINAL_DATA:
-                raise StoreError(f"{self.run_dir}: {STORE_FILE} is corrupt (final training {row['id']}: weights "
-                                 f"{row['weights']!r}, data {row['data']!r})")
+        for row in rows:  # SQLite keeps any type in any column: a row edited by hand is checked, not printed
+            bad = next((k for k, ok in _FINAL_COLUMN_TYPES.items() if not ok(row.get(k))), None)
+            if bad is None and (row["weights"] not in FINAL_WEIGHTS or row["data"] not in FINAL_DATA):
+                bad = "weights" if row["weights"] not in FINAL_WEIGHTS else "data"
+            if bad is not None:
+                raise StoreError(f"{self.run_dir}: {STORE_FILE} is corrupt (final training {row.get('id')}: column "
+                                 f"{bad} is {str(row.get(bad))[:40]!r})")
         return rows
 
     # ---------------------------------------------------------------------------------------------- misc

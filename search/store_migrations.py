@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from pathlib import Path
 
 NO_LIMIT = 0  # max_layers(_per_block) 0: no depth limit (version 1 had none)
 V1_PROTOCOL = {"parent": "best", "max_layers_per_block": NO_LIMIT, "max_layers": NO_LIMIT,
