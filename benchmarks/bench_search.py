@@ -17,6 +17,7 @@ Figures:
   The driver submits each child as soon as it is sampled and checked, so the workers train while it
   samples the next one; what is left idle is the step's head (the first child being sampled), its tail
   (the last children finishing unevenly) and the controller update between steps.
+- `head / tail / update / gaps`: where the rest of a 2-worker step goes (`idle_breakdown`).
 `ratio` is median(2 workers) / median(1 worker) of children/min; `paired` the median of per-repeat ratios.
 
     python benchmarks/bench_search.py [--repeats 2] [--steps 3] [--children 10] [--epochs 6]
@@ -59,6 +60,31 @@ def all_busy_fraction(window: tuple, intervals: list, workers: int) -> float:
     return busy / (hi - lo) if hi > lo else 0.0
 
 
+def idle_breakdown(window: tuple, intervals: list, workers: int) -> dict:
+    """Where a step's not-all-busy time goes, in seconds: `head` (step start until every worker first trains),
+    `tail` (from the last moment every worker trained to the end of the last child), `update` (end of the last
+    child to the step's end: storing it, the controller update, the commit) and `gaps` (the rest: a worker
+    waiting for its next child in mid-step)."""
+    lo, hi = window
+    inside = sorted((max(a, lo), min(b, hi)) for a, b in intervals if b > lo and a < hi)
+    if not inside:
+        return {"head": hi - lo, "tail": 0.0, "update": 0.0, "gaps": 0.0}
+    events = sorted([(a, 1) for a, _ in inside] + [(b, -1) for _, b in inside])
+    running, first_full, last_full = 0, None, None
+    for t, delta in events:
+        if running >= workers and delta < 0:
+            last_full = t  # an all-busy stretch ends here
+        running += delta
+        if running >= workers and first_full is None:
+            first_full = t
+    last_end = max(b for _, b in inside)
+    if first_full is None:  # never all busy: everything is head
+        return {"head": last_end - lo, "tail": 0.0, "update": hi - last_end, "gaps": 0.0}
+    busy = all_busy_fraction(window, intervals, workers) * (hi - lo)
+    head, tail, update = first_full - lo, last_end - last_full, hi - last_end
+    return {"head": head, "tail": tail, "update": update, "gaps": max(0.0, (hi - lo) - busy - head - tail - update)}
+
+
 def one_search(workers: int, args, folder: Path) -> dict:
     from easc.search.config import SearchConfig
     from easc.search.loop import Search
@@ -92,10 +118,13 @@ def one_search(workers: int, args, folder: Path) -> dict:
     trained = [c for c in children if c.step >= 1 and c.status == "done"]
     steady = _seconds_between(start.finished, recorded[-1].finished)
     busy = [all_busy_fraction(tuple(w), jobs, workers) for w in steps.values()]
+    idle = [idle_breakdown(tuple(w), jobs, workers) for w in steps.values()]
     return {"workers": workers, "wall_seconds": wall, "steady_seconds": steady, "trained": len(trained),
             "cached": sum(c.status == "cached" for c in children), "failed": summary.failed,
             "children_per_min": 60 * len(trained) / steady, "all_busy": statistics.median(busy),
-            "all_busy_per_step": busy, "best_val_acc": summary.best_val_acc}
+            "all_busy_per_step": busy, "step_seconds": statistics.median(b - a for a, b in steps.values()),
+            "idle_seconds": {k: statistics.median(i[k] for i in idle) for k in ("head", "tail", "update", "gaps")},
+            "best_val_acc": summary.best_val_acc}
 
 
 def main(argv=None):
@@ -145,6 +174,12 @@ def main(argv=None):
               f"{median(w, 'all_busy'):>8.0%} | {runs[w][0]['trained']:>7}")
     print(f"ratio (2 / 1 workers): {ratio:.2f}, paired {paired:.2f}; all workers busy (2 workers): "
           f"{median(2, 'all_busy'):.2f} of a step; same runs under both executors: {same}")
+    idle = {k: statistics.median(run["idle_seconds"][k] for run in runs[2]) for k in ("head", "tail", "update", "gaps")}
+    print(f"2 workers, per step (median): {statistics.median(run['step_seconds'] for run in runs[2]):.2f} s, of which "
+          f"not all busy: head {idle['head']:.3f} s, tail {idle['tail']:.3f} s, update {idle['update']:.3f} s, "
+          f"gaps {idle['gaps']:.3f} s")
+    print(f"load average at start {load_start}, at end {[round(x, 2) for x in os.getloadavg()]} "
+          f"(other jobs take cores from the pool first: quote the paired ratio)")
 
     report = {"benchmark": "bench_search", "device": "cpu", "python": platform.python_version(),
               "machine": platform.machine(), "cores": os.cpu_count(),
@@ -154,6 +189,7 @@ def main(argv=None):
               "median": {str(w): {k: median(w, k) for k in ("children_per_min", "wall_seconds", "steady_seconds",
                                                            "all_busy")} for w in WORKERS},
               "ratio": ratio, "paired_ratio": paired, "all_busy_2_workers": median(2, "all_busy"), "same_runs": same,
+              "idle_seconds_2_workers": idle,
               "runs": {str(w): runs[w] for w in WORKERS}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -143,3 +143,13 @@ def test_bench_driver_smoke_samples_children_with_both_checks(tmp_path):
     report = load("bench_driver").main(["--smoke", "--out", str(out)])
     check_report(out, "bench_driver")
     assert len(report["seconds"]["local"]) == len(report["seconds"]["full"]) == 2
+
+
+def test_bench_search_splits_a_steps_idle_time_into_head_tail_update_and_gaps():
+    bench = load("bench_search")
+    # Two workers, a 10 s step: both busy 2-5, 5-7 and 7.5-8 (5.5 s); the rest is the head (0-2), a mid-step gap
+    # (7-7.5), the tail (8-9: the last child alone) and the update (9-10).
+    jobs = [(1, 4), (2, 5), (4, 8), (5, 7), (7.5, 9)]
+    assert bench.all_busy_fraction((0, 10), jobs, 2) == pytest.approx(0.55)
+    assert bench.idle_breakdown((0, 10), jobs, 2) == pytest.approx({"head": 2, "tail": 1, "update": 1, "gaps": 0.5})
+    assert bench.idle_breakdown((0, 10), [(1, 4)], 2) == {"head": 3, "tail": 0.0, "update": 6, "gaps": 0.0}
