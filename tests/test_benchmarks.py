@@ -152,4 +152,4 @@ def test_bench_search_splits_a_steps_idle_time_into_head_tail_update_and_gaps():
     jobs = [(1, 4), (2, 5), (4, 8), (5, 7), (7.5, 9)]
     assert bench.all_busy_fraction((0, 10), jobs, 2) == pytest.approx(0.55)
     assert bench.idle_breakdown((0, 10), jobs, 2) == pytest.approx({"head": 2, "tail": 1, "update": 1, "gaps": 0.5})
-    assert bench.idle_breakdown((0, 10), [(1, 4)], 2) == {"head": 3, "tail": 0.0, "update": 6, "gaps": 0.0}
+    assert bench.idle_breakdown((0, 10), [(1, 4)], 2) == {"head": 4, "tail": 0.0, "update": 6, "gaps": 0.0}
