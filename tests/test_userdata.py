@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -251,6 +252,34 @@ def test_a_corrupt_cache_entry_is_rebuilt_not_trusted(tmp_path, _cache, damage):
     again = imagefolder.load_folder(root)
     assert not again.from_cache and np.array_equal(again.images, good)
     assert imagefolder.load_folder(root).from_cache  # rebuilt in place
+
+
+def test_an_entry_edited_in_place_with_its_size_and_mtime_restored_is_still_caught(tmp_path, _cache):
+    root = small_folder(tmp_path / "imgs")
+    good = imagefolder.load_folder(root).images.copy()
+    data = next((_cache / "images").iterdir()) / "images.npy"
+    before = os.stat(data)
+    raw = bytearray(data.read_bytes())
+    raw[-1] ^= 0xFF
+    with open(data, "r+b") as f:  # same inode, same size
+        f.write(bytes(raw))
+    os.utime(data, ns=(before.st_atime_ns, before.st_mtime_ns))  # the mtime put back; the ctime cannot be
+    again = imagefolder.load_folder(root)
+    assert not again.from_cache and np.array_equal(again.images, good)
+
+
+def test_an_entry_copied_elsewhere_is_checked_once_then_trusted_again(tmp_path, monkeypatch, _cache):
+    root = small_folder(tmp_path / "imgs")
+    good = imagefolder.load_folder(root).images.copy()
+    copy = tmp_path / "restored"
+    shutil.copytree(_cache, copy)  # new inodes and ctimes, same bytes
+    monkeypatch.setenv("EASC_CACHE_DIR", str(copy))
+    calls = []
+    real = datacache.checksum
+    monkeypatch.setattr(datacache, "checksum", lambda a: calls.append(1) or real(a))
+    first, second = imagefolder.load_folder(root), imagefolder.load_folder(root)
+    assert first.from_cache and second.from_cache and np.array_equal(second.images, good)
+    assert len(calls) == 1  # the copy was checksummed once; its new identity was recorded
 
 
 def test_the_cache_honours_xdg_cache_home_without_easc_cache_dir(tmp_path, monkeypatch):
