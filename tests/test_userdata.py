@@ -304,6 +304,28 @@ def test_npz_in_nhwc_nchw_and_grayscale_layouts_give_the_same_data(tmp_path):
     assert g.input_shape == (1, 5, 6) and g.num_classes == 3
 
 
+def test_image_size_resizes_npz_arrays_as_it_resizes_the_same_pictures_in_a_folder(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (12, 6, 5, 3), dtype=np.uint8)
+    y = np.arange(12) % 2
+    np.savez(tmp_path / "a.npz", x_train=x, y_train=y)
+    write_folder(tmp_path / "imgs", x, y)
+    arrays = load_dataset(str(tmp_path / "a.npz"), image_size="4x7")
+    folder = load_dataset(str(tmp_path / "imgs"), image_size="4x7")
+    assert arrays.input_shape == folder.input_shape == (3, 4, 7)
+    both = [torch.cat([d.x_train, d.x_val, d.x_test]) for d in (arrays, folder)]
+    # the same pixels in another order (the folder's rows are sorted by class): compare as sorted sets of rows
+    a, b = (t.flatten(1).sort(dim=0).values for t in both)
+    assert torch.allclose(a, b, atol=1e-6)
+    # float images (grayscale here) are resized channel by channel, keep their scale and stay finite
+    np.savez(tmp_path / "f.npz", x_train=x[..., 0].astype(np.float32) / 255, y_train=y)
+    g = load_dataset(str(tmp_path / "f.npz"), image_size=3)
+    assert g.input_shape == (1, 3, 3) and torch.isfinite(g.x_train).all()
+    # an unchanged size is not resampled: the same tensors as without --image-size
+    same = load_dataset(str(tmp_path / "a.npz"), image_size="6x5")
+    assert torch.equal(same.x_train, load_dataset(str(tmp_path / "a.npz")).x_train)
+
+
 def test_npz_with_given_val_and_test_uses_them(tmp_path):
     rng = np.random.default_rng(0)
     def part(n):
@@ -425,6 +447,11 @@ def test_easc_train_on_an_image_folder_prints_the_json_closing_line(tmp_path):
     last = json.loads(result.output.strip().splitlines()[-1])
     assert set(last) >= {"val_acc", "test_acc", "epochs", "seconds"} and last["epochs"] == 2
     assert load_graph(tmp_path / "out.easir").inputs[0].type.sample_shape == (1, 8, 8)
+    # the split it trained on is recorded beside the model: every image in exactly one split
+    record = json.loads((tmp_path / "out.easir.split.json").read_text())
+    files = record["train"] + record["val"] + record["test"]
+    assert sorted(files) == sorted(f"class_{c}/{i:03d}.png" for c in range(3) for i in range(10))
+    assert record["classes"] == ["class_0", "class_1", "class_2"] and record["image_size"] == [8, 8]
 
 
 def test_bench_data_smoke_runs_all_arms_and_writes_json(tmp_path, monkeypatch):
