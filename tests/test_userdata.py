@@ -467,7 +467,7 @@ def test_bench_data_smoke_runs_all_arms_and_writes_json(tmp_path, monkeypatch):
     module.main(["--smoke", "--out", str(out)])
     report = json.loads(out.read_text())
     assert report["benchmark"] == "bench_data" and report["mode"] == "smoke" and report["arrays_equal"]
-    assert set(report["median_seconds"]) == {"plain", "easc", "decode", "one", "cached"}
+    assert set(report["median_seconds"]) == {"plain", "easc", "decode", "one", "cached", "cached_read"}
     assert os.environ["EASC_CACHE_DIR"] == str(tmp_path / "cache")  # restored after the run
 
 
