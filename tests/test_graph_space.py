@@ -235,6 +235,21 @@ def test_every_action_the_masks_allow_is_applied_exactly_and_the_tokens_follow_i
             assert len(blocks(new)[b]) == len(blocks(tokens)[b]) + 1
 
 
+def _zoo_graph(folder, arch):
+    """A zoo layout at width 0.25, 10 classes, exported to ONNX at 3x32x32 (TorchScript exporter) and imported."""
+    from easc.backends.formats import load_model
+    from easc.backends.torch.zoo import ARCHITECTURES
+
+    torch.manual_seed(0)
+    model = ARCHITECTURES[arch](num_classes=10, width_mult=0.25).eval()
+    path = folder / f"{arch}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, torch.randn(1, 3, 32, 32), str(path), input_names=["image"],
+                          output_names=["logits"], dynamo=False)
+    return load_model(path)
+
+
 @pytest.mark.parametrize("arch", ["densenet121", "googlenet", "mobilenet_v2", "efficientnet_b0", "regnety",
                                   "shufflenet_v2"])
 def test_zoo_networks_get_one_block_per_resolution_and_grow_exactly(tmp_path, arch):
@@ -242,17 +257,7 @@ def test_zoo_networks_get_one_block_per_resolution_and_grow_exactly(tmp_path, ar
     segment of every later concat); MobileNetV2 and EfficientNet-B0 widen through depthwise convs, EfficientNet
     and RegNetY through squeeze-excitation gates, RegNet through grouped convs. The re-encoded tokens agree
     with the simulator on every one."""
-    from easc.backends.formats import load_model
-    from easc.backends.torch.zoo import ARCHITECTURES
-
-    torch.manual_seed(0)
-    model = ARCHITECTURES[arch](num_classes=10, width_mult=0.25).eval()
-    path = tmp_path / f"{arch}.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, torch.randn(1, 3, 32, 32), str(path), input_names=["image"],
-                          output_names=["logits"], dynamo=False)
-    graph = load_model(path)
+    graph = _zoo_graph(tmp_path, arch)
     space = GraphSpace(SearchSpace.paper())
     tokens = space.tokens(graph)
     # ImageNet stems: 32x32 -> 16 (stem conv) -> 8 -> 4 -> 2 -> 1, then the classifier: six blocks.
@@ -290,18 +295,9 @@ def test_shufflenet_layers_whose_channels_a_shuffle_scatters_are_widened_exactly
     units interleaved and halved. Every such layer is offered, widens exactly, and the tokens read back
     agree with the simulator wherever it can predict (the downsampling depthwise conv that receives a
     scattered part of the channels grows by what the mapping drew, within its bound)."""
-    from easc.backends.formats import load_model
-    from easc.backends.torch.zoo import ARCHITECTURES
     from easc.passes.channels import Segment, trace_channels
 
-    torch.manual_seed(0)
-    model = ARCHITECTURES["shufflenet_v2"](num_classes=10, width_mult=0.25).eval()
-    path = tmp_path / "shufflenet.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, torch.randn(1, 3, 32, 32), str(path), input_names=["image"],
-                          output_names=["logits"], dynamo=False)
-    graph = load_model(path)
+    graph = _zoo_graph(tmp_path, "shufflenet_v2")
     space = GraphSpace(SearchSpace.paper())
     tokens = space.tokens(graph)
     mask = widen_mask(tokens, SearchSpace.paper())
