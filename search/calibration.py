@@ -73,6 +73,14 @@ class CalibrationStats:
     def __init__(self):
         self._known = weakref.WeakKeyDictionary()
 
+    def measure_parent(self, graph: Graph, images) -> None:
+        """Measure a chain's parent once, before its first pass, so that every pass of every child carries the
+        statistics on (`transport`). Measured lazily instead, at a child's first deepen, the graph there is
+        already a widened child that nothing is known of: each child would measure itself in full."""
+        if images is None or isinstance(images, dict) or len(graph.inputs) != 1 or graph in self._known:
+            return
+        self._known[graph] = measure(graph, np.asarray(images))
+
     def stats(self, graph: Graph, after: str, images) -> tuple:
         """(mean, var) per channel of `after`'s value on `images` (a one-input graph's batch, or a dict)."""
         known = self._known.get(graph)

@@ -3,7 +3,8 @@ per device), or as Ray tasks across machines. All yield outcomes as children fin
 
 - `local`: in-process on one device. Simplest, and what a single GPU or a laptop wants.
 - `process`: `--workers N` / `--devices a,b`: one worker process per device slot (spawned, so CUDA
-  works in children); on CPU the machine's cores are split between the workers.
+  works in children); on CPU the machine's cores are split between the workers. A free worker takes the
+  costliest child waiting (`ChildJob.cost`, longest-processing-time-first).
 - `ray`: one Ray task per child asking for one GPU (or one CPU), so a search spans nodes; the driver
   keeps the controller and the experiment store. Needs `pip install 'easc[ray]'`.
 

@@ -15,7 +15,8 @@ not given):
                  and the tokens re-encoded after it; masks keep every action within the space's limits
                  (layers per block, tokens in all, `--max-params`)
                  each child goes to the executor as soon as it is sampled and checked, so the workers train
-                 while the driver samples the next one; children of one parent share one probe set
+                 while the driver samples the next one, and a free worker takes the costliest child waiting
+                 (`cost.py`); children of one parent share one probe set and its calibration statistics
                  children with a canonical hash already trained (in an earlier step, or earlier in this
                  step) are not trained again ('cached')
                  after every reward of the step: R = tan(acc pi / 2); failed children get R = 0; REINFORCE
@@ -461,6 +462,7 @@ class Search:
         """Apply one sampled network's decisions to `parent`: (child graph, decisions, action records)."""
         rng = child_rng(self.config.seed, step, index)
         graph, decisions, records = parent, [], []
+        self.space.start_chain(parent, self.calibration)  # once per parent: its children's passes carry it on
         for kind, count in (("wider", self.config.wider_actions), ("deeper", self.config.deeper_actions)):
             for _ in range(count):
                 tokens = self._tokens(graph)

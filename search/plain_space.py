@@ -58,6 +58,10 @@ class PlainSpace:
         graph's activations, so each action's check evaluates only its region), refusals skipped."""
         return PassManager(graph, rng=rng, probes=probes, on_refusal="skip")
 
+    def start_chain(self, parent: Graph, calibration_batch=None) -> None:
+        """Before a child's first action: the parent's calibration statistics, measured once per parent."""
+        self.calibration.measure_parent(parent, calibration_batch)
+
     def apply_wider(self, graph: Graph, decision, rng, probes, calibration_batch=None):
         """(new graph, action records) for a Net2Wider decision."""
         manager = self.manager(graph, rng, probes)

@@ -81,3 +81,18 @@ def test_the_training_cost_follows_multiply_adds_and_epochs():
     assert multiply_adds(wider) > multiply_adds(net)
     assert training_cost(wider, 6) > training_cost(net, 6)
     assert training_cost(net, 6) == 2 * training_cost(net, 3)
+
+
+def test_the_calibration_statistics_are_measured_once_per_parent_not_once_per_child(tmp_path, monkeypatch):
+    from easc.search import calibration
+
+    measured = []
+    measure = calibration.measure
+    monkeypatch.setattr(calibration, "measure", lambda graph, images: measured.append(graph) or measure(graph, images))
+    search = Search.start(SearchConfig(**{**FAST, "wider_actions": 2, "deeper_actions": 2}), tmp_path / "run")
+    try:
+        search.run()
+    finally:
+        search.close()
+    # --parent start: 2 steps x 3 children of one parent, whose first deepen follows two widens.
+    assert len(measured) == 1 and measured[0] is search._parent_graph[1]
