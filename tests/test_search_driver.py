@@ -3,9 +3,14 @@ step, one probe set per parent, and the process pool hands the costliest waiting
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 
 from easc.passes import apply_pass
+from easc.search import calibration
 from easc.search.config import SearchConfig
 from easc.search.cost import multiply_adds, training_cost
 from easc.search.executors import ProcessExecutor
@@ -84,8 +89,6 @@ def test_the_training_cost_follows_multiply_adds_and_epochs():
 
 
 def test_the_calibration_statistics_are_measured_once_per_parent_not_once_per_child(tmp_path, monkeypatch):
-    from easc.search import calibration
-
     measured = []
     measure = calibration.measure
     monkeypatch.setattr(calibration, "measure", lambda graph, images: measured.append(graph) or measure(graph, images))
@@ -96,3 +99,13 @@ def test_the_calibration_statistics_are_measured_once_per_parent_not_once_per_ch
         search.close()
     # --parent start: 2 steps x 3 children of one parent, whose first deepen follows two widens.
     assert len(measured) == 1 and measured[0] is search._parent_graph[1]
+
+
+def test_a_workers_warm_up_takes_an_optimiser_step_without_touching_its_random_generators():
+    # A fresh interpreter, as a spawned worker is: the first optimiser imports torch._dynamo (a second), which
+    # the warm-up pays instead of the worker's first child; the global generator is the one it started with.
+    code = ("import sys, torch; torch.manual_seed(5); state = torch.get_rng_state()\n"
+            "from easc.search.executors import _warm_up; _warm_up(None)\n"
+            "assert 'torch._dynamo' in sys.modules\n"
+            "assert torch.equal(state, torch.get_rng_state())\n")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
