@@ -9,14 +9,15 @@ shared machine falls on both.
 Figures:
 - `children/min`: children trained in steps >= 1 per minute of the steps' wall time, measured from the end
   of the start net's training to the end of the last step. Pool start-up (spawning workers, importing
-  torch, loading the data) happens while the start net trains, so it is left out: the rate a long search
-  settles at.
+  torch, loading the data, a first optimiser step) happens while the start net trains, so it is left out:
+  the rate a long search settles at.
 - `wall s`: the whole `run()`, start-up included: what a short search costs.
 - `all busy`: the fraction of each step's wall time (from the step's start to its controller update being
   committed) during which every worker is training a child, from the workers' own start and end times.
   The driver submits each child as soon as it is sampled and checked, so the workers train while it
-  samples the next one; what is left idle is the step's head (the first child being sampled), its tail
-  (the last children finishing unevenly) and the controller update between steps.
+  samples the next one, and a free worker takes the costliest child waiting; what is left idle is the
+  step's head (the first children being sampled), its tail (the last children finishing unevenly) and the
+  controller update between steps.
 - `head / tail / update / gaps`: where the rest of a 2-worker step goes (`idle_breakdown`).
 `ratio` is median(2 workers) / median(1 worker) of children/min; `paired` the median of per-repeat ratios.
 
