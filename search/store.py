@@ -33,6 +33,16 @@ Locking
     ``lock=True`` (the search driver) holds the run folder's lock (``runlock.py``) while the store is open;
     readers open without it.
 
+Schema versions
+    ``SCHEMA_VERSION`` is written at creation. A store of an earlier version is upgraded on open
+    (``store_migrations.py``): by the lock holder in the file, in one transaction; by a reader in a copy in
+    memory, which refuses writes. A later version, or one that is not a number, is refused in one line.
+
+Final trainings
+    ``final_trainings`` records each ``easc train --final`` run on a network of the run (which child, fresh or
+    kept weights, train + validation or train only, the accuracies), written by the ``train`` command under
+    the run lock; ``easc report`` shows them.
+
 Controller state blobs
     ``torch.save`` of the policy's state dict (tensors, numbers, strings, lists, dicts), read back with
     ``torch.load(weights_only=True)``, which refuses arbitrary pickled objects: opening a run folder cannot

@@ -4,7 +4,7 @@ Each step takes a database of schema version v to v + 1 through an open sqlite3 
 (`ExperimentStore`) runs every step needed, and the new version number, inside ONE transaction: SQLite's
 `ALTER TABLE` and `CREATE` are transactional, so a crash or an error half-way leaves the file exactly as it
 was (still the old version), never half-upgraded. The search driver upgrades the file itself, holding the run
-folder's lock; a reader (`easc report`, `easc export`) upgrades a copy in memory and writes nothing.
+folder's lock; a reader (`easc report`, `easc export`) upgrades a copy in memory and leaves the file untouched.
 
 Version 1 -> 2 (stages and slots; easc before `--parent`, `--stages` and exact resume)
     children gain `stage` (1), `role` ('start' for the start network, else 'child') and `idx` (a child's
