@@ -156,8 +156,12 @@ def widen(graph: Graph, layer: str, width: int, *, rng: np.random.Generator | No
     remaps = {value: flow.remap(value, g) for value in flow.segments}
 
     new_nodes, types, edits, rewritten = [], {}, {}, []
+    roles = set(remaps) | set(flow.sources) | set(flow.consumers)
+    retyped: set = set()  # nodes whose type changed: their readers' types are inferred again
     for node in graph.nodes:
-        if node.op == "input":
+        if node.op == "input" or (node.name not in roles
+                                  and not any(i in retyped or i in remaps for i in node.inputs)):
+            # untouched: shared as it is (the cost of a widen follows its channels, not the graph)
             new_nodes.append(node)
             types[node.name] = node.type
             continue
@@ -189,6 +193,8 @@ def widen(graph: Graph, layer: str, width: int, *, rng: np.random.Generator | No
             lines.append(_join_note(node, flow, here))
         new_type = infer_type(op, [types[i] for i in node.inputs], attrs)
         if lines or new_type != node.type:
+            if new_type != node.type:
+                retyped.add(node.name)
             node = node.replace(op=op, attrs=attrs, weights=weights, type=new_type)
             rewritten.append(node.name)
         new_nodes.append(node)
