@@ -112,6 +112,7 @@ def _export_check_write(manager, reference: dict, output: str) -> float:
     try:
         parts.clear()
         manager.graph = None  # onnxruntime loads the file next; the IR copy can go first
+        _release_freed_memory()  # and its pages with it, before onnxruntime allocates its own copy
         diff, _ = manager.finish(reference, lambda _graph, feeds: run_onnx(temporary, feeds))
     except BaseException:
         os.unlink(temporary)
@@ -207,10 +208,15 @@ def command(ctx, model, widen, factor, deepen, kernel, skip, widen_kernel, noise
     def run(name, **kwargs):
         report(manager.run(name, **kwargs))
 
+    def report_each(results):
+        # in a function of its own: a loop variable left in `command` would keep the last result, and with it
+        # the final graph, alive through the export and the onnxruntime session on the output
+        for result in results:
+            report(result)
+
     for kind, value in requests:
         if kind == "widen" and value == "*":
-            for result in iter_widen_all(manager, factor, noise=noise):
-                report(result)
+            report_each(iter_widen_all(manager, factor, noise=noise))
         elif kind == "widen":
             for layer, width in _widen_specs(value, manager.graph, factor):
                 if layer in dense_layers(manager.graph):  # a dense layer's growth: later layers and transition remapped

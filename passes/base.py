@@ -147,9 +147,10 @@ class ProbeSet(dict):
         """Every node's value on the probes (the reference interpreter, float64, kept as float32), computed
         once per graph."""
         if graph not in self._activations:
-            from .local_check import Activations
+            from .local_check import Activations, kept_values
 
-            self._activations[graph] = Activations(graph, _all_activations(graph, dict(self)))
+            values = _all_activations(graph, dict(self), kept_values(graph))
+            self._activations[graph] = Activations(graph, values, set(graph._index) - set(values))
         return self._activations[graph]
 
     def forget_activations(self) -> None:
@@ -163,10 +164,11 @@ class ProbeSet(dict):
         self._activations[graph] = activations
 
 
-def _all_activations(graph: Graph, feeds: dict) -> dict:
-    """Every node's value on `feeds`, kept as float32, computed in float64 like `run_all`, but a float64 value
-    is let go as soon as its last reader has been evaluated: the float64 copy of every activation at once (twice
-    the float32 ones) was the largest allocation of a chain of small passes on a DenseNet."""
+def _all_activations(graph: Graph, feeds: dict, keep=None) -> dict:
+    """The values on `feeds` of the nodes in `keep` (default: all), kept as float32, computed in float64 like
+    `run_all`, but a float64 value is let go as soon as its last reader has been evaluated: the float64 copy of
+    every activation at once (twice the float32 ones) was the largest allocation of a chain of small passes on
+    a DenseNet."""
     from .local_check import _evaluate
 
     last = {}
@@ -179,7 +181,8 @@ def _all_activations(graph: Graph, feeds: dict) -> dict:
             value = input_value(node, feeds)
         else:
             value = _evaluate(node, [exact[i] for i in node.inputs])
-        values[node.name] = value.astype(np.float32)
+        if keep is None or node.name in keep:
+            values[node.name] = value.astype(np.float32)
         exact[node.name] = value
         for i in set(node.inputs):
             if last[i] == k:

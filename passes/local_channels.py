@@ -147,7 +147,8 @@ def linear_delta(node, old, patch: Patch, old_input: np.ndarray) -> np.ndarray |
     """`new_out - old_out` of a linear reader of a patch from the touched channels only (module doc), or None
     when the rule does not apply (then the caller evaluates the node whole).
 
-    old_input: the cached old value of the node's input (any float dtype; only its touched channels are read).
+    old_input: () -> the cached old value of the node's input (any float dtype; only its touched channels are
+               read), called only when the patch replaced old channels.
     """
     if node.op not in ("conv2d", "linear") or not _same_node(node, old) or node.type != old.type:
         return None
@@ -160,17 +161,17 @@ def linear_delta(node, old, patch: Patch, old_input: np.ndarray) -> np.ndarray |
     if not _runs_equal(w_new, w_old, patch.runs, 1):
         return None
     old_index = patch.old_index(w_old.shape[1])
-    x_old = old_input[:, old_index].astype(np.float64)
+    x_old = old_input()[:, old_index].astype(np.float64) if len(old_index) else None
     a = w_new[:, patch.index].astype(np.float64)
     b = w_old[:, old_index].astype(np.float64)
     if node.op == "linear":
-        return patch.values @ a.T - x_old @ b.T
-    return _conv(node, patch.values, a) - _conv(node, x_old, b)
+        new = patch.values @ a.T
+        return new if x_old is None else new - x_old @ b.T
+    new = _conv(node, patch.values, a)
+    return new if x_old is None else new - _conv(node, x_old, b)
 
 
 def _conv(node, x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """The contribution of some input channels to a conv2d's output, bias left out (zero for no channels)."""
-    if not w.shape[1]:
-        return np.zeros((x.shape[0],) + tuple(node.type.shape[1:]))
+    """The contribution of some input channels to a conv2d's output, bias left out."""
     at = node.attrs
     return conv2d_array(x, w, None, at["stride"], at["padding"], at["dilation"], 1)

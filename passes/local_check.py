@@ -38,27 +38,37 @@ import numpy as np
 
 from easc.ir import Graph
 from easc.ir.interpret import eval_node
+from easc.ir.kernels import conv2d_array
 
 from . import local_channels as channels
 from .base import FunctionNotPreservedError
 
 
-CHUNK = 1 << 22
-"""Weights converted to float64 at a time (32 MB): the float64 copy of a 100M-parameter fully connected layer
-would otherwise be the largest allocation of a whole `easc transform`."""
+CHUNK = 1 << 20
+"""Weights converted to float64 at a time (8 MB): the float64 copy of a 100M-parameter fully connected layer, or
+of the 1024 x 1024 x 3 x 3 identity conv a deepen inserts at the end of a DenseNet-121 (75 MB), would otherwise
+be the largest allocation of a whole `easc transform`."""
 
 
 def _evaluate(node, args: list) -> np.ndarray:
-    """`eval_node`, with a large linear layer's float64 product computed a block of rows at a time."""
+    """`eval_node`, with a large layer's float64 product computed a block of output units at a time."""
     weight = node.weights.get("weight")
-    if node.op != "linear" or weight is None or weight.size <= CHUNK:
+    if node.op not in ("linear", "conv2d") or weight is None or weight.size <= CHUNK \
+            or (node.op == "conv2d" and node.attrs["groups"] != 1):
         return eval_node(node, args)
-    x = args[0]
-    rows = max(1, CHUNK // weight.shape[1])
-    y = np.empty((x.shape[0], weight.shape[0]))
+    x, bias = args[0], node.weights.get("bias")
+    rows = max(1, CHUNK // (weight.size // weight.shape[0]))
+    y = np.empty((x.shape[0], weight.shape[0]) + tuple(node.type.shape[2:]))
+    a = node.attrs
     for start in range(0, weight.shape[0], rows):
-        y[:, start:start + rows] = x @ weight[start:start + rows].astype(np.float64).T
-    return y + node.weights["bias"] if node.attrs["bias"] else y
+        block = weight[start:start + rows].astype(np.float64)
+        if node.op == "linear":
+            y[:, start:start + rows] = x @ block.T
+        else:
+            y[:, start:start + rows] = conv2d_array(x, block, None, a["stride"], a["padding"], a["dilation"], 1)
+    if bias is not None:
+        y += bias.reshape((1, -1) + (1,) * (y.ndim - 2))
+    return y
 
 
 def identity_diff(before: Graph, after: Graph) -> frozenset:
@@ -114,7 +124,27 @@ def _channel_step(node, old, patches: dict, state, cached, after: Graph, before:
         return None
     patch = patches[node.inputs[0]]
     step = channels.per_channel(node, old, patch) or channels.flatten(node, old, patch)
-    return step if step is not None else channels.linear_delta(node, old, patch, cached[node.inputs[0]])
+    return step if step is not None else channels.linear_delta(node, old, patch, lambda: cached[node.inputs[0]])
+
+
+KEPT_OPS = frozenset({"input", "conv2d", "linear", "maxpool2d", "avgpool2d", "global_avgpool"})
+"""Ops whose probe values a chain keeps (float32); every other value is *pending*, computed again from its
+inputs when a check reads it. Those others (batchnorm, activations, concatenations, adds, reshapes) are
+elementwise or copies: recomputing one costs a pass over its memory, not a layer's products, and keeping them
+was most of the activations' memory (a DenseNet-121's concatenations, and their batchnorm and relu, are four
+fifths of its 57 MB of probe values at 64x64)."""
+
+
+def kept_values(graph: Graph) -> set:
+    """The nodes whose probe values a chain keeps: layers, pools and inputs, and any value read by more than
+    one node except a concatenation (a residual stream's value is read again by every block; a concatenation
+    is a copy of values kept elsewhere)."""
+    consumers = {}
+    for node in graph.nodes:
+        for i in node.inputs:
+            consumers[i] = consumers.get(i, 0) + 1
+    return {n.name for n in graph.nodes
+            if n.op in KEPT_OPS or (n.op != "concat" and consumers.get(n.name, 0) > 1)}
 
 
 def _descendants(graph: Graph, sources) -> set:
@@ -207,13 +237,16 @@ def check_region(before: Graph, after: Graph, cached, rewritten, rtol: float, wh
         if name in dirty:
             value = new_values[name] if name in new_values else patches[name].assemble(cached[name])
             compare(f"output {public!r}", value, cached[before.outputs[public]])
-    pending = (cached.pending | _descendants(after, changed)) - set(new_values) - set(patches)
-    values = {}
+    noisy = _descendants(after, changed)  # downstream of values a noisy pass changed: computed again if read
+    keep = kept_values(after)
+    values, pending = {}, set()
     for n in after.nodes:
-        if n.name in new_values:
-            values[n.name] = new_values[n.name].astype(np.float32)
-        elif n.name in patches:
-            values[n.name] = patches[n.name].assemble(cached[n.name], np.float32)
-        elif n.name in cached.values and n.name not in pending:
-            values[n.name] = cached.values[n.name]
-    return Activations(after, values, pending & set(after._index)), worst, scale, evaluated
+        name = n.name
+        if name in keep and name in new_values:
+            values[name] = new_values[name].astype(np.float32)
+        elif (name in keep and name in cached.values and name not in cached.pending and name not in noisy
+              and name not in patches and name not in dirty):
+            values[name] = cached.values[name]
+        else:  # recomputed from its inputs' cached values when a later check reads it
+            pending.add(name)
+    return Activations(after, values, pending), worst, scale, evaluated
