@@ -126,10 +126,16 @@ def per_channel(node, old, patch: Patch) -> Patch | None:
     for key, w in node.weights.items():
         if w.ndim != 1 or not _runs_equal(w, old.weights[key], patch.runs, 0):
             return None
-    sliced = SimpleNamespace(name=node.name, op=node.op, attrs=node.attrs, type=node.type,
-                             weights={k: w[patch.index] for k, w in node.weights.items()})
-    values = eval_node(sliced, [patch.values])
+    values = on_channels(node, patch.index, patch.values)
     return Patch((patch.shape[0],) + tuple(node.type.shape[1:]), patch.runs, patch.index, values)
+
+
+def on_channels(node, index: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """A per-channel op's value on channels `index` of its input, given those channels `x`: the op with its
+    parameters gathered at `index`."""
+    sliced = SimpleNamespace(name=node.name, op=node.op, attrs=node.attrs, type=node.type,
+                             weights={k: w[index] for k, w in node.weights.items()})
+    return eval_node(sliced, [x])
 
 
 def flatten(node, old, patch: Patch) -> Patch | None:
@@ -147,8 +153,8 @@ def linear_delta(node, old, patch: Patch, old_input: np.ndarray) -> np.ndarray |
     """`new_out - old_out` of a linear reader of a patch from the touched channels only (module doc), or None
     when the rule does not apply (then the caller evaluates the node whole).
 
-    old_input: () -> the cached old value of the node's input (any float dtype; only its touched channels are
-               read), called only when the patch replaced old channels.
+    old_input: (channels) -> those channels of the cached old value of the node's input (float64), called
+               only when the patch replaced old channels.
     """
     if node.op not in ("conv2d", "linear") or not _same_node(node, old) or node.type != old.type:
         return None
@@ -161,7 +167,7 @@ def linear_delta(node, old, patch: Patch, old_input: np.ndarray) -> np.ndarray |
     if not _runs_equal(w_new, w_old, patch.runs, 1):
         return None
     old_index = patch.old_index(w_old.shape[1])
-    x_old = old_input()[:, old_index].astype(np.float64) if len(old_index) else None
+    x_old = old_input(old_index) if len(old_index) else None
     a = w_new[:, patch.index].astype(np.float64)
     b = w_old[:, old_index].astype(np.float64)
     if node.op == "linear":

@@ -114,6 +114,31 @@ class Activations:
             stack.pop()
         return self.values[name]
 
+    def channels(self, name: str, index: np.ndarray) -> np.ndarray:
+        """`self[name][:, index]` in float64. A pending per-channel op, or concatenation, is computed on those
+        channels only, from its inputs' same channels (and nothing computed is kept): a linear reader's check
+        needs the old value of a concatenation's few replaced channels, not the whole of it."""
+        graph = self._graph()
+        if name in self.values or name not in self.pending:
+            return self[name][:, index].astype(np.float64)
+        node = graph.node(name)
+        if node.op == "concat":
+            pieces, offset = [], 0
+            for i in node.inputs:
+                c = graph.node(i).type.shape[1]
+                mine = (index >= offset) & (index < offset + c)
+                if mine.any():
+                    pieces.append((mine, self.channels(i, index[mine] - offset)))
+                offset += c
+            out = np.empty((pieces[0][1].shape[0], len(index)) + pieces[0][1].shape[2:])
+            for mine, value in pieces:
+                out[:, mine] = value
+            return out
+        if node.op in channels.PER_CHANNEL and len(node.inputs) == 1 \
+                and all(w.ndim == 1 for w in node.weights.values()):
+            return channels.on_channels(node, index, self.channels(node.inputs[0], index))
+        return self[name][:, index].astype(np.float64)
+
 
 def _channel_step(node, old, patches: dict, state, cached, after: Graph, before: Graph):
     """The node's value as a `Patch`, or a linear reader's new - old output, computed on touched channels only
@@ -124,7 +149,8 @@ def _channel_step(node, old, patches: dict, state, cached, after: Graph, before:
         return None
     patch = patches[node.inputs[0]]
     step = channels.per_channel(node, old, patch) or channels.flatten(node, old, patch)
-    return step if step is not None else channels.linear_delta(node, old, patch, lambda: cached[node.inputs[0]])
+    return step if step is not None else channels.linear_delta(
+        node, old, patch, lambda index: cached.channels(node.inputs[0], index))
 
 
 KEPT_OPS = frozenset({"input", "conv2d", "linear", "maxpool2d", "avgpool2d", "global_avgpool"})

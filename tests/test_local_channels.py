@@ -119,3 +119,15 @@ def test_a_patch_is_assembled_from_its_runs_and_touched_channels():
     np.testing.assert_array_equal(new[:, 4:], old[:, 3:])
     np.testing.assert_array_equal(new[:, 2:4], touched)
     np.testing.assert_array_equal(patch.old_index(5), [2])
+
+
+def test_a_pending_value_is_computed_on_the_channels_asked_for_as_the_whole_value_has_them():
+    graph = digits()
+    manager = PassManager(graph, seed=0)
+    cached = manager.probes.activations(graph)
+    exact = run_all(graph, dict(manager.probes))
+    index = np.array([0, 5, 13, 17, 23])
+    for name in ("block1_layer3_bottleneck_relu", "block1_layer2_concat", "transition1_relu"):
+        assert name in cached.pending  # recomputed from the layers' values when read
+        np.testing.assert_allclose(cached.channels(name, index), exact[name][:, index], rtol=1e-6, atol=1e-6)
+        assert name in cached.pending  # and nothing of it was kept
