@@ -313,7 +313,7 @@ def _feeds(graph: Graph, batch, after: str) -> dict:
 def _stats(x: np.ndarray) -> tuple:
     """Per-channel (mean, population variance) over the batch and, for NCHW, the spatial positions."""
     axes = (0,) if x.ndim == 2 else (0, 2, 3)
-    return x.mean(axis=axes), x.var(axis=axes)
+    return x.mean(axis=axes, dtype=np.float64), x.var(axis=axes, dtype=np.float64)
 
 
 def _calibrated(bn: Node, mean, var, mask=None) -> Node:
@@ -339,7 +339,8 @@ def _calibrate(graph: Graph, feeds: dict, source: str, layer: list, flow) -> Gra
     """
     feeds = {k: np.asarray(v)[:CALIBRATION_LIMIT] for k, v in feeds.items()}
     upto = graph.position(source) + 1
-    x = run_all(Graph(graph.nodes[:upto], {source: source}, graph.name), feeds)[source]
+    # float32, like `deepen.calibration_stats`: statistics, summed in float64 by `_stats`
+    x = run_all(Graph(graph.nodes[:upto], {source: source}, graph.name), feeds, dtype=np.float32)[source]
     new = {}
     for name in (n.name for n in layer):
         node = graph.node(name)
