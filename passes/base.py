@@ -218,7 +218,7 @@ def checked(before: Graph, result: PassResult, probes: dict | None = None,
     Raises `VerificationError` (structure), `FunctionNotPreservedError` (numbers or signature).
     """
     what = result.record.get("pass", "pass")
-    verify(result.graph)
+    verify(result.graph, since=before)  # what the pass shared with `before` was verified there
     if signature(before) != signature(result.graph):
         raise FunctionNotPreservedError(f"{what} changed the graph's inputs or outputs: "
                                         f"{signature(before)} -> {signature(result.graph)}")
