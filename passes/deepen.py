@@ -36,7 +36,7 @@ import numpy as np
 from easc.ir import Graph, UnknownNodeError, identity_domain, make_node, run_all, value_ranges
 from easc.ir.ops import ACTIVATION_OPS
 
-from .base import PassError, PassResult
+from .base import PassError, PassResult, owned
 
 DEFAULT_EPS = 1e-5
 """eps of the inserted batchnorm: torch's and ONNX's default."""
@@ -102,11 +102,12 @@ def _identity_layer(name: str, node, kernel: int) -> tuple:
         weight[np.arange(c), np.arange(c), kernel // 2, kernel // 2] = 1.0
         layer = make_node(name, "conv2d", [node.name], [node.type],
                           dict(out=c, kernel=kernel, padding=kernel // 2, bias=True),
-                          dict(weight=weight, bias=np.zeros(c, np.float32)), origin=node.name)
+                          dict(weight=owned(weight), bias=np.zeros(c, np.float32)), origin=node.name)
         return layer, (f"{node.name} -> {name}: conv2d {kernel}x{kernel}, {c} -> {c} channels, identity kernel, "
                        f"zero bias")
     layer = make_node(name, "linear", [node.name], [node.type], dict(out=c, bias=True),
-                      dict(weight=np.eye(c, dtype=np.float32), bias=np.zeros(c, np.float32)), origin=node.name)
+                      dict(weight=owned(np.eye(c, dtype=np.float32)), bias=np.zeros(c, np.float32)),
+                      origin=node.name)
     return layer, f"{node.name} -> {name}: linear, {c} -> {c} units, identity matrix, zero bias"
 
 

@@ -61,7 +61,7 @@ from easc.ir import Graph, Node, make_node, run_all
 from easc.ir.interpret import eval_node
 from easc.ir.ops import ShapeError, infer_type
 
-from .base import PassError, PassResult, default_rng
+from .base import PassError, PassResult, default_rng, owned
 from .channels import ChannelFlowError, trace_channels
 from .widen import widen
 
@@ -284,13 +284,13 @@ def _insert_columns(w: np.ndarray, mask: np.ndarray, axis: int, fill) -> np.ndar
     """`w` with its `axis` grown to len(mask): old entries where mask is False, `fill` where it is True."""
     shape = list(w.shape)
     shape[axis] = len(mask)
-    out = np.empty(shape, np.float64)
+    out = np.empty(shape, np.float32)  # the old entries copied as they are, `fill` (0 or 1) exact in float32
     index = [slice(None)] * len(shape)
     index[axis] = ~mask
     out[tuple(index)] = w
     index[axis] = mask
     out[tuple(index)] = fill
-    return out.astype(np.float32)
+    return owned(out)
 
 
 def _channel_mask(flow, value: str, channels: int) -> np.ndarray:
