@@ -126,7 +126,8 @@ class ProbeSet(dict):
     Graphs are immutable, so a graph's outputs on fixed probes never change. In a chain of passes the
     graph after one pass is the graph before the next: with a ProbeSet its outputs are computed once,
     which halves the numeric check of every pass but the first. The local check (`local_check`) keeps
-    every node's value of the current graph here too, and derives the next graph's from it. The memory
+    the current graph's probe values here too (those of its layers; the rest computed when read), and derives
+    the next graph's from them. The memory
     lives and dies with the graphs (weak references), so nothing outlives the chain that made it.
     """
 
@@ -144,8 +145,9 @@ class ProbeSet(dict):
         return per_graph[executor]
 
     def activations(self, graph: Graph) -> dict:
-        """Every node's value on the probes (the reference interpreter, float64, kept as float32), computed
-        once per graph."""
+        """The nodes' values on the probes (the reference interpreter, float64, kept as float32), computed
+        once per graph: `local_check.Activations`, those of `local_check.kept_values` stored, the others
+        computed from them when read."""
         if graph not in self._activations:
             from .local_check import Activations, kept_values
 

@@ -1,7 +1,9 @@
 """The numeric check of a rewritten region: cost follows the rewrite, not the graph.
 
-A chain keeps the probe activations of its current graph (every node's value on the probe inputs, float64,
-from the reference interpreter). After a pass that rewrote the node set R, the new graph is evaluated only
+A chain keeps the probe activations of its current graph (the nodes' values on the probe inputs, computed in
+float64 by the reference interpreter, kept in float32: those of its layers, pools and inputs, and of values
+read more than once; every other value, elementwise or a copy, is *pending*, computed again from its inputs
+when read, see KEPT_OPS). After a pass that rewrote the node set R, the new graph is evaluated only
 where it can differ: starting from the cached activations at the region's inputs, a node is evaluated when
 it is in R or reads a value that is not yet known to agree; every evaluated node that exists in the old
 graph with the same type is compared with its cached value,
@@ -28,6 +30,12 @@ values are cached, and every value downstream of them becomes *pending*, compute
 region reads it. So every cached value is what the current graph computes from the cached values of its
 inputs, which is all a later local check relies on; the noise that accumulates at the outputs is the
 end-to-end check's to bound.
+
+A value whose channel count changed (every later concatenation of a dense block, after one of its layers is
+widened or a layer is added) is followed on the channels that changed only, the others proven equal to the
+old value, up to the linear layers that read it, whose change of output is computed from those channels
+(`local_channels`): the check of a dense widen costs the channels it touched, not every later layer of the
+block.
 """
 
 from __future__ import annotations
@@ -83,8 +91,9 @@ def _max_abs(a) -> float:
 
 class Activations:
     """The probe values of one graph's nodes (float32), some of them `pending`: not computed yet, computed from
-    their inputs on first use. After a pass that adds noise the values downstream of it are pending, so they
-    cost nothing unless a later region reads them."""
+    their inputs on first use. Values that are cheap to compute again (`KEPT_OPS`) are pending from the start;
+    after a pass that adds noise the values downstream of it are too, so they cost nothing unless a later
+    region reads them."""
 
     def __init__(self, graph: Graph, values: dict, pending=()):
         # weakly: a ProbeSet keeps Activations by graph in a WeakKeyDictionary, which a strong reference back
