@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import click
 
 from .common import fail
+
+
+def split_record_path(output) -> str:
+    """Where `train -o OUTPUT` records its split of a user's data set (a search keeps it in RUN/split.json)."""
+    return f"{output}.split.json"
 
 
 @click.command("train")
@@ -44,7 +50,9 @@ from .common import fail
 @click.option("--threads", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="CPU threads for torch (small nets train fastest on one).")
 @click.option("--quiet", is_flag=True, help="No per-epoch lines.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Trained model (.onnx/.easir).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Trained model (.onnx/.easir). With an image folder or .npz, OUTPUT.split.json beside it records "
+              "which image went to which split.")
 def command(model, dataset, image_size, augmentation, skip_bad_images, data_dir, download, epochs, batch_size, lr,
             weight_decay, seed, device, config, final, keep_weights, hold_out_validation, no_augment, threads, quiet,
             output):
@@ -80,6 +88,8 @@ def command(model, dataset, image_size, augmentation, skip_bad_images, data_dir,
             fail(f"--{key.replace('_', '-')} must be at least 1, got {settings[key]}")
     if output:
         check_save_path(output)
+        if Path(split_record_path(output)).is_dir():  # the folder itself was checked with the output
+            fail(f"{split_record_path(output)}: is a folder (train -o writes the split record there)")
     if threads < 1:
         fail(f"--threads must be at least 1, got {threads}")
     if resolve_device(device).type == "cpu":
@@ -141,6 +151,11 @@ def command(model, dataset, image_size, augmentation, skip_bad_images, data_dir,
     if output:
         save_model(trained, output)
         click.echo(f"wrote {output}")
+        if data.split_record is not None:  # users' data: which file / array row trained, validated and tested
+            from easc.ir.serialize import atomic_write_bytes
+
+            atomic_write_bytes(split_record_path(output), json.dumps(data.split_record).encode())
+            click.echo(f"wrote {split_record_path(output)}")
     val_acc = None if result.val_acc != result.val_acc else round(result.val_acc, 6)  # NaN: none held out
     summary = {"val_acc": val_acc, "test_acc": round(result.test_acc, 6), "epochs": result.epochs,
                "seconds": round(result.seconds, 2)}

@@ -22,10 +22,14 @@ Net2Wider and the structure of the graph
     So a Bernoulli decision maps to exactly one pass, and the tokens re-encoded after it equal what the token
     simulator `tokens.apply_wider` predicts (a property test checks this on random graphs).
     Channels that pass a grouped conv grow by multiples of its group count (the token's `step`, so the width
-    list's next reachable value is the target). Layers the analysis refuses (their channels reach a graph
-    output, a softmax, ...) are masked, as are layers whose channels reach another layer scattered by a
-    channel shuffle (how much that layer grows depends on the mapping drawn) and output layers (whose value
-    reaches a graph output without passing another layer: the classifier, also behind a softmax).
+    list's next reachable value is the target). Channels that a channel shuffle scatters (ShuffleNet: a
+    branch's last conv, whose channels are interleaved with the other branch's and split between the next
+    unit's two halves) are widened too; a layer they reach only in part (the depthwise conv of a later
+    downsampling unit) grows by the copies the mapping draws from the channels it carries, so it is listed
+    with times None: the token simulator cannot predict it, and the search reads it from the graph after the
+    pass. Layers the analysis refuses (their channels reach a graph output, a softmax, ...) are masked, as
+    are output layers (whose value reaches a graph output without passing another layer: the classifier,
+    also behind a softmax).
 
 Net2Deeper
     The new layer goes after the chosen layer's unit (the layer and the batchnorm / relu / dropout nodes
@@ -117,16 +121,15 @@ def graph_tokens(graph: Graph) -> list:
         except ChannelFlowError:
             continue
         members = {m: segs for m, segs in flow.segments.items() if m != node.name and graph.node(m).op in LAYER_OPS}
-        if any(not isinstance(seg, Segment) for segs in members.values() for seg in segs):
-            # The channels reach a layer scattered by a channel shuffle: how much that layer grows depends on
-            # the mapping itself, so the token view could not follow the pass. Not offered (a known limit).
-            continue
         leads.add(node.name)
         steps[node.name] = getattr(flow, "groups", 1)  # through a grouped conv: every group grows alike
         # Every other layer whose output carries the lead's channels grows with it: the producers coupled
         # through adds (flow.sources) and the depthwise convs the channels pass through.
         for member, segments in members.items():
-            followers.setdefault(member, []).append((node.name, len(segments)))
+            # A layer that a shuffle hands only some of the channels grows by the copies drawn from those.
+            whole = all(isinstance(seg, Segment) or sorted(seg.chans) == list(range(node.width))
+                        for seg in segments)
+            followers.setdefault(member, []).append((node.name, len(segments) if whole else None))
 
     tokens, previous = [], None
     for node in layers:

@@ -66,7 +66,10 @@ class LayerToken:
     # can_deepen) and how widths move together: a layer whose output channels are coupled to another layer's
     # (a residual add, a depthwise conv after it) is widened by that layer's pass (the group's lead), so it
     # cannot be widened itself and lists (lead, times) in `coupled`: widening the lead by d units widens it by
-    # times * d (times > 1 when the lead's channels reach it more than once, via a concat).
+    # times * d (times > 1 when the lead's channels reach it more than once, via a concat). times is None when
+    # a channel shuffle scatters part of the lead's channels into it: it then grows by the copies the mapping
+    # happens to draw from those channels, which only the pass knows (the search re-reads the tokens from the
+    # graph after every action, so the controller still sees exactly what the pass did).
     coupled: tuple = ()
     step: int = 1  # the width may only grow by multiples of this (channels passing a grouped conv: its groups)
 
@@ -218,7 +221,8 @@ def apply_wider(tokens: Sequence[LayerToken], widen: Sequence[bool], space: Sear
             raise ValueError(f"cannot widen {t.name!r}: {why}")
     # As the search applies a decision: one pass per marked layer, in order, each to the next width of the
     # layer's width *before* the decision, skipped if an earlier pass already made it that wide; a pass that
-    # widens a lead by d widens the layers coupled to it by times * d.
+    # widens a lead by d widens the layers coupled to it by times * d. A layer coupled through a channel
+    # shuffle (times None) keeps its width here: how much it grows is drawn by the pass.
     widths = [t.width for t in tokens]
     followers = {}
     for k, t in enumerate(tokens):
@@ -232,7 +236,8 @@ def apply_wider(tokens: Sequence[LayerToken], widen: Sequence[bool], space: Sear
             continue
         delta, widths[i] = target - widths[i], target
         for k, times in followers.get(t.name, ()):
-            widths[k] += times * delta
+            if times is not None:
+                widths[k] += times * delta
     return [dataclasses.replace(t, width=wd) if wd != t.width else t for t, wd in zip(tokens, widths)]
 
 

@@ -220,8 +220,8 @@ def test_every_action_the_masks_allow_is_applied_exactly_and_the_tokens_follow_i
         chosen = [j == i for j in range(len(tokens))]
         child, records = space.apply_wider(graph, _wider(tokens, {tokens[i].name}), np.random.default_rng(0), probes)
         assert len(records) == 1 and "skipped" not in records[0], records
-        assert [(t.name, t.width) for t in space.tokens(child)] == \
-            [(t.name, t.width) for t in apply_wider(tokens, chosen, WIDE)]
+        grown = child.node(tokens[i].name).width - graph.node(tokens[i].name).width
+        _assert_tokens_follow(tokens, space.tokens(child), chosen, WIDE, {tokens[i].name: grown})
     for b, points in enumerate(deepen_points(tokens)):
         for j, ok in enumerate(points):
             if not ok:
@@ -235,6 +235,21 @@ def test_every_action_the_masks_allow_is_applied_exactly_and_the_tokens_follow_i
             assert len(blocks(new)[b]) == len(blocks(tokens)[b]) + 1
 
 
+def _zoo_graph(folder, arch):
+    """A zoo layout at width 0.25, 10 classes, exported to ONNX at 3x32x32 (TorchScript exporter) and imported."""
+    from easc.backends.formats import load_model
+    from easc.backends.torch.zoo import ARCHITECTURES
+
+    torch.manual_seed(0)
+    model = ARCHITECTURES[arch](num_classes=10, width_mult=0.25).eval()
+    path = folder / f"{arch}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, torch.randn(1, 3, 32, 32), str(path), input_names=["image"],
+                          output_names=["logits"], dynamo=False)
+    return load_model(path)
+
+
 @pytest.mark.parametrize("arch", ["densenet121", "googlenet", "mobilenet_v2", "efficientnet_b0", "regnety",
                                   "shufflenet_v2"])
 def test_zoo_networks_get_one_block_per_resolution_and_grow_exactly(tmp_path, arch):
@@ -242,17 +257,7 @@ def test_zoo_networks_get_one_block_per_resolution_and_grow_exactly(tmp_path, ar
     segment of every later concat); MobileNetV2 and EfficientNet-B0 widen through depthwise convs, EfficientNet
     and RegNetY through squeeze-excitation gates, RegNet through grouped convs. The re-encoded tokens agree
     with the simulator on every one."""
-    from easc.backends.formats import load_model
-    from easc.backends.torch.zoo import ARCHITECTURES
-
-    torch.manual_seed(0)
-    model = ARCHITECTURES[arch](num_classes=10, width_mult=0.25).eval()
-    path = tmp_path / f"{arch}.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, torch.randn(1, 3, 32, 32), str(path), input_names=["image"],
-                          output_names=["logits"], dynamo=False)
-    graph = load_model(path)
+    graph = _zoo_graph(tmp_path, arch)
     space = GraphSpace(SearchSpace.paper())
     tokens = space.tokens(graph)
     # ImageNet stems: 32x32 -> 16 (stem conv) -> 8 -> 4 -> 2 -> 1, then the classifier: six blocks.
@@ -264,12 +269,56 @@ def test_zoo_networks_get_one_block_per_resolution_and_grow_exactly(tmp_path, ar
         child, (record,) = space.apply_wider(graph, _wider(tokens, {tokens[i].name}), np.random.default_rng(0),
                                              probes)
         assert record["max_diff"] <= PRESERVATION_RTOL
-        assert [(t.name, t.width) for t in space.tokens(child)] == \
-            [(t.name, t.width) for t in apply_wider(tokens, chosen, SearchSpace.paper())]
+        grown = child.node(tokens[i].name).width - graph.node(tokens[i].name).width
+        _assert_tokens_follow(tokens, space.tokens(child), chosen, SearchSpace.paper(), {tokens[i].name: grown})
     last = len(blocks(tokens)) - 2  # the last spatial block
     child, (record,) = space.apply_deeper(graph, DeeperDecision(tuple(tokens), last, 0, 3, 0.0, 0.0),
                                           np.random.default_rng(0), probes, probe_inputs(graph, 8, seed=1)["image"])
     assert "skipped" not in record and record["max_diff"] <= PRESERVATION_RTOL
+
+
+def _assert_tokens_follow(before, after, chosen, space, delta_of):
+    """The re-encoded tokens equal the simulator's, except layers coupled through a shuffle (times None),
+    which grow by at most times-the-lead's-growth for each of their occurrences (checked from `delta_of`)."""
+    simulated = apply_wider(before, chosen, space)
+    for old, new, sim in zip(before, after, simulated):
+        assert (new.name, new.kind) == (sim.name, sim.kind)
+        unknown = [lead for lead, times in old.coupled if times is None and lead in delta_of]
+        if unknown:
+            assert old.width <= new.width <= old.width + sum(delta_of[lead] for lead in unknown) * 4
+        else:
+            assert new.width == sim.width, (new.name, new.width, sim.width)
+
+
+def test_shufflenet_layers_whose_channels_a_shuffle_scatters_are_widened_exactly(tmp_path):
+    """ShuffleNetV2: a branch's last conv feeds concat -> shuffle -> split, so its channels reach the next
+    units interleaved and halved. Every such layer is offered, widens exactly, and the tokens read back
+    agree with the simulator wherever it can predict (the downsampling depthwise conv that receives a
+    scattered part of the channels grows by what the mapping drew, within its bound)."""
+    from easc.passes.channels import Segment, trace_channels
+
+    graph = _zoo_graph(tmp_path, "shufflenet_v2")
+    space = GraphSpace(SearchSpace.paper())
+    tokens = space.tokens(graph)
+    mask = widen_mask(tokens, SearchSpace.paper())
+
+    def scattered(token):
+        flow = trace_channels(graph, token.name)
+        return any(not isinstance(seg, Segment) for m, segs in flow.segments.items() if m != token.name
+                   for seg in segs)
+
+    offered = [t for t, ok in zip(tokens, mask) if ok]
+    through_shuffle = [t for t in offered if scattered(t)]
+    assert len(through_shuffle) >= 8  # every unit's last branch conv of stages 2 and 3 (13 at width 0.5)
+    assert any(times is None for t in tokens for _, times in t.coupled)
+    probes = ProbeSet(probe_inputs(graph, 2))
+    for token in through_shuffle[:3] + through_shuffle[-2:]:
+        chosen = [t.name == token.name for t in tokens]
+        child, (record,) = space.apply_wider(graph, _wider(tokens, {token.name}), np.random.default_rng(0), probes)
+        assert "skipped" not in record and record["max_diff"] <= PRESERVATION_RTOL, record
+        grown = child.node(token.name).width - graph.node(token.name).width
+        assert grown > 0
+        _assert_tokens_follow(tokens, space.tokens(child), chosen, SearchSpace.paper(), {token.name: grown})
 
 
 @pytest.mark.parametrize("name, shape", [("digits-small", (1, 8, 8)), ("eas-small", (3, 32, 32)),

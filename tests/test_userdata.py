@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -253,6 +254,34 @@ def test_a_corrupt_cache_entry_is_rebuilt_not_trusted(tmp_path, _cache, damage):
     assert imagefolder.load_folder(root).from_cache  # rebuilt in place
 
 
+def test_an_entry_edited_in_place_with_its_size_and_mtime_restored_is_still_caught(tmp_path, _cache):
+    root = small_folder(tmp_path / "imgs")
+    good = imagefolder.load_folder(root).images.copy()
+    data = next((_cache / "images").iterdir()) / "images.npy"
+    before = os.stat(data)
+    raw = bytearray(data.read_bytes())
+    raw[-1] ^= 0xFF
+    with open(data, "r+b") as f:  # same inode, same size
+        f.write(bytes(raw))
+    os.utime(data, ns=(before.st_atime_ns, before.st_mtime_ns))  # the mtime put back; the ctime cannot be
+    again = imagefolder.load_folder(root)
+    assert not again.from_cache and np.array_equal(again.images, good)
+
+
+def test_an_entry_copied_elsewhere_is_checked_once_then_trusted_again(tmp_path, monkeypatch, _cache):
+    root = small_folder(tmp_path / "imgs")
+    good = imagefolder.load_folder(root).images.copy()
+    copy = tmp_path / "restored"
+    shutil.copytree(_cache, copy)  # new inodes and ctimes, same bytes
+    monkeypatch.setenv("EASC_CACHE_DIR", str(copy))
+    calls = []
+    real = datacache.checksum
+    monkeypatch.setattr(datacache, "checksum", lambda a: calls.append(1) or real(a))
+    first, second = imagefolder.load_folder(root), imagefolder.load_folder(root)
+    assert first.from_cache and second.from_cache and np.array_equal(second.images, good)
+    assert len(calls) == 1  # the copy was checksummed once; its new identity was recorded
+
+
 def test_the_cache_honours_xdg_cache_home_without_easc_cache_dir(tmp_path, monkeypatch):
     monkeypatch.delenv("EASC_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -273,6 +302,28 @@ def test_npz_in_nhwc_nchw_and_grayscale_layouts_give_the_same_data(tmp_path):
     np.savez(tmp_path / "gray.npz", x_train=x[..., 0].astype(np.float32) / 255, y_train=y.astype(np.float64))
     g = load_dataset(str(tmp_path / "gray.npz"))
     assert g.input_shape == (1, 5, 6) and g.num_classes == 3
+
+
+def test_image_size_resizes_npz_arrays_as_it_resizes_the_same_pictures_in_a_folder(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (12, 6, 5, 3), dtype=np.uint8)
+    y = np.arange(12) % 2
+    np.savez(tmp_path / "a.npz", x_train=x, y_train=y)
+    write_folder(tmp_path / "imgs", x, y)
+    arrays = load_dataset(str(tmp_path / "a.npz"), image_size="4x7")
+    folder = load_dataset(str(tmp_path / "imgs"), image_size="4x7")
+    assert arrays.input_shape == folder.input_shape == (3, 4, 7)
+    both = [torch.cat([d.x_train, d.x_val, d.x_test]) for d in (arrays, folder)]
+    # the same pixels in another order (the folder's rows are sorted by class): compare as sorted sets of rows
+    a, b = (t.flatten(1).sort(dim=0).values for t in both)
+    assert torch.allclose(a, b, atol=1e-6)
+    # float images (grayscale here) are resized channel by channel, keep their scale and stay finite
+    np.savez(tmp_path / "f.npz", x_train=x[..., 0].astype(np.float32) / 255, y_train=y)
+    g = load_dataset(str(tmp_path / "f.npz"), image_size=3)
+    assert g.input_shape == (1, 3, 3) and torch.isfinite(g.x_train).all()
+    # an unchanged size is not resampled: the same tensors as without --image-size
+    same = load_dataset(str(tmp_path / "a.npz"), image_size="6x5")
+    assert torch.equal(same.x_train, load_dataset(str(tmp_path / "a.npz")).x_train)
 
 
 def test_npz_with_given_val_and_test_uses_them(tmp_path):
@@ -396,6 +447,11 @@ def test_easc_train_on_an_image_folder_prints_the_json_closing_line(tmp_path):
     last = json.loads(result.output.strip().splitlines()[-1])
     assert set(last) >= {"val_acc", "test_acc", "epochs", "seconds"} and last["epochs"] == 2
     assert load_graph(tmp_path / "out.easir").inputs[0].type.sample_shape == (1, 8, 8)
+    # the split it trained on is recorded beside the model: every image in exactly one split
+    record = json.loads((tmp_path / "out.easir.split.json").read_text())
+    files = record["train"] + record["val"] + record["test"]
+    assert sorted(files) == sorted(f"class_{c}/{i:03d}.png" for c in range(3) for i in range(10))
+    assert record["classes"] == ["class_0", "class_1", "class_2"] and record["image_size"] == [8, 8]
 
 
 def test_bench_data_smoke_runs_all_arms_and_writes_json(tmp_path, monkeypatch):
@@ -411,7 +467,7 @@ def test_bench_data_smoke_runs_all_arms_and_writes_json(tmp_path, monkeypatch):
     module.main(["--smoke", "--out", str(out)])
     report = json.loads(out.read_text())
     assert report["benchmark"] == "bench_data" and report["mode"] == "smoke" and report["arrays_equal"]
-    assert set(report["median_seconds"]) == {"plain", "easc", "decode", "one", "cached"}
+    assert set(report["median_seconds"]) == {"plain", "easc", "decode", "one", "cached", "cached_read"}
     assert os.environ["EASC_CACHE_DIR"] == str(tmp_path / "cache")  # restored after the run
 
 

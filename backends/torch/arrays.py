@@ -8,6 +8,10 @@ follows either way), and must be finite. Labels are integers (integer arrays, or
 numbers) in 0..K-1, where K - 1 is the largest training label. Every split must have the same channel
 count and image size as the training split.
 
+`resize(x, (h, w))` brings the images to another size (`--image-size`) the way image folders are resized:
+Pillow's bilinear filter, per image, uint8 images as "L"/"RGB" images (so a folder and an .npz of the same
+pictures give the same pixels) and float images channel by channel in Pillow's 32-bit float mode.
+
 The file is read with `allow_pickle=False`: an .npz is a zip of .npy arrays, and an object array inside one
 would otherwise be unpickled (and could run code).
 """
@@ -77,6 +81,35 @@ def _check_sizes(path: Path, archive) -> None:
         if nbytes > MAX_ARRAY_BYTES:
             raise ArraysError(f"{path}: {name} is {dtype} {shape}, {nbytes / (1 << 30):.1f} GB in memory; "
                               f"the limit is {MAX_ARRAY_BYTES >> 30} GB")
+
+
+def resize(path, x: np.ndarray, size: tuple) -> np.ndarray:
+    """N x C x H x W images resized to `size` (h, w), same dtype; the array is refused before it is made when
+    it would pass MAX_ARRAY_BYTES."""
+    from PIL import Image
+
+    n, c = x.shape[:2]
+    h, w = size
+    if (x.shape[2], x.shape[3]) == (h, w):
+        return x
+    out_dtype = np.uint8 if x.dtype == np.uint8 else np.float32
+    nbytes = n * c * h * w * np.dtype(out_dtype).itemsize
+    if nbytes > MAX_ARRAY_BYTES:
+        raise ArraysError(f"{path}: {n} images of {h}x{w} would take {nbytes / (1 << 30):.1f} GB; "
+                          f"the limit is {MAX_ARRAY_BYTES >> 30} GB")
+    out = np.empty((n, c, h, w), out_dtype)
+    bilinear = Image.Resampling.BILINEAR
+    for i in range(n):
+        if out_dtype == np.uint8:
+            hwc = np.ascontiguousarray(x[i].transpose(1, 2, 0))
+            im = Image.fromarray(hwc[..., 0] if c == 1 else hwc, "L" if c == 1 else "RGB")
+            r = np.asarray(im.resize((w, h), bilinear))
+            out[i] = r[None] if c == 1 else r.transpose(2, 0, 1)
+        else:
+            for k in range(c):
+                im = Image.fromarray(np.ascontiguousarray(x[i, k], dtype=np.float32), "F")
+                out[i, k] = np.asarray(im.resize((w, h), bilinear))
+    return out
 
 
 def load_npz(path) -> tuple[dict, float, int]:

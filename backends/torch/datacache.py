@@ -11,8 +11,17 @@ size or mtime), an added or removed file, or different options (image size, colo
 The folder and file names enter only through the hash: a name can never steer where the entry is written.
 
 An entry is a folder holding `images.npy` (uint8, N x H x W x C, no pickles) and `meta.json` (the key again,
-the shape, a CRC-32 of the array bytes and what the loader recorded). Reading checks all of it; an entry that
-is missing a file, does not parse, has another key, shape or checksum is removed and rebuilt, never trusted.
+the shape, a CRC-32 of the array bytes, the identity of `images.npy` when it was checksummed, and what the
+loader recorded). Reading checks all of it; an entry that is missing a file, does not parse, has another key,
+shape or checksum is removed and rebuilt, never trusted.
+
+The checksum is recomputed only when `images.npy` is no longer the file that was checksummed: its identity is
+(inode, size, mtime, ctime), and any write to the file or any replacement of it changes the ctime, which no
+user-level call can set back. So a cached load does not read the pixels at all (they are mapped, and paged in
+when the caller uses them), while a truncated, edited or replaced array is still caught by its checksum. The
+checksum never guarded against someone who can write the cache folder (they could rewrite meta.json too); it
+guards against damage, and damage is a write. An entry copied elsewhere (a restored backup) passes through
+the full check once and has its identity recorded again.
 Entries are written to a temporary folder and renamed into place, so a crash or a concurrent writer leaves
 either no entry or a whole one.
 
@@ -46,16 +55,16 @@ def cache_dir() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "easc"
 
 
-def listing_key(options: dict, listing) -> str:
-    """The hex key of a folder state: `listing` is [(relative path, size, mtime_ns)], `options` JSON-able."""
+def listing_key(options: dict, files: list, sizes, mtimes) -> str:
+    """The hex key of a folder state: relative paths, and per file its size and mtime (ns); `options` JSON-able."""
     h = hashlib.sha256()
     h.update(json.dumps({"version": FORMAT_VERSION, "options": options}, sort_keys=True).encode())
-    rows = list(listing)
-    # NUL never occurs in a path, so the names cannot run into each other; sizes and mtimes go in as one int64
-    # array (one hash update for 20,000 files instead of 20,000).
-    h.update(len(rows).to_bytes(8, "little"))
-    h.update("\0".join(r[0] for r in rows).encode("utf-8", "surrogateescape"))
-    h.update(np.asarray([(r[1], r[2]) for r in rows], dtype=np.int64).reshape(-1, 2).tobytes())
+    # NUL never occurs in a path, so the names cannot run into each other; sizes and mtimes go in as int64
+    # arrays (one hash update each for 20,000 files instead of 20,000).
+    h.update(len(files).to_bytes(8, "little"))
+    h.update("\0".join(files).encode("utf-8", "surrogateescape"))
+    h.update(np.ascontiguousarray(sizes, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(mtimes, dtype=np.int64).tobytes())
     return h.hexdigest()
 
 
@@ -65,6 +74,22 @@ def checksum(array: np.ndarray) -> int:
     for start in range(0, len(view), _CRC_CHUNK):
         crc = zlib.crc32(view[start:start + _CRC_CHUNK], crc)
     return crc
+
+
+def file_identity(path: Path) -> list:
+    """[inode, size, mtime_ns, ctime_ns] of `path`: changes whenever the file is written or replaced."""
+    st = os.stat(path)
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _write_meta(folder: Path, meta: dict) -> None:
+    """meta.json written beside and renamed over, so a reader never sees half of it."""
+    tmp = folder / f".meta-{uuid.uuid4().hex}.json"
+    try:
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, folder / "meta.json")
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def entry_path(key: str, root: Path | None = None) -> Path:
@@ -82,13 +107,20 @@ def read_entry(key: str, root: Path | None = None) -> tuple[np.ndarray, dict] | 
         meta = json.loads((path / "meta.json").read_text())
         if not isinstance(meta, dict) or meta.get("key") != key or meta.get("version") != FORMAT_VERSION:
             raise ValueError("meta.json does not describe this entry")
-        # Mapped, not read: the checksum touches every page once, and the caller copies what it needs
-        # (as float32 splits), so a second full copy here would only cost time.
+        # Mapped, not read: the caller copies what it needs (as float32 splits), so a full copy here would
+        # only cost time; the pixels are read here only when the checksum has to be recomputed.
         images = np.load(path / "images.npy", allow_pickle=False, mmap_mode="r")
         if images.dtype != np.uint8 or list(images.shape) != meta.get("shape"):
             raise ValueError(f"images.npy is {images.dtype} {images.shape}, meta says uint8 {meta.get('shape')}")
-        if checksum(images) != meta.get("crc32"):
-            raise ValueError("images.npy does not match its checksum")
+        identity = file_identity(path / "images.npy")
+        if identity != meta.get("file"):  # written or replaced since it was checksummed: check every byte
+            if checksum(images) != meta.get("crc32"):
+                raise ValueError("images.npy does not match its checksum")
+            meta["file"] = identity
+            try:
+                _write_meta(path, meta)
+            except OSError:  # a read-only cache: the entry is still good, the next read checks it again
+                pass
     except (OSError, ValueError, KeyError, TypeError, EOFError):
         # A truncated or edited entry: not trusted. Removing it lets the caller rebuild it in its place.
         shutil.rmtree(path, ignore_errors=True)
@@ -115,7 +147,7 @@ def commit_entry(key: str, tmp: Path, images: np.ndarray, meta: dict, root: Path
     path = entry_path(key, root)
     try:
         full = {**meta, "key": key, "version": FORMAT_VERSION, "shape": list(images.shape),
-                "crc32": checksum(images)}
+                "crc32": checksum(images), "file": file_identity(tmp / "images.npy")}
         (tmp / "meta.json").write_text(json.dumps(full))
         if path.exists():  # a corrupt entry left behind, or another process won the race: replace it
             shutil.rmtree(path, ignore_errors=True)

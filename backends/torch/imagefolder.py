@@ -56,18 +56,14 @@ class ImageFolderError(ValueError):
 
 @dataclass
 class Listing:
-    """What a folder holds: per file its path relative to the root, its class and split, size and mtime."""
-
     root: Path
     classes: list
     files: list  # relative paths (str, '/' separated)
     labels: np.ndarray
     splits: list  # per file: "train" | "val" | "test" ("train" for a layout without split folders)
     given_splits: tuple  # the split folders present, () for the plain ImageFolder layout
-    stats: list  # per file: (size, mtime_ns)
-
-    def key_rows(self):
-        return [(f, s, m) for f, (s, m) in zip(self.files, self.stats)]
+    sizes: np.ndarray  # int64 per file: size in bytes
+    mtimes: np.ndarray  # int64 per file: modification time in ns
 
 
 @dataclass
@@ -79,27 +75,50 @@ class DecodedFolder:
     from_cache: bool = False
 
 
-def _images_under(folder: Path, rel: str) -> list:
-    """[(path relative to the root, size, mtime_ns)] of the images under `folder` (recursively, sorted).
+class _Found:
+    """What a walk found: parallel lists, so that 20,000 files cost three appends each and no tuples."""
 
-    os.scandir rather than pathlib: its entries carry the type, and the one stat per file is what the
-    cache key needs anyway; on 20,000 files this is several times faster than Path.glob + Path.stat.
+    def __init__(self):
+        self.files, self.sizes, self.mtimes = [], [], []
+
+    def __len__(self):
+        return len(self.files)
+
+
+def _images_under(folder: Path, rel: str, found: _Found | None = None) -> _Found:
+    """The images under `folder` (recursively, sorted by name), with their sizes and mtimes, added to `found`.
+
+    The cache key needs one stat per file, and on a cached load those stats are most of the work, so the
+    walk is written for them: the folder is opened once and every entry is stat'ed relative to it
+    (fstatat: no path resolution from the root per file), and the entries' types come from the directory
+    itself (scandir's d_type), so only images and folders cost a system call.
     """
-    out = []
+    found = _Found() if found is None else found
     try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:
         raise ImageFolderError(f"{folder}: cannot list ({e.strerror})") from None
-    for entry in entries:
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir(follow_symlinks=False):
-            out.extend(_images_under(Path(entry.path), f"{rel}{entry.name}/"))
-        elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
-            st = entry.stat()
-            if stat.S_ISREG(st.st_mode):
-                out.append((f"{rel}{entry.name}", st.st_size, st.st_mtime_ns))
-    return out
+    try:
+        with os.scandir(fd) as it:
+            entries = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in it if not e.name.startswith("."))
+        files, sizes, mtimes = found.files, found.sizes, found.mtimes
+        for name, is_dir in entries:
+            if is_dir:
+                _images_under(folder / name, f"{rel}{name}/", found)
+            elif name.lower().endswith(IMAGE_EXTENSIONS):
+                try:
+                    st = os.stat(name, dir_fd=fd)
+                except OSError:  # a dangling link or a file removed while listing: not an image
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    files.append(rel + name)
+                    sizes.append(st.st_size)
+                    mtimes.append(st.st_mtime_ns)
+    except OSError as e:
+        raise ImageFolderError(f"{folder}: cannot list ({e.strerror})") from None
+    finally:
+        os.close(fd)
+    return found
 
 
 def _class_folders(folder: Path) -> list:
@@ -129,27 +148,29 @@ def scan(root) -> Listing:
             raise ImageFolderError(f"{where}: {what}; expected {where}/<class>/*"
                                    f"{{{','.join(IMAGE_EXTENSIONS)}}}")
         per_split[split] = {c: _images_under(folder / c, f"{prefix}{c}/") for c in classes}
-        for c, files in per_split[split].items():
-            if not files:
+        for c, found in per_split[split].items():
+            if not found:
                 raise ImageFolderError(f"{where}/{c}: class {c!r} has no images "
                                        f"({', '.join(IMAGE_EXTENSIONS)}); remove the folder or add images")
     classes = sorted({c for table in per_split.values() for c in table})
     index = {c: i for i, c in enumerate(classes)}
-    files, labels, splits, stats = [], [], [], []
+    files, labels, splits, sizes, mtimes = [], [], [], [], []
     for split, table in per_split.items():
         for c in sorted(table):
-            for rel, size, mtime in table[c]:
-                files.append(rel)
-                labels.append(index[c])
-                splits.append(split)
-                stats.append((size, mtime))
+            found = table[c]
+            files += found.files
+            sizes += found.sizes
+            mtimes += found.mtimes
+            labels += [index[c]] * len(found)
+            splits += [split] * len(found)
     if "train" in per_split:
         missing = [c for c in classes if c not in per_split["train"]]
         if missing:
             where = ", ".join(s for s in per_split if missing[0] in per_split[s])
             raise ImageFolderError(f"{root}/train: class {missing[0]!r} has no training images "
                                    f"(it appears only in {where})")
-    return Listing(root, classes, files, np.asarray(labels, np.int64), splits, given, stats)
+    return Listing(root, classes, files, np.asarray(labels, np.int64), splits, given,
+                   np.asarray(sizes, np.int64), np.asarray(mtimes, np.int64))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -390,7 +411,7 @@ def load_folder(root, image_size=None, *, skip_bad: bool = False, progress: bool
     if not use_cache:
         return decode(listing, image_size, skip_bad=skip_bad, progress=progress, workers=workers)
     options = {"image_size": None if image_size is None else list(image_size), "skip_bad": bool(skip_bad)}
-    key = datacache.listing_key(options, listing.key_rows())
+    key = datacache.listing_key(options, listing.files, listing.sizes, listing.mtimes)
     hit = datacache.read_entry(key)
     if hit is not None:
         images, meta = hit

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .arrays import ArraysError, load_npz
+from .arrays import ArraysError, load_npz, resize
 from .data import (AUGMENTATIONS, OWN_SPLIT_FRACTION, TEST_SPLIT_SEED, DatasetError, DataSplits, _eas_holdout,
                    _labels, _split_indices, _standardise, _to_float)
 from .imagefolder import ImageFolderError, load_folder
@@ -142,10 +142,10 @@ def load_path_dataset(path, *, seed: int = 0, val_size: int | None = None, image
     if p.suffix.lower() != ".npz":
         raise DatasetError(f"{p}: not a folder or an .npz file; a data set path is an image folder "
                            f"(DIR/<class>/*.png) or arrays (x_train, y_train, ... in an .npz)")
-    if size is not None:
-        raise DatasetError(f"{p}: --image-size resizes image folders; the arrays in an .npz are used at their size")
     try:
         arrays, scale, num_classes = load_npz(p)
+        if size is not None:
+            arrays = {s: (resize(p, x, size), y) for s, (x, y) in arrays.items()}
     except ArraysError as e:
         raise DatasetError(str(e)) from None
     images = np.concatenate([arrays[s][0] for s in arrays])
@@ -165,8 +165,10 @@ def load_path_dataset(path, *, seed: int = 0, val_size: int | None = None, image
         return out
 
     try:
-        return _assemble(str(p), images, labels, pool, [s for s in arrays if s != "train"], scale=scale,
-                         num_classes=num_classes, seed=seed, val_size=val_size, augment=augment,
-                         classes=[str(i) for i in range(num_classes)], describe=describe)
+        splits = _assemble(str(p), images, labels, pool, [s for s in arrays if s != "train"], scale=scale,
+                           num_classes=num_classes, seed=seed, val_size=val_size, augment=augment,
+                           classes=[str(i) for i in range(num_classes)], describe=describe)
     except DatasetError as e:
         raise DatasetError(f"{p}: {e}") from None
+    splits.split_record["image_size"] = list(images.shape[2:])
+    return splits
