@@ -27,6 +27,11 @@ and the rules that keep it one are exact statements, checked, never assumed:
 
   (T: the channels outside the runs, bias left out of both), which is computed and compared with the old
   output's scale as the whole-value check compares `new_out - old_out`. Its output then agrees, as there.
+- a widened layer (conv2d with groups=1, linear) reading unchanged values, whose every output row (weights
+  and bias) is *bitwise* the row index[j] of the old node (index: the pass's `PassResult.channels` for it,
+  used as a claim and checked): its output channel j is the old output channel index[j], the same products
+  of the same numbers, so its new value is the old one gathered, and the layer is not evaluated
+  (`copied_rows`).
 Anything else that reads a patch, or a rule whose equalities do not hold (a pass that changed a weight it
 should not have), gets the patch assembled into the whole new value and the ordinary evaluation: the fast path
 only skips work whose result it has proven, so it can miss nothing the whole-value check would catch.
@@ -181,3 +186,33 @@ def _conv(node, x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """The contribution of some input channels to a conv2d's output, bias left out."""
     at = node.attrs
     return conv2d_array(x, w, None, at["stride"], at["padding"], at["dilation"], 1)
+
+
+ROWS = 1 << 20
+"""Weights compared at a time by `copied_rows` (a gathered copy of the old rows is made to compare against)."""
+
+
+def copied_rows(node, old, index, clean: bool) -> bool:
+    """Whether `node`, a widened layer whose inputs hold their old values (`clean`), has as output row j
+    exactly the old node's row index[j] (weights and bias, bitwise): then its value is the old value gathered
+    by `index` (module doc)."""
+    if index is None or not clean or old is None or node.op not in ("conv2d", "linear") or old.op != node.op:
+        return False
+    if old.inputs != node.inputs or len(index) != node.type.shape[1] or node.type.shape[2:] != old.type.shape[2:]:
+        return False
+    attrs, old_attrs = dict(node.attrs), dict(old.attrs)
+    attrs.pop("out", None), old_attrs.pop("out", None)
+    if attrs != old_attrs or attrs.get("groups", 1) != 1 or set(node.weights) != set(old.weights):
+        return False
+    index = np.asarray(index)
+    if index.ndim != 1 or (len(index) and (index.min() < 0 or index.max() >= old.type.shape[1])):
+        return False
+    for key, w in node.weights.items():
+        w_old = old.weights[key]
+        if w.shape[1:] != w_old.shape[1:]:
+            return False
+        rows = max(1, ROWS // max(1, w[0].size))
+        for start in range(0, len(index), rows):
+            if not np.array_equal(w[start:start + rows], w_old[index[start:start + rows]]):
+                return False
+    return True

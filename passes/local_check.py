@@ -193,7 +193,7 @@ def _descendants(graph: Graph, sources) -> set:
 
 
 def check_region(before: Graph, after: Graph, cached, rewritten, rtol: float, what: str,
-                 exact: bool = True) -> tuple:
+                 exact: bool = True, copies: dict | None = None) -> tuple:
     """Evaluate `after` where it can differ from `before` and compare (see the module doc).
 
     cached: `before`'s `Activations` (or a dict of every node's value): computed in float64, kept in float32
@@ -201,6 +201,9 @@ def check_region(before: Graph, after: Graph, cached, rewritten, rtol: float, wh
             computed in float64 from them.
     exact:  False for a pass that adds noise on purpose: a value it changes within `rtol` is kept as its new
             value, and everything downstream becomes pending (computed from it if a later region needs it).
+    copies: the pass's claim, value -> for each new channel the old channel it copies (`PassResult.channels`):
+            a widened layer whose rows are proven copies (`local_channels.copied_rows`) is not evaluated, its
+            value is the old one gathered.
     Returns (`Activations` of `after`, sharing `cached`'s arrays for untouched nodes; max |difference| seen;
     max |value| there; nodes evaluated). Raises `FunctionNotPreservedError` naming the first value that
     differs beyond the tolerance.
@@ -254,6 +257,12 @@ def check_region(before: Graph, after: Graph, cached, rewritten, rtol: float, wh
                 else:  # a linear reader's new - old output, from the touched channels: agrees or raises
                     compare(name, None, cached[name], delta=step)
                 continue
+        clean = name in cached and not any(i in dirty or i in new_values for i in node.inputs)
+        if copies and channels.copied_rows(node, old, copies.get(name), clean):
+            new_values[name] = cached[name][:, np.asarray(copies[name])].astype(np.float64)
+            dirty.add(name)
+            evaluated += 1
+            continue
         for i in node.inputs:  # a patched input read whole: assembled once
             if i in patches and i not in new_values:
                 new_values[i] = patches[i].assemble(cached[i])

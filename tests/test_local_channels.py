@@ -131,3 +131,72 @@ def test_a_pending_value_is_computed_on_the_channels_asked_for_as_the_whole_valu
         assert name in cached.pending  # recomputed from the layers' values when read
         np.testing.assert_allclose(cached.channels(name, index), exact[name][:, index], rtol=1e-6, atol=1e-6)
         assert name in cached.pending  # and nothing of it was kept
+
+
+class BrokenWiden(Pass):
+    """widen, then one number of the widened layer changed (`row`) or its channel claim scrambled (`claim`)."""
+
+    name = "broken_widen"
+    arguments = ("layer", "width", "row", "claim")
+
+    def candidates(self, graph):
+        return []
+
+    def apply(self, graph, *, rng, layer, width, row=None, claim=False):
+        result = registry()["widen"].apply(graph, rng=rng, layer=layer, width=width)
+        if row is not None:
+            node = result.graph.node(layer)
+            weight = np.array(node.weights["weight"])
+            weight[row].flat[0] += 0.5
+            changed = node.replace(weights={**node.weights, "weight": weight})
+            result.graph = result.graph.replace(nodes=[changed if n.name == layer else n
+                                                       for n in result.graph.nodes])
+        if claim:
+            result.channels = {k: np.roll(v, 1) for k, v in result.channels.items()}
+        return result
+
+
+def _copied_spy(monkeypatch) -> list:
+    proven = []
+    real = local_channels.copied_rows
+
+    def spy(node, old, index, clean):
+        ok = real(node, old, index, clean)
+        if ok:
+            proven.append(node.name)
+        return ok
+
+    monkeypatch.setattr(local_channels, "copied_rows", spy)
+    return proven
+
+
+def test_a_widened_layer_whose_rows_are_copies_is_not_evaluated_and_its_value_is_the_old_one_gathered(monkeypatch):
+    from test_pass_manager import net
+
+    proven = _copied_spy(monkeypatch)
+    manager = PassManager(net(), seed=0)
+    manager.run("widen", layer="conv_3", width=13)
+    assert proven == ["conv_3"]
+    _assert_activations_are_the_new_graphs(manager)
+    manager.finish()
+
+
+@pytest.mark.parametrize("row", [2, 11])  # an original row, a new copy (conv_3: 8 -> 13 channels)
+def test_a_widened_layer_with_a_changed_row_is_evaluated_and_caught(monkeypatch, row):
+    from test_pass_manager import net
+
+    proven = _copied_spy(monkeypatch)
+    manager = PassManager(net(), passes={**registry(), "broken_widen": BrokenWiden()})
+    with pytest.raises(FunctionNotPreservedError, match="broken_widen did not preserve the function"):
+        manager.run("broken_widen", layer="conv_3", width=13, row=row)
+    assert proven == []
+
+
+def test_a_wrong_channel_claim_only_costs_the_fast_path(monkeypatch):
+    from test_pass_manager import net
+
+    proven = _copied_spy(monkeypatch)
+    manager = PassManager(net(), passes={**registry(), "broken_widen": BrokenWiden()})
+    manager.run("broken_widen", layer="conv_3", width=13, claim=True)  # the pass is right, its claim is not
+    assert proven == []
+    _assert_activations_are_the_new_graphs(manager)
