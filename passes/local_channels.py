@@ -98,6 +98,8 @@ def concat(node, old, state, new_graph, old_graph) -> Patch | None:
         c_new = new_graph.node(name).type.shape[1]
         c_old = old_graph.node(name).type.shape[1]
         s = state(name)
+        if s is None and c_new != c_old:  # a changed type the pass did not declare: the whole-value path
+            return None
         if s is None:
             runs.append((n_off, o_off, c_new))
         elif isinstance(s, Patch):
