@@ -112,6 +112,7 @@ def _export_check_write(manager, reference: dict, output: str) -> float:
     try:
         parts.clear()
         manager.graph = None  # onnxruntime loads the file next; the IR copy can go first
+        _release_freed_memory()  # and its pages with it, before onnxruntime allocates its own copy
         diff, _ = manager.finish(reference, lambda _graph, feeds: run_onnx(temporary, feeds))
     except BaseException:
         os.unlink(temporary)
@@ -128,7 +129,9 @@ def _release_freed_memory() -> None:
     them, so without this they stay in the peak RSS for nothing (45 MB of a DenseNet-121's 28 MB input)."""
     import ctypes
     import ctypes.util
+    import gc
 
+    gc.collect()  # the importer's objects refer to each other: without a collection ~20 MB of them stay
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.malloc_trim(0)
@@ -188,8 +191,9 @@ def command(ctx, model, widen, factor, deepen, kernel, skip, widen_kernel, noise
     graph = load_model(model)
     _check_probe_sizes(graph, model)
     probes = ProbeSet(probe_inputs(graph, PROBE_BATCH, seed))
+    _release_freed_memory()  # what parsing the file freed, before onnxruntime loads it again
     reference = _reference_outputs(model, graph, probes)  # the user's file, before any pass
-    _release_freed_memory()
+    _release_freed_memory()  # and what the session freed, before the passes
     was = graph.params
     manager = PassManager(graph, rng=np.random.default_rng(seed), probes=probes, max_params=max_params)
     del graph  # the manager holds the current graph only: memory follows the output
@@ -207,10 +211,15 @@ def command(ctx, model, widen, factor, deepen, kernel, skip, widen_kernel, noise
     def run(name, **kwargs):
         report(manager.run(name, **kwargs))
 
+    def report_each(results):
+        # in a function of its own: a loop variable left in `command` would keep the last result, and with it
+        # the final graph, alive through the export and the onnxruntime session on the output
+        for result in results:
+            report(result)
+
     for kind, value in requests:
         if kind == "widen" and value == "*":
-            for result in iter_widen_all(manager, factor, noise=noise):
-                report(result)
+            report_each(iter_widen_all(manager, factor, noise=noise))
         elif kind == "widen":
             for layer, width in _widen_specs(value, manager.graph, factor):
                 if layer in dense_layers(manager.graph):  # a dense layer's growth: later layers and transition remapped

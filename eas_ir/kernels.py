@@ -1,7 +1,9 @@
 """Numpy kernels of the IR's ops: what each op means, in float64 (see `interpret.py`).
 
 Each function takes the node (for its attributes, weights and inferred type) and the values of its
-inputs, and returns its value. `ops.py` names the kernel of every op in its entry.
+inputs, and returns its value. `ops.py` names the kernel of every op in its entry. A kernel computes in the
+floating type of its input (weights are cast to it): float64 for the checks, float32 where only statistics
+are wanted (`run_all(..., dtype=np.float32)`, batchnorm calibration).
 """
 
 from __future__ import annotations
@@ -26,8 +28,13 @@ def conv2d_array(x, weight, bias, stride, padding, dilation, groups):
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     x = _pad(x, ph, pw)
     out_c, in_per_group, kh, kw = weight.shape
-    win = _windows(x, kh, kw, sh, sw, dh, dw)  # N,C,H',W',kh,kw
     per_out = out_c // groups
+    if kh == kw == 1 and groups == 1:  # a 1x1 conv is one matrix product per sample (BLAS, no window copy)
+        x = x[:, :, ::sh, ::sw]
+        y = np.matmul(weight[:, :, 0, 0], x.reshape(x.shape[0], x.shape[1], -1)).reshape(
+            (x.shape[0], out_c) + x.shape[2:])
+        return y + bias.reshape(1, -1, 1, 1) if bias is not None else y
+    win = _windows(x, kh, kw, sh, sw, dh, dw)  # N,C,H',W',kh,kw
     if groups > 1 and in_per_group == 1 and per_out == 1:  # depthwise: one filter per channel
         y = np.einsum("nchwij,cij->nchw", win, weight[:, 0], optimize=True)
     else:
@@ -44,19 +51,19 @@ def conv2d_array(x, weight, bias, stride, padding, dilation, groups):
 
 def conv2d(node, args):
     a, w = node.attrs, node.weights
-    return conv2d_array(args[0], w["weight"].astype(np.float64), w.get("bias"), a["stride"], a["padding"],
+    return conv2d_array(args[0], w["weight"].astype(args[0].dtype), w.get("bias"), a["stride"], a["padding"],
                         a["dilation"], a["groups"])
 
 
 def linear(node, args):
-    y = args[0] @ node.weights["weight"].astype(np.float64).T
+    y = args[0] @ node.weights["weight"].astype(args[0].dtype).T
     return y + node.weights["bias"] if node.attrs["bias"] else y
 
 
 def batchnorm(node, args):
     x, w, eps = args[0], node.weights, node.attrs["eps"]
     shape = (1, -1) + (1,) * (x.ndim - 2)
-    inv = w["scale"].astype(np.float64) / np.sqrt(w["var"].astype(np.float64) + eps)
+    inv = w["scale"].astype(x.dtype) / np.sqrt(w["var"].astype(x.dtype) + x.dtype.type(eps))
     return (x - w["mean"].reshape(shape)) * inv.reshape(shape) + w["bias"].reshape(shape)
 
 
@@ -72,7 +79,7 @@ def _pool(x, node, kind: str):
         return win.max(axis=(4, 5))[:, :, :oh, :ow]
     total = _windows(_pad(x, ph, pw, 0.0, eh, ew), kh, kw, sh, sw).sum(axis=(4, 5))[:, :, :oh, :ow]
     # The divisor counts the explicit padding when count_include_pad is set, never ceil's overhang.
-    ones = np.ones((1, 1) + x.shape[2:])
+    ones = np.ones((1, 1) + x.shape[2:], dtype=x.dtype)
     pad_value = 1.0 if node.attrs["count_include_pad"] else 0.0
     counted = np.pad(ones, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
     counted = np.pad(counted, ((0, 0), (0, 0), (0, eh), (0, ew)))

@@ -66,6 +66,11 @@ def verify(graph: Graph, since: Graph | None = None) -> Graph:
                       f"{where}: input {name!r} is {'defined later' if later else 'not defined'}",
                       "move the node after its inputs (nodes must be in topological order)" if later
                       else "read a value defined above this node")
+        old = before.get(node.name)
+        if old is node and all(i in before and (seen[i] is before[i].type or seen[i] == before[i].type)
+                               for i in node.inputs):
+            seen[node.name] = node.type  # the very node `since` verified, reading the same types
+            continue
         try:  # before the shape rule, which must not see zero, negative or absurd dimensions
             check_dims(node.type.shape, where)
         except ValueError as e:
@@ -78,12 +83,8 @@ def verify(graph: Graph, since: Graph | None = None) -> Graph:
             seen[node.name] = node.type
             continue
         in_types = [seen[i] for i in node.inputs]
-        old = before.get(node.name)
         same_inputs = old is not None and all(i in before and t == before[i].type
                                               for i, t in zip(node.inputs, in_types))
-        if old is node and same_inputs:
-            seen[node.name] = node.type
-            continue
         if same_inputs and old.op == node.op and old.inputs == node.inputs and old.type == node.type \
                 and dict(old.attrs) == dict(node.attrs):
             # only the weights changed (training wrote them back): their shapes are the ones `since` had

@@ -126,7 +126,8 @@ class ProbeSet(dict):
     Graphs are immutable, so a graph's outputs on fixed probes never change. In a chain of passes the
     graph after one pass is the graph before the next: with a ProbeSet its outputs are computed once,
     which halves the numeric check of every pass but the first. The local check (`local_check`) keeps
-    every node's value of the current graph here too, and derives the next graph's from it. The memory
+    the current graph's probe values here too (those of its layers; the rest computed when read), and derives
+    the next graph's from them. The memory
     lives and dies with the graphs (weak references), so nothing outlives the chain that made it.
     """
 
@@ -144,12 +145,14 @@ class ProbeSet(dict):
         return per_graph[executor]
 
     def activations(self, graph: Graph) -> dict:
-        """Every node's value on the probes (the reference interpreter, float64, kept as float32), computed
-        once per graph."""
+        """The nodes' values on the probes (the reference interpreter, float64, kept as float32), computed
+        once per graph: `local_check.Activations`, those of `local_check.kept_values` stored, the others
+        computed from them when read."""
         if graph not in self._activations:
-            from .local_check import Activations
+            from .local_check import Activations, kept_values
 
-            self._activations[graph] = Activations(graph, _all_activations(graph, dict(self)))
+            values = _all_activations(graph, dict(self), kept_values(graph))
+            self._activations[graph] = Activations(graph, values, set(graph._index) - set(values))
         return self._activations[graph]
 
     def forget_activations(self) -> None:
@@ -163,10 +166,11 @@ class ProbeSet(dict):
         self._activations[graph] = activations
 
 
-def _all_activations(graph: Graph, feeds: dict) -> dict:
-    """Every node's value on `feeds`, kept as float32, computed in float64 like `run_all`, but a float64 value
-    is let go as soon as its last reader has been evaluated: the float64 copy of every activation at once (twice
-    the float32 ones) was the largest allocation of a chain of small passes on a DenseNet."""
+def _all_activations(graph: Graph, feeds: dict, keep=None) -> dict:
+    """The values on `feeds` of the nodes in `keep` (default: all), kept as float32, computed in float64 like
+    `run_all`, but a float64 value is let go as soon as its last reader has been evaluated: the float64 copy of
+    every activation at once (twice the float32 ones) was the largest allocation of a chain of small passes on
+    a DenseNet."""
     from .local_check import _evaluate
 
     last = {}
@@ -179,7 +183,8 @@ def _all_activations(graph: Graph, feeds: dict) -> dict:
             value = input_value(node, feeds)
         else:
             value = _evaluate(node, [exact[i] for i in node.inputs])
-        values[node.name] = value.astype(np.float32)
+        if keep is None or node.name in keep:
+            values[node.name] = value.astype(np.float32)
         exact[node.name] = value
         for i in set(node.inputs):
             if last[i] == k:
@@ -215,7 +220,7 @@ def checked(before: Graph, result: PassResult, probes: dict | None = None,
     Raises `VerificationError` (structure), `FunctionNotPreservedError` (numbers or signature).
     """
     what = result.record.get("pass", "pass")
-    verify(result.graph)
+    verify(result.graph, since=before)  # what the pass shared with `before` was verified there
     if signature(before) != signature(result.graph):
         raise FunctionNotPreservedError(f"{what} changed the graph's inputs or outputs: "
                                         f"{signature(before)} -> {signature(result.graph)}")
@@ -228,6 +233,13 @@ def checked(before: Graph, result: PassResult, probes: dict | None = None,
         raise FunctionNotPreservedError(
             f"{what} did not preserve the function: max |difference| {diff:.3g} > allowed {allowed:.3g}")
     return result
+
+
+def owned(array: np.ndarray) -> np.ndarray:
+    """A weight array a pass just made, sealed read-only: the new node takes it without a defensive copy (for
+    the 1024 x 1024 x 3 x 3 identity conv of a deepen, a 38 MB copy)."""
+    array.flags.writeable = False
+    return array
 
 
 def default_rng(rng: np.random.Generator | None) -> np.random.Generator:

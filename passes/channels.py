@@ -99,6 +99,7 @@ different group counts, is refused.
 from __future__ import annotations
 
 import math
+import weakref
 from collections import deque
 from dataclasses import dataclass
 
@@ -265,8 +266,7 @@ class ChannelFlow:
         n, g = self.width, np.asarray(g, dtype=np.int64)
         counts = np.bincount(g, minlength=n)
         copies = _copies(g)
-        # units[c]: the j with g(j) = c, increasing (the original first); a stable sort groups them by c
-        units = np.split(np.argsort(g, kind="stable"), np.cumsum(counts)[:-1])
+        units = None  # units[c]: the j with g(j) = c, increasing; only scattered channels need them
         pieces = []  # (first column, fact, channel or None for a whole segment)
         for fact in self.segments[value]:
             if isinstance(fact, Segment):
@@ -285,6 +285,8 @@ class ChannelFlow:
         for start, fact, c in sorted(pieces, key=lambda piece: piece[0]):
             plain(pos, start)
             within = np.arange(fact.block)
+            if c is not None and units is None:  # a stable sort groups the j by c, the original first
+                units = np.split(np.argsort(g, kind="stable"), np.cumsum(counts)[:-1])
             js = np.arange(len(g)) if c is None else units[c]
             base = start + g[js] * fact.block if c is None else np.full(len(js), start)
             index.append((base[:, None] + within[None, :]).ravel())
@@ -322,7 +324,21 @@ def _grouped(node) -> bool:
     return node.op == "conv2d" and node.attrs["groups"] > 1 and not is_depthwise(node)
 
 
+_FLOWS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+"""Traced flows by graph: graphs are immutable, so a flow is traced once per graph and layer (a widen asks
+for it in `reason`, `added_params` and `apply`); the entries die with their graph."""
+
+
 def trace_channels(graph: Graph, layer: str, rearrange: bool = True) -> ChannelFlow:
+    """`_trace_channels`, once per graph, layer and `rearrange` (the flow is read, never changed, by callers)."""
+    flows = _FLOWS.setdefault(graph, {})
+    key = (layer, rearrange)
+    if key not in flows:
+        flows[key] = _trace_channels(graph, layer, rearrange)
+    return flows[key]
+
+
+def _trace_channels(graph: Graph, layer: str, rearrange: bool = True) -> ChannelFlow:
     """Follow `layer`'s output channels forwards and, through adds, backwards (see the module doc).
 
     With `rearrange=False` the channels must stay whole segments: a channel shuffle or gather, or a slice

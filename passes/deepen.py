@@ -36,7 +36,7 @@ import numpy as np
 from easc.ir import Graph, UnknownNodeError, identity_domain, make_node, run_all, value_ranges
 from easc.ir.ops import ACTIVATION_OPS
 
-from .base import PassError, PassResult
+from .base import PassError, PassResult, owned
 
 DEFAULT_EPS = 1e-5
 """eps of the inserted batchnorm: torch's and ONNX's default."""
@@ -55,11 +55,13 @@ def deepenable(graph: Graph) -> list:
 
 
 def calibration_stats(graph: Graph, after: str, x_batch) -> tuple:
-    """Per-channel (mean, population variance) of `after`'s value on a batch, by the reference interpreter
-    run up to `after` only.
+    """Per-channel (mean, population variance) of `after`'s value on a batch, by the interpreter run up to
+    `after` only, in float32 (the statistics are summed in float64).
 
     `x_batch` is an array for a graph with one input, or a dict {input name: array}. The statistics are
     over the batch and, for NCHW values, over the spatial positions too (as batchnorm computes them).
+    float32 is enough: the statistics only say where the new batchnorm starts training; in eval mode it is
+    the identity whatever they are (the module doc), so their rounding cannot break the preservation.
     """
     if after not in graph:
         raise UnknownNodeError(graph, after)
@@ -71,9 +73,9 @@ def calibration_stats(graph: Graph, after: str, x_batch) -> tuple:
         x_batch = {inputs[0]: x_batch}
     # only the graph up to `after`: nothing later can change its value, and the rest would cost the whole net
     prefix = Graph(graph.nodes[:graph.position(after) + 1], {after: after}, graph.name)
-    value = run_all(prefix, x_batch)[after]
+    value = run_all(prefix, x_batch, dtype=np.float32)[after]
     axes = (0,) if value.ndim == 2 else (0, 2, 3)
-    return value.mean(axis=axes), value.var(axis=axes)
+    return value.mean(axis=axes, dtype=np.float64), value.var(axis=axes, dtype=np.float64)
 
 
 def _check_calibration(after: str, channels: int, calibration) -> tuple:
@@ -100,11 +102,12 @@ def _identity_layer(name: str, node, kernel: int) -> tuple:
         weight[np.arange(c), np.arange(c), kernel // 2, kernel // 2] = 1.0
         layer = make_node(name, "conv2d", [node.name], [node.type],
                           dict(out=c, kernel=kernel, padding=kernel // 2, bias=True),
-                          dict(weight=weight, bias=np.zeros(c, np.float32)), origin=node.name)
+                          dict(weight=owned(weight), bias=np.zeros(c, np.float32)), origin=node.name)
         return layer, (f"{node.name} -> {name}: conv2d {kernel}x{kernel}, {c} -> {c} channels, identity kernel, "
                        f"zero bias")
     layer = make_node(name, "linear", [node.name], [node.type], dict(out=c, bias=True),
-                      dict(weight=np.eye(c, dtype=np.float32), bias=np.zeros(c, np.float32)), origin=node.name)
+                      dict(weight=owned(np.eye(c, dtype=np.float32)), bias=np.zeros(c, np.float32)),
+                      origin=node.name)
     return layer, f"{node.name} -> {name}: linear, {c} -> {c} units, identity matrix, zero bias"
 
 

@@ -61,7 +61,7 @@ from easc.ir import Graph, Node, make_node, run_all
 from easc.ir.interpret import eval_node
 from easc.ir.ops import ShapeError, infer_type
 
-from .base import PassError, PassResult, default_rng
+from .base import PassError, PassResult, default_rng, owned
 from .channels import ChannelFlowError, trace_channels
 from .widen import widen
 
@@ -284,13 +284,13 @@ def _insert_columns(w: np.ndarray, mask: np.ndarray, axis: int, fill) -> np.ndar
     """`w` with its `axis` grown to len(mask): old entries where mask is False, `fill` where it is True."""
     shape = list(w.shape)
     shape[axis] = len(mask)
-    out = np.empty(shape, np.float64)
+    out = np.empty(shape, np.float32)  # the old entries copied as they are, `fill` (0 or 1) exact in float32
     index = [slice(None)] * len(shape)
     index[axis] = ~mask
     out[tuple(index)] = w
     index[axis] = mask
     out[tuple(index)] = fill
-    return out.astype(np.float32)
+    return owned(out)
 
 
 def _channel_mask(flow, value: str, channels: int) -> np.ndarray:
@@ -313,7 +313,7 @@ def _feeds(graph: Graph, batch, after: str) -> dict:
 def _stats(x: np.ndarray) -> tuple:
     """Per-channel (mean, population variance) over the batch and, for NCHW, the spatial positions."""
     axes = (0,) if x.ndim == 2 else (0, 2, 3)
-    return x.mean(axis=axes), x.var(axis=axes)
+    return x.mean(axis=axes, dtype=np.float64), x.var(axis=axes, dtype=np.float64)
 
 
 def _calibrated(bn: Node, mean, var, mask=None) -> Node:
@@ -339,7 +339,8 @@ def _calibrate(graph: Graph, feeds: dict, source: str, layer: list, flow) -> Gra
     """
     feeds = {k: np.asarray(v)[:CALIBRATION_LIMIT] for k, v in feeds.items()}
     upto = graph.position(source) + 1
-    x = run_all(Graph(graph.nodes[:upto], {source: source}, graph.name), feeds)[source]
+    # float32, like `deepen.calibration_stats`: statistics, summed in float64 by `_stats`
+    x = run_all(Graph(graph.nodes[:upto], {source: source}, graph.name), feeds, dtype=np.float32)[source]
     new = {}
     for name in (n.name for n in layer):
         node = graph.node(name)

@@ -1,7 +1,9 @@
 """The numeric check of a rewritten region: cost follows the rewrite, not the graph.
 
-A chain keeps the probe activations of its current graph (every node's value on the probe inputs, float64,
-from the reference interpreter). After a pass that rewrote the node set R, the new graph is evaluated only
+A chain keeps the probe activations of its current graph (the nodes' values on the probe inputs, computed in
+float64 by the reference interpreter, kept in float32: those of its layers, pools and inputs, and of values
+read more than once; every other value, elementwise or a copy, is *pending*, computed again from its inputs
+when read, see KEPT_OPS). After a pass that rewrote the node set R, the new graph is evaluated only
 where it can differ: starting from the cached activations at the region's inputs, a node is evaluated when
 it is in R or reads a value that is not yet known to agree; every evaluated node that exists in the old
 graph with the same type is compared with its cached value,
@@ -28,6 +30,12 @@ values are cached, and every value downstream of them becomes *pending*, compute
 region reads it. So every cached value is what the current graph computes from the cached values of its
 inputs, which is all a later local check relies on; the noise that accumulates at the outputs is the
 end-to-end check's to bound.
+
+A value whose channel count changed (every later concatenation of a dense block, after one of its layers is
+widened or a layer is added) is followed on the channels that changed only, the others proven equal to the
+old value, up to the linear layers that read it, whose change of output is computed from those channels
+(`local_channels`): the check of a dense widen costs the channels it touched, not every later layer of the
+block.
 """
 
 from __future__ import annotations
@@ -38,26 +46,37 @@ import numpy as np
 
 from easc.ir import Graph
 from easc.ir.interpret import eval_node
+from easc.ir.kernels import conv2d_array
 
+from . import local_channels as channels
 from .base import FunctionNotPreservedError
 
 
-CHUNK = 1 << 22
-"""Weights converted to float64 at a time (32 MB): the float64 copy of a 100M-parameter fully connected layer
-would otherwise be the largest allocation of a whole `easc transform`."""
+CHUNK = 1 << 20
+"""Weights converted to float64 at a time (8 MB): the float64 copy of a 100M-parameter fully connected layer, or
+of the 1024 x 1024 x 3 x 3 identity conv a deepen inserts at the end of a DenseNet-121 (75 MB), would otherwise
+be the largest allocation of a whole `easc transform`."""
 
 
 def _evaluate(node, args: list) -> np.ndarray:
-    """`eval_node`, with a large linear layer's float64 product computed a block of rows at a time."""
+    """`eval_node`, with a large layer's float64 product computed a block of output units at a time."""
     weight = node.weights.get("weight")
-    if node.op != "linear" or weight is None or weight.size <= CHUNK:
+    if node.op not in ("linear", "conv2d") or weight is None or weight.size <= CHUNK \
+            or (node.op == "conv2d" and node.attrs["groups"] != 1):
         return eval_node(node, args)
-    x = args[0]
-    rows = max(1, CHUNK // weight.shape[1])
-    y = np.empty((x.shape[0], weight.shape[0]))
+    x, bias = args[0], node.weights.get("bias")
+    rows = max(1, CHUNK // (weight.size // weight.shape[0]))
+    y = np.empty((x.shape[0], weight.shape[0]) + tuple(node.type.shape[2:]))
+    a = node.attrs
     for start in range(0, weight.shape[0], rows):
-        y[:, start:start + rows] = x @ weight[start:start + rows].astype(np.float64).T
-    return y + node.weights["bias"] if node.attrs["bias"] else y
+        block = weight[start:start + rows].astype(np.float64)
+        if node.op == "linear":
+            y[:, start:start + rows] = x @ block.T
+        else:
+            y[:, start:start + rows] = conv2d_array(x, block, None, a["stride"], a["padding"], a["dilation"], 1)
+    if bias is not None:
+        y += bias.reshape((1, -1) + (1,) * (y.ndim - 2))
+    return y
 
 
 def identity_diff(before: Graph, after: Graph) -> frozenset:
@@ -72,8 +91,9 @@ def _max_abs(a) -> float:
 
 class Activations:
     """The probe values of one graph's nodes (float32), some of them `pending`: not computed yet, computed from
-    their inputs on first use. After a pass that adds noise the values downstream of it are pending, so they
-    cost nothing unless a later region reads them."""
+    their inputs on first use. Values that are cheap to compute again (`KEPT_OPS`) are pending from the start;
+    after a pass that adds noise the values downstream of it are too, so they cost nothing unless a later
+    region reads them."""
 
     def __init__(self, graph: Graph, values: dict, pending=()):
         # weakly: a ProbeSet keeps Activations by graph in a WeakKeyDictionary, which a strong reference back
@@ -103,6 +123,64 @@ class Activations:
             stack.pop()
         return self.values[name]
 
+    def channels(self, name: str, index: np.ndarray) -> np.ndarray:
+        """`self[name][:, index]` in float64. A pending per-channel op, or concatenation, is computed on those
+        channels only, from its inputs' same channels (and nothing computed is kept): a linear reader's check
+        needs the old value of a concatenation's few replaced channels, not the whole of it."""
+        graph = self._graph()
+        if name in self.values or name not in self.pending:
+            return self[name][:, index].astype(np.float64)
+        node = graph.node(name)
+        if node.op == "concat":
+            pieces, offset = [], 0
+            for i in node.inputs:
+                c = graph.node(i).type.shape[1]
+                mine = (index >= offset) & (index < offset + c)
+                if mine.any():
+                    pieces.append((mine, self.channels(i, index[mine] - offset)))
+                offset += c
+            out = np.empty((pieces[0][1].shape[0], len(index)) + pieces[0][1].shape[2:])
+            for mine, value in pieces:
+                out[:, mine] = value
+            return out
+        if node.op in channels.PER_CHANNEL and len(node.inputs) == 1 \
+                and all(w.ndim == 1 for w in node.weights.values()):
+            return channels.on_channels(node, index, self.channels(node.inputs[0], index))
+        return self[name][:, index].astype(np.float64)
+
+
+def _channel_step(node, old, patches: dict, state, cached, after: Graph, before: Graph):
+    """The node's value as a `Patch`, or a linear reader's new - old output, computed on touched channels only
+    (`local_channels`); None: evaluate it whole."""
+    if node.op == "concat":
+        return channels.concat(node, old, state, after, before)
+    if len(node.inputs) != 1 or node.inputs[0] not in patches:
+        return None
+    patch = patches[node.inputs[0]]
+    step = channels.per_channel(node, old, patch) or channels.flatten(node, old, patch)
+    return step if step is not None else channels.linear_delta(
+        node, old, patch, lambda index: cached.channels(node.inputs[0], index))
+
+
+KEPT_OPS = frozenset({"input", "conv2d", "linear", "maxpool2d", "avgpool2d", "global_avgpool"})
+"""Ops whose probe values a chain keeps (float32); every other value is *pending*, computed again from its
+inputs when a check reads it. Those others (batchnorm, activations, concatenations, adds, reshapes) are
+elementwise or copies: recomputing one costs a pass over its memory, not a layer's products, and keeping them
+was most of the activations' memory (at 64x64, 4 probes: DenseNet-121 57 -> 10 MB kept, its concatenations and
+their batchnorms and relus being the rest; ResNet-50 35 -> 22 MB)."""
+
+
+def kept_values(graph: Graph) -> set:
+    """The nodes whose probe values a chain keeps: layers, pools and inputs, and any value read by more than
+    one node except a concatenation (a residual stream's value is read again by every block; a concatenation
+    is a copy of values kept elsewhere)."""
+    consumers = {}
+    for node in graph.nodes:
+        for i in node.inputs:
+            consumers[i] = consumers.get(i, 0) + 1
+    return {n.name for n in graph.nodes
+            if n.op in KEPT_OPS or (n.op != "concat" and consumers.get(n.name, 0) > 1)}
+
 
 def _descendants(graph: Graph, sources) -> set:
     seen, work = set(), list(sources)
@@ -115,7 +193,7 @@ def _descendants(graph: Graph, sources) -> set:
 
 
 def check_region(before: Graph, after: Graph, cached, rewritten, rtol: float, what: str,
-                 exact: bool = True) -> tuple:
+                 exact: bool = True, copies: dict | None = None) -> tuple:
     """Evaluate `after` where it can differ from `before` and compare (see the module doc).
 
     cached: `before`'s `Activations` (or a dict of every node's value): computed in float64, kept in float32
@@ -123,6 +201,9 @@ def check_region(before: Graph, after: Graph, cached, rewritten, rtol: float, wh
             computed in float64 from them.
     exact:  False for a pass that adds noise on purpose: a value it changes within `rtol` is kept as its new
             value, and everything downstream becomes pending (computed from it if a later region needs it).
+    copies: the pass's claim, value -> for each new channel the old channel it copies (`PassResult.channels`):
+            a widened layer whose rows are proven copies (`local_channels.copied_rows`) is not evaluated, its
+            value is the old one gathered.
     Returns (`Activations` of `after`, sharing `cached`'s arrays for untouched nodes; max |difference| seen;
     max |value| there; nodes evaluated). Raises `FunctionNotPreservedError` naming the first value that
     differs beyond the tolerance.
@@ -134,15 +215,22 @@ def check_region(before: Graph, after: Graph, cached, rewritten, rtol: float, wh
     new_values: dict = {}
     dirty: set = set()
     changed: list = []  # values a noisy pass changed within its tolerance: their readers become pending
+    patches: dict = {}  # changed values kept as runs of their old value plus touched channels (local_channels)
+
+    def state(name: str):
+        """For `local_channels`: None (the cached value holds), a Patch, or the whole new value."""
+        return patches.get(name, new_values.get(name) if name in dirty else None)
+
     worst, scale, evaluated = 0.0, 0.0, 0
 
-    def compare(name: str, value, old_value) -> float:
+    def compare(name: str, value, old_value, delta=None) -> float:
+        """Judge `value - old_value` (or `delta`, that difference computed directly) within the tolerance."""
         nonlocal worst, scale
         size = _max_abs(old_value)
-        if value.shape != old_value.shape:
+        if delta is None and value.shape != old_value.shape:
             raise FunctionNotPreservedError(f"{what} did not preserve the function: the value of {name} changed "
                                             f"shape {old_value.shape} -> {value.shape}")
-        diff = _max_abs(value - old_value)
+        diff = _max_abs(value - old_value if delta is None else delta)
         allowed = rtol * (1 + size)
         if not diff <= allowed:
             raise FunctionNotPreservedError(f"{what} did not preserve the function: the value of {name} differs "
@@ -158,10 +246,29 @@ def check_region(before: Graph, after: Graph, cached, rewritten, rtol: float, wh
             continue
         if name not in rewritten and name in cached and not any(i in dirty for i in node.inputs):
             continue
+        old = old_index.get(name)
+        if exact and name in cached:  # on the touched channels only, where that is proven enough
+            step = _channel_step(node, old, patches, state, cached, after, before)
+            if step is not None:
+                evaluated += 1
+                if isinstance(step, channels.Patch):
+                    patches[name] = step
+                    dirty.add(name)
+                else:  # a linear reader's new - old output, from the touched channels: agrees or raises
+                    compare(name, None, cached[name], delta=step)
+                continue
+        clean = name in cached and not any(i in dirty or i in new_values for i in node.inputs)
+        if copies and channels.copied_rows(node, old, copies.get(name), clean):
+            new_values[name] = cached[name][:, np.asarray(copies[name])].astype(np.float64)
+            dirty.add(name)
+            evaluated += 1
+            continue
+        for i in node.inputs:  # a patched input read whole: assembled once
+            if i in patches and i not in new_values:
+                new_values[i] = patches[i].assemble(cached[i])
         value = _evaluate(node, [new_values[i] if i in new_values else cached[i].astype(np.float64)
                                  for i in node.inputs])
         evaluated += 1
-        old = old_index.get(name)
         if old is not None and old.type == node.type and name in cached:
             # agrees: downstream reads the cached value again (a noisy pass: its new value, see `changed`)
             if compare(name, value, cached[name]) > 0 and not exact:
@@ -172,12 +279,18 @@ def check_region(before: Graph, after: Graph, cached, rewritten, rtol: float, wh
             dirty.add(name)
     for public, name in after.outputs.items():
         if name in dirty:
-            compare(f"output {public!r}", new_values[name], cached[before.outputs[public]])
-    pending = (cached.pending | _descendants(after, changed)) - set(new_values)
-    values = {}
+            value = new_values[name] if name in new_values else patches[name].assemble(cached[name])
+            compare(f"output {public!r}", value, cached[before.outputs[public]])
+    noisy = _descendants(after, changed)  # downstream of values a noisy pass changed: computed again if read
+    keep = kept_values(after)
+    values, pending = {}, set()
     for n in after.nodes:
-        if n.name in new_values:
-            values[n.name] = new_values[n.name].astype(np.float32)
-        elif n.name in cached.values and n.name not in pending:
-            values[n.name] = cached.values[n.name]
-    return Activations(after, values, pending & set(after._index)), worst, scale, evaluated
+        name = n.name
+        if name in keep and name in new_values:
+            values[name] = new_values[name].astype(np.float32)
+        elif (name in keep and name in cached.values and name not in cached.pending and name not in noisy
+              and name not in patches and name not in dirty):
+            values[name] = cached.values[name]
+        else:  # recomputed from its inputs' cached values when a later check reads it
+            pending.add(name)
+    return Activations(after, values, pending), worst, scale, evaluated

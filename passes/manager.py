@@ -162,7 +162,8 @@ class PassManager:
             result.rewritten = identity_diff(before, after)
         rtol = PRESERVATION_RTOL if result.exact else max(PRESERVATION_RTOL, float(result.tolerance or 0.0))
         activations, diff, scale, evaluated = check_region(before, after, self.probes.activations(before),
-                                                           result.rewritten, rtol, what, result.exact)
+                                                           result.rewritten, rtol, what, result.exact,
+                                                           copies=result.channels)
         self.probes.keep_activations(after, activations)
         result.max_diff, result.max_output = diff, scale
         return evaluated

@@ -25,7 +25,7 @@ import numpy as np
 
 from easc.ir import LAYER_OPS, Graph, UnknownNodeError, make_node
 
-from .base import PassError, PassResult
+from .base import PassError, PassResult, owned
 
 POOLS = {"avg": "avgpool2d", "max": "maxpool2d"}
 
@@ -113,7 +113,7 @@ def skip(graph: Graph, src: str, dst: str, *, pool: str = "avg", rng: np.random.
 
     w = d.weights["weight"]
     extra = np.zeros((w.shape[0], p) + w.shape[2:], np.float32)
-    weights = dict(d.weights, weight=np.concatenate([w, extra], axis=1))
+    weights = dict(d.weights, weight=owned(np.concatenate([w, extra], axis=1)))
     new_dst = d.replace(inputs=(concat_name,), weights=weights)
     changes.append(f"{dst}: reads {concat_name}, input {c} -> {c + p} channels, zero weights for the {p} new ones")
 

@@ -43,7 +43,7 @@ import numpy as np
 from easc.ir import OPS, Graph, UnknownNodeError
 from easc.ir.ops import LAYER_OPS, infer_type, shuffle_index
 
-from .base import PRESERVATION_RTOL, PassError, PassResult, default_rng
+from .base import PRESERVATION_RTOL, PassError, PassResult, default_rng, owned
 from .channels import ChannelFlow, ChannelFlowError, Remap, Segment, is_depthwise, rearrangement, trace_channels
 
 NOISE_TOLERANCE_FACTOR = 10.0
@@ -109,12 +109,6 @@ def widenable_layers(graph: Graph) -> list:
     return [node.name for node in graph.layers() if widen_reason(graph, node.name) is None]
 
 
-def _owned(array: np.ndarray) -> np.ndarray:
-    """A weight array this pass just made, sealed read-only: the new node takes it without a defensive copy."""
-    array.flags.writeable = False
-    return array
-
-
 def _whole(x) -> bool:
     if isinstance(x, bool) or not isinstance(x, (int, float, np.number)):
         return False
@@ -156,8 +150,12 @@ def widen(graph: Graph, layer: str, width: int, *, rng: np.random.Generator | No
     remaps = {value: flow.remap(value, g) for value in flow.segments}
 
     new_nodes, types, edits, rewritten = [], {}, {}, []
+    roles = set(remaps) | set(flow.sources) | set(flow.consumers)
+    retyped: set = set()  # nodes whose type changed: their readers' types are inferred again
     for node in graph.nodes:
-        if node.op == "input":
+        if node.op == "input" or (node.name not in roles
+                                  and not any(i in retyped or i in remaps for i in node.inputs)):
+            # untouched: shared as it is (the cost of a widen follows its channels, not the graph)
             new_nodes.append(node)
             types[node.name] = node.type
             continue
@@ -165,9 +163,9 @@ def widen(graph: Graph, layer: str, width: int, *, rng: np.random.Generator | No
         here = remaps.get(node.name)
         if node.name in flow.sources:
             rows = here.index
-            weights["weight"] = _owned(weights["weight"][rows])
+            weights["weight"] = owned(weights["weight"][rows])
             if "bias" in weights:
-                weights["bias"] = _owned(weights["bias"][rows])
+                weights["bias"] = owned(weights["bias"][rows])
             attrs["out"] = len(rows)
             lines.append(f"{node.name}: {node.width} -> {len(rows)} {_unit(node)}"
                          + _coupling_note(flow, node.name))
@@ -176,7 +174,7 @@ def widen(graph: Graph, layer: str, width: int, *, rng: np.random.Generator | No
             attrs["out"] = attrs["groups"] = len(here.index)
             lines.append(f"{node.name}: depthwise, {len(here.index)} filters (copies of their channels' filters)")
         elif here is not None and node.weights and OPS[node.op].channelwise:
-            weights = {k: _owned(w[here.index]) for k, w in weights.items()}
+            weights = {k: owned(w[here.index]) for k, w in weights.items()}
             lines.append(f"{node.name}: gathered {len(here.index)} channels")
         op = node.op
         if node.inputs and node.inputs[0] in remaps and rearrangement(node, flow.channels[node.inputs[0]]) is not None:
@@ -189,6 +187,8 @@ def widen(graph: Graph, layer: str, width: int, *, rng: np.random.Generator | No
             lines.append(_join_note(node, flow, here))
         new_type = infer_type(op, [types[i] for i in node.inputs], attrs)
         if lines or new_type != node.type:
+            if new_type != node.type:
+                retyped.add(node.name)
             node = node.replace(op=op, attrs=attrs, weights=weights, type=new_type)
             rewritten.append(node.name)
         new_nodes.append(node)
@@ -289,7 +289,7 @@ def _remap_consumer(node, weights: dict, remap, flow: ChannelFlow, noise: float,
         if noise > 0:
             std = float(np.std(original, dtype=np.float64))  # accumulated in float64, without a float64 copy
             w[:, remap.new] += rng.normal(0.0, noise * std, size=w[:, remap.new].shape).astype(np.float32)
-    weights["weight"] = _owned(w)
+    weights["weight"] = owned(w)
     old, new = original.shape[1], w.shape[1]
     note = f"; noise {noise:g} x std on the {int(remap.new.sum())} new {'channels' if node.op == 'conv2d' else 'columns'}" \
         if noise > 0 else ""

@@ -216,3 +216,18 @@ def test_graph_helpers_give_consumers_depth_params_and_fresh_names():
     assert g.fresh_name("conv_1") == "conv_1_2"
     assert g.fresh_name("deepen_conv_1") == "deepen_conv_1"
     assert isinstance(g, Graph)
+
+
+@pytest.mark.parametrize("stride, padding, bias", [(1, 0, False), (2, 1, True), (3, 0, True)])
+def test_a_1x1_conv_is_the_same_convolution_as_torchs(stride, padding, bias):
+    torch = pytest.importorskip("torch")
+    from easc.ir.kernels import conv2d_array
+
+    rng = np.random.default_rng(stride)
+    x, w = rng.standard_normal((2, 5, 7, 6)), rng.standard_normal((4, 5, 1, 1))
+    b = rng.standard_normal(4) if bias else None
+    ours = conv2d_array(x, w, b, (stride, stride), (padding, padding), (1, 1), 1)
+    ref = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(w), None if b is None else torch.tensor(b),
+                                     stride, padding).numpy()
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, atol=1e-12)

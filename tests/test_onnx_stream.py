@@ -30,3 +30,20 @@ def test_a_streamed_model_reads_back_as_the_exported_one_initializers_in_order()
     out = run_onnx(buffer.getvalue(), feeds)
     ref = run_onnx(graph, feeds)
     assert all(np.array_equal(out[k], ref[k]) for k in ref)
+
+
+def test_transform_of_an_onnx_file_imports_neither_torch_nor_networkx_unless_a_pass_needs_it(tmp_path):
+    import subprocess
+    import sys
+
+    source = tmp_path / "small.onnx"
+    onnx.save(export_model(eas_small()), str(source))
+    code = ("import sys; from easc.cli.main import main\n"
+            "try:\n"
+            f"    main(['transform', {str(source)!r}, '--widen', '-o', {str(tmp_path / 'out.onnx')!r}])\n"
+            "except SystemExit as e:\n"
+            "    assert not e.code, e.code\n"
+            "print(sorted(m for m in ('torch', 'networkx', 'scipy', 'sklearn') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "out.onnx").exists()

@@ -207,7 +207,22 @@ def test_a_large_linear_layer_is_checked_a_block_of_rows_at_a_time_with_the_same
     whole = PassManager(graph).run("widen", layer="conv_3", width=12)
     monkeypatch.setattr(local_check, "CHUNK", 7)  # fc_1 (5 x 12) now goes in blocks of one row
     blocks = PassManager(graph).run("widen", layer="conv_3", width=12)
-    assert blocks.max_diff == whole.max_diff
+    # the same products, summed in blocks: equal up to float64 rounding (BLAS picks its kernel by shape)
+    assert blocks.max_diff == pytest.approx(whole.max_diff, rel=1e-9, abs=1e-15)
+
+
+def test_a_large_conv_is_checked_a_block_of_output_channels_at_a_time_with_the_same_result(monkeypatch):
+    import easc.passes.local_check as local_check
+
+    graph = net()
+    whole = PassManager(graph).run("deepen", after="relu_2")
+    monkeypatch.setattr(local_check, "CHUNK", 100)  # the new 8 x 8 x 3 x 3 conv goes in blocks of one filter
+    blocks = PassManager(graph).run("deepen", after="relu_2")
+    assert blocks.max_diff == pytest.approx(whole.max_diff, rel=1e-9, abs=1e-15)
+    broken = broken_manager(graph)
+    monkeypatch.setattr(local_check, "CHUNK", 50)  # conv_2 (8 x 8 x 3 x 3) in blocks of one filter
+    with pytest.raises(FunctionNotPreservedError, match="the value of conv_2 differs"):
+        broken.run("broken", after="relu_1", victim="conv_2", declare=True)
 
 
 def test_verifying_against_an_earlier_graph_checks_new_weights_but_not_the_unchanged_structure():

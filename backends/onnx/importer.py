@@ -705,7 +705,9 @@ class _Importer:
         if b.ndim != 2:
             raise self.fail(f"{where}: B must be a matrix, got shape {list(b.shape)}")
         weight = b if attrs.get("transB", 0) else b.T
-        weight = (weight * np.float32(attrs.get("alpha", 1.0))).astype(np.float32)
+        alpha = np.float32(attrs.get("alpha", 1.0))
+        # one copy at most (none for torch's transB=1, alpha=1 layers): a VGG classifier's weights are 300 MB
+        weight = np.ascontiguousarray(weight if alpha == 1 else weight * alpha, dtype=np.float32)
         weights = {"weight": weight}
         has_bias = len(node.input) > 2 and bool(node.input[2])
         if has_bias:
