@@ -41,7 +41,8 @@ class SearchConfig:
     children: int = 10
     wider_actions: int | None = None  # None: the space's default (4 plain, 10 densenet)
     deeper_actions: int = 5
-    max_layers_per_block: int | None = None  # None: 10 in the plain space (released EAS code), none in densenet; 0: none
+    # None: 10 in the plain space (released EAS code), none in densenet; 0: none
+    max_layers_per_block: int | None = None
     max_layers: int | None = None  # tokens in all; None: 50 in the plain space, none in densenet; 0: none
     max_params: int | None = None  # optional cap: widenings / deepenings that would exceed it are masked
     widen_transitions: bool = True  # densenet: stem = 2 x mean growth, transitions = 0.5 x input (released code)
