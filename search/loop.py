@@ -56,7 +56,7 @@ from .executors import make_executor
 from .killpoints import kill_point
 from .limits import limit_tokens
 from .plain_space import PlainSpace, child_rng, default_space, widths_of
-from .runlock import check_unlocked
+from .runlock import LOCK_FILE, check_unlocked
 from .store import ExperimentStore, StoreError
 from .tokens import deepen_points
 from .worker import ChildJob, dataset_for
@@ -275,6 +275,11 @@ class Search:
         if run_dir.exists() and not run_dir.is_dir():
             raise SearchError(f"{run_dir}: exists and is not a folder")
         if run_dir.is_dir() and any(run_dir.iterdir()):
+            # Two searches started together on one new folder: the other may have created it since our first
+            # check. Name what is there (a running search, or one that got started) rather than "not empty".
+            check_unlocked(run_dir)
+            if (run_dir / LOCK_FILE).exists():
+                raise SearchError(f"{run_dir}: already holds a search; use --resume {run_dir} or another --out")
             raise SearchError(f"{run_dir}: is not empty; give a new or empty --out folder")
         # Everything that can fail on bad options is checked before the run folder is created.
         created = not run_dir.exists()
