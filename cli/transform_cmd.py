@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from .background import Background
 from .common import EascCommand, fail
 
 PASS_OPTIONS = {"--widen": "widen", "--deepen": "deepen", "--skip": "skip", "--widen-kernel": "widen_kernel"}
@@ -73,23 +74,36 @@ def _check_probe_sizes(graph, model: str) -> None:
                  f"inputs, over the limit of {MAX_PROBE_ELEMENTS:.3g} the checks can hold")
 
 
-def _reference_outputs(model: str, graph, probes) -> dict:
+def _reference_outputs(model: str, graph, probes) -> Background:
     """The user's original model's outputs on the probes, by onnxruntime: the ONNX file as given, or, for an
-    .easir file (which onnxruntime cannot read), its graph exported."""
+    .easir file (which onnxruntime cannot read), its graph exported.
+
+    Computed in a thread (`Background`; `.result()` gives the outputs): onnxruntime parses the file, builds
+    its session and runs the probes with the GIL released, on the second core while the IR import's last
+    steps and the passes run on the first. Started only once the file has passed every size check."""
     from easc.backends.formats import _is_ir_file
     from easc.backends.onnx import run_onnx
 
     path = Path(model)
-    source = graph if path.suffix == ".easir" or _is_ir_file(path) else path
-    return run_onnx(source, dict(probes))
+    source = graph if path.suffix == ".easir" or _is_ir_file(path) else path  # a graph is immutable: safe to share
+
+    def reference(feeds):
+        try:
+            return run_onnx(source, feeds)
+        finally:
+            _trim_heap()  # the session's copy of the file was freed into this thread's own malloc arena
+
+    return Background(reference, dict(probes))
 
 
-def _export_check_write(manager, reference: dict, output: str) -> float:
+def _export_check_write(manager, reference: Background, output: str) -> float:
     """Export the final graph once, check it end to end against `reference`, write it; returns the difference.
 
     Memory follows the output: the model is written from the IR's weight arrays (`backends.onnx.stream`, no
     copy of them) to a temporary file next to OUTPUT; the IR graph is let go; onnxruntime loads the file for
     the check, and it is renamed to OUTPUT only when the check passes (removed otherwise: nothing written).
+    The file's fsync runs in a thread during the check (onnxruntime reads the bytes from the page cache);
+    the rename waits for both.
     """
     import os
 
@@ -97,8 +111,10 @@ def _export_check_write(manager, reference: dict, output: str) -> float:
     from easc.backends.onnx.exporter import export_parts
     from easc.backends.onnx.stream import write_model
     from easc.ir import save_graph
-    from easc.ir.serialize import commit_file, stage_file
+    from easc.ir.serialize import commit_file, stage_file, sync_file
 
+    # joined before the export: the reference session's transient copy of the input is gone by the output's
+    reference = reference.result()
     if Path(output).suffix == ".easir":
         diff, _ = manager.finish(reference, run_onnx)
         save_graph(manager.graph, output)
@@ -108,13 +124,18 @@ def _export_check_write(manager, reference: dict, output: str) -> float:
     manager.probes.forget_activations()  # the passes are done; the end-to-end check runs onnxruntime
     parts = list(export_parts(manager.graph))  # (model, weights): the weights are the IR's own arrays
     # written from the arrays: no copy of the weights in memory
-    temporary = stage_file(output, lambda f: write_model(*parts, f))
+    temporary = stage_file(output, lambda f: write_model(*parts, f), sync=False)
+    synced = None
     try:
+        synced = Background(sync_file, temporary, output)
         parts.clear()
         manager.graph = None  # onnxruntime loads the file next; the IR copy can go first
         _release_freed_memory()  # and its pages with it, before onnxruntime allocates its own copy
         diff, _ = manager.finish(reference, lambda _graph, feeds: run_onnx(temporary, feeds))
+        synced.result()  # on disk before the rename makes it the output
     except BaseException:
+        if synced is not None:
+            synced.wait()  # the thread has the file open: joined before it is removed
         os.unlink(temporary)
         raise
     commit_file(temporary, output)
@@ -127,11 +148,17 @@ def _release_freed_memory() -> None:
     Parsing the input (protobuf, its serialised copies for the ONNX checker) frees tens of MB in small
     blocks that glibc keeps for reuse; the passes allocate their arrays in fresh large blocks and never reuse
     them, so without this they stay in the peak RSS for nothing (45 MB of a DenseNet-121's 28 MB input)."""
-    import ctypes
-    import ctypes.util
     import gc
 
     gc.collect()  # the importer's objects refer to each other: without a collection ~20 MB of them stay
+    _trim_heap()
+
+
+def _trim_heap() -> None:
+    """glibc's `malloc_trim(0)`: the free memory of every malloc arena back to the OS (elsewhere nothing)."""
+    import ctypes
+    import ctypes.util
+
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.malloc_trim(0)
@@ -175,9 +202,7 @@ def command(ctx, model, widen, factor, deepen, kernel, skip, widen_kernel, noise
     from easc.backends.formats import check_save_path, load_model
     from easc.ir import probe_inputs
     from easc.passes.base import PROBE_BATCH, ProbeSet
-    from easc.passes.dense import dense_layers
     from easc.passes.manager import PassManager
-    from easc.passes.pipeline import iter_widen_all
 
     check_save_path(output)
     requests = _ordered_requests(ctx.meta.get("raw_args", []),
@@ -192,11 +217,26 @@ def command(ctx, model, widen, factor, deepen, kernel, skip, widen_kernel, noise
     _check_probe_sizes(graph, model)
     probes = ProbeSet(probe_inputs(graph, PROBE_BATCH, seed))
     _release_freed_memory()  # what parsing the file freed, before onnxruntime loads it again
-    reference = _reference_outputs(model, graph, probes)  # the user's file, before any pass
-    _release_freed_memory()  # and what the session freed, before the passes
-    was = graph.params
-    manager = PassManager(graph, rng=np.random.default_rng(seed), probes=probes, max_params=max_params)
-    del graph  # the manager holds the current graph only: memory follows the output
+    reference = _reference_outputs(model, graph, probes)  # the user's file, before any pass (in a thread)
+    try:
+        was = graph.params
+        manager = PassManager(graph, rng=np.random.default_rng(seed), probes=probes, max_params=max_params)
+        del graph  # the manager holds the current graph only: memory follows the output
+        _transform(manager, was, requests, factor=factor, noise=noise, kernel=kernel, output=output,
+                   reference=reference)
+    except BaseException as error:
+        # Run in order, the reference came first: its failure (onnxruntime refusing the user's file) is the
+        # one to report, not what the passes then made of the file. Joined on every path.
+        first = reference.wait()
+        if first is not None and first is not error and not isinstance(error, SystemExit):
+            raise first from None
+        raise
+
+
+def _transform(manager, was: int, requests, factor, noise, kernel, output, reference) -> None:
+    """The passes in command-line order, then the export, end-to-end check and write."""
+    from easc.passes.dense import dense_layers
+    from easc.passes.pipeline import iter_widen_all
 
     def report(result):
         rec = result.record

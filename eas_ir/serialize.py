@@ -141,10 +141,14 @@ class OutputError(OSError):
     """An output that cannot be written; `filename` is the path the user gave, never a temporary name."""
 
 
-def stage_file(path, write) -> Path:
+def stage_file(path, write, sync: bool = True) -> Path:
     """A temporary file next to `path`, created with the mode the umask gives, filled by `write(f)` (a binary
     file object), flushed and synced; returns its path for the caller to rename into place (`commit_file`)
     or remove. Nothing is left behind on failure; an OSError is raised as an `OutputError` naming `path`.
+
+    sync=False leaves the fsync to the caller (`sync_file`, which must run before `commit_file`): the file's
+    bytes are in the page cache already, so the caller can read the file back (a check) while the disk
+    catches up.
     """
     path = Path(path)
     tmp = None
@@ -154,7 +158,8 @@ def stage_file(path, write) -> Path:
             os.fchmod(f.fileno(), _creation_mode())
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         return Path(tmp)
     except BaseException as e:
         if tmp is not None:
@@ -162,6 +167,19 @@ def stage_file(path, write) -> Path:
         if isinstance(e, OSError):
             raise OutputError(e.errno, f"cannot write ({e.strerror or e})", str(path)) from None
         raise
+
+
+def sync_file(staged, path) -> None:
+    """fsync a file `stage_file(..., sync=False)` wrote (it releases the GIL: other threads run meanwhile); an
+    OSError is raised as an `OutputError` naming `path`. The caller removes the staged file on failure."""
+    try:
+        fd = os.open(staged, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # Linux syncs the file's data through any descriptor of it, a read-only one included
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise OutputError(e.errno, f"cannot write ({e.strerror or e})", str(path)) from None
 
 
 def commit_file(staged, path) -> None:

@@ -1,0 +1,136 @@
+"""`easc transform` runs onnxruntime on the user's file, and the output's fsync, in threads beside the passes
+(`cli/background.py`): the guarantees of the sequential command still hold. Nothing is written when the
+end-to-end check or the sync fails, the reference session never starts for a file the size checks refuse,
+the reference's own failure is the one reported, and no thread outlives the command."""
+
+import threading
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper
+
+import easc.backends.onnx as onnx_backend
+import easc.ir.serialize as serialize
+from easc.backends.onnx import save_onnx
+from easc.cli.background import Background
+from easc.cli.main import main
+from easc.ir import IRError
+from easc.search.start_nets import digits_small
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("overlap") / "digits.onnx"
+    save_onnx(digits_small(), path)
+    return path
+
+
+def transform(*args):
+    return CliRunner().invoke(main, ["transform", *map(str, args)])
+
+
+def one_line(result, code):
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+@pytest.fixture
+def no_thread_left():
+    before = set(threading.enumerate())
+    yield
+    assert set(threading.enumerate()) <= before  # every Background joined, whatever the path
+
+
+def test_background_returns_the_value_or_raises_the_error_in_the_caller():
+    assert Background(sum, [1, 2, 3]).result() == 6
+
+    def broken():
+        raise IRError("the reference failed")
+
+    call = Background(broken)
+    assert isinstance(call.wait(), IRError)
+    with pytest.raises(IRError, match="the reference failed"):
+        call.result()
+
+
+def test_the_written_model_is_the_checked_one_and_no_staged_file_stays(model, tmp_path, no_thread_left):
+    out = tmp_path / "out.onnx"
+    result = transform(model, "--widen", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx"]
+    onnx.checker.check_model(onnx.load(out), full_check=True)
+
+
+def test_a_failed_end_to_end_check_writes_nothing_while_the_sync_ran_in_a_thread(model, tmp_path, monkeypatch,
+                                                                                 no_thread_left):
+    import easc.backends.formats as formats
+
+    real = formats.load_model
+    synced = []
+    real_sync = serialize.sync_file
+
+    def wrong_import(path):  # the IR differs from the file: only the end-to-end check can see it
+        graph = real(path)
+        node = graph.node("conv_1")
+        bias = node.weights["bias"] + np.float32(1.0)
+        return graph.replace(nodes=[node.replace(weights={**node.weights, "bias": bias}) if n.name == "conv_1"
+                                    else n for n in graph.nodes])
+
+    def recorded_sync(staged, path):
+        synced.append(staged)
+        real_sync(staged, path)
+
+    monkeypatch.setattr(formats, "load_model", wrong_import)
+    monkeypatch.setattr(serialize, "sync_file", recorded_sync)
+    out = tmp_path / "out.onnx"
+    line = one_line(transform(model, "--deepen", "relu_1", "-o", out), 1)
+    assert "end to end: the final model did not preserve the original's function" in line
+    assert synced, "the staged file was synced in the background"
+    assert list(tmp_path.iterdir()) == []  # no output, no staged file
+
+
+def test_a_failed_sync_writes_nothing_and_names_the_output(model, tmp_path, monkeypatch, no_thread_left):
+    import errno
+
+    def full_disk(staged, path):
+        raise serialize.OutputError(errno.ENOSPC, "cannot write (No space left on device)", str(path))
+
+    monkeypatch.setattr(serialize, "sync_file", full_disk)
+    out = tmp_path / "out.onnx"
+    line = one_line(transform(model, "--widen", "-o", out), 1)
+    assert line.startswith(f"error: {out}: cannot write") and "No space left" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_reference_session_never_starts_for_a_file_the_size_checks_refuse(tmp_path, monkeypatch,
+                                                                              no_thread_left):
+    calls = []
+    monkeypatch.setattr(onnx_backend, "run_onnx", lambda *a, **k: calls.append(a))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8192, 8192])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 8192, 8192])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "huge", [x], [y])
+    path = tmp_path / "huge.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    line = one_line(transform(path, "--deepen", "x", "-o", tmp_path / "out.onnx"), 2)
+    assert "numbers on 4 probe inputs" in line
+    assert calls == []
+    assert not (tmp_path / "out.onnx").exists()
+
+
+@pytest.mark.parametrize("request_args", [["--widen"], ["--widen", "no_such_layer"]])
+def test_the_references_failure_is_reported_first_as_it_would_run_in_order(model, tmp_path, monkeypatch,
+                                                                          request_args, no_thread_left):
+    # onnxruntime refusing the user's file came before any pass when the command ran in one thread; with the
+    # reference in a thread the passes run meanwhile, but their result (or refusal) must not hide it
+    def refuses(source, feeds, *rest):
+        raise IRError(f"{source}: onnxruntime cannot run it")
+
+    monkeypatch.setattr(onnx_backend, "run_onnx", refuses)
+    out = tmp_path / "out.onnx"
+    line = one_line(transform(model, *request_args, "-o", out), 2)
+    assert line == f"error: {model}: onnxruntime cannot run it"
+    assert list(tmp_path.iterdir()) == []
