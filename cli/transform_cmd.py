@@ -74,36 +74,25 @@ def _check_probe_sizes(graph, model: str) -> None:
                  f"inputs, over the limit of {MAX_PROBE_ELEMENTS:.3g} the checks can hold")
 
 
-def _reference_outputs(model: str, graph, probes) -> Background:
+def _reference_outputs(model: str, graph, probes) -> dict:
     """The user's original model's outputs on the probes, by onnxruntime: the ONNX file as given, or, for an
-    .easir file (which onnxruntime cannot read), its graph exported.
-
-    Computed in a thread (`Background`; `.result()` gives the outputs): onnxruntime parses the file, builds
-    its session and runs the probes with the GIL released, on the second core while the IR import's last
-    steps and the passes run on the first. Started only once the file has passed every size check."""
+    .easir file (which onnxruntime cannot read), its graph exported."""
     from easc.backends.formats import _is_ir_file
     from easc.backends.onnx import run_onnx
 
     path = Path(model)
-    source = graph if path.suffix == ".easir" or _is_ir_file(path) else path  # a graph is immutable: safe to share
-
-    def reference(feeds):
-        try:
-            return run_onnx(source, feeds)
-        finally:
-            _trim_heap()  # the session's copy of the file was freed into this thread's own malloc arena
-
-    return Background(reference, dict(probes))
+    source = graph if path.suffix == ".easir" or _is_ir_file(path) else path
+    return run_onnx(source, dict(probes))
 
 
-def _export_check_write(manager, reference: Background, output: str) -> float:
+def _export_check_write(manager, reference: dict, output: str) -> float:
     """Export the final graph once, check it end to end against `reference`, write it; returns the difference.
 
     Memory follows the output: the model is written from the IR's weight arrays (`backends.onnx.stream`, no
     copy of them) to a temporary file next to OUTPUT; the IR graph is let go; onnxruntime loads the file for
     the check, and it is renamed to OUTPUT only when the check passes (removed otherwise: nothing written).
-    The file's fsync runs in a thread during the check (onnxruntime reads the bytes from the page cache);
-    the rename waits for both.
+    The file's fsync runs in a thread during the check (it releases the GIL; onnxruntime reads the bytes from
+    the page cache meanwhile); the rename waits for both.
     """
     import os
 
@@ -113,8 +102,6 @@ def _export_check_write(manager, reference: Background, output: str) -> float:
     from easc.ir import save_graph
     from easc.ir.serialize import commit_file, stage_file, sync_file
 
-    # joined before the export: the reference session's transient copy of the input is gone by the output's
-    reference = reference.result()
     if Path(output).suffix == ".easir":
         diff, _ = manager.finish(reference, run_onnx)
         save_graph(manager.graph, output)
@@ -135,7 +122,7 @@ def _export_check_write(manager, reference: Background, output: str) -> float:
         synced.result()  # on disk before the rename makes it the output
     except BaseException:
         if synced is not None:
-            synced.wait()  # the thread has the file open: joined before it is removed
+            synced.wait()  # the thread has the file open: joined before the file is removed
         os.unlink(temporary)
         raise
     commit_file(temporary, output)
@@ -148,17 +135,11 @@ def _release_freed_memory() -> None:
     Parsing the input (protobuf, its serialised copies for the ONNX checker) frees tens of MB in small
     blocks that glibc keeps for reuse; the passes allocate their arrays in fresh large blocks and never reuse
     them, so without this they stay in the peak RSS for nothing (45 MB of a DenseNet-121's 28 MB input)."""
+    import ctypes
+    import ctypes.util
     import gc
 
     gc.collect()  # the importer's objects refer to each other: without a collection ~20 MB of them stay
-    _trim_heap()
-
-
-def _trim_heap() -> None:
-    """glibc's `malloc_trim(0)`: the free memory of every malloc arena back to the OS (elsewhere nothing)."""
-    import ctypes
-    import ctypes.util
-
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.malloc_trim(0)
@@ -202,7 +183,9 @@ def command(ctx, model, widen, factor, deepen, kernel, skip, widen_kernel, noise
     from easc.backends.formats import check_save_path, load_model
     from easc.ir import probe_inputs
     from easc.passes.base import PROBE_BATCH, ProbeSet
+    from easc.passes.dense import dense_layers
     from easc.passes.manager import PassManager
+    from easc.passes.pipeline import iter_widen_all
 
     check_save_path(output)
     requests = _ordered_requests(ctx.meta.get("raw_args", []),
@@ -217,26 +200,11 @@ def command(ctx, model, widen, factor, deepen, kernel, skip, widen_kernel, noise
     _check_probe_sizes(graph, model)
     probes = ProbeSet(probe_inputs(graph, PROBE_BATCH, seed))
     _release_freed_memory()  # what parsing the file freed, before onnxruntime loads it again
-    reference = _reference_outputs(model, graph, probes)  # the user's file, before any pass (in a thread)
-    try:
-        was = graph.params
-        manager = PassManager(graph, rng=np.random.default_rng(seed), probes=probes, max_params=max_params)
-        del graph  # the manager holds the current graph only: memory follows the output
-        _transform(manager, was, requests, factor=factor, noise=noise, kernel=kernel, output=output,
-                   reference=reference)
-    except BaseException as error:
-        # Run in order, the reference came first: its failure (onnxruntime refusing the user's file) is the
-        # one to report, not what the passes then made of the file. Joined on every path.
-        first = reference.wait()
-        if first is not None and first is not error and not isinstance(error, SystemExit):
-            raise first from None
-        raise
-
-
-def _transform(manager, was: int, requests, factor, noise, kernel, output, reference) -> None:
-    """The passes in command-line order, then the export, end-to-end check and write."""
-    from easc.passes.dense import dense_layers
-    from easc.passes.pipeline import iter_widen_all
+    reference = _reference_outputs(model, graph, probes)  # the user's file, before any pass
+    _release_freed_memory()  # and what the session freed, before the passes
+    was = graph.params
+    manager = PassManager(graph, rng=np.random.default_rng(seed), probes=probes, max_params=max_params)
+    del graph  # the manager holds the current graph only: memory follows the output
 
     def report(result):
         rec = result.record

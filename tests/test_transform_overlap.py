@@ -1,7 +1,8 @@
-"""`easc transform` runs onnxruntime on the user's file, and the output's fsync, in threads beside the passes
-(`cli/background.py`): the guarantees of the sequential command still hold. Nothing is written when the
-end-to-end check or the sync fails, the reference session never starts for a file the size checks refuse,
-the reference's own failure is the one reported, and no thread outlives the command."""
+"""`easc transform` syncs the output file in a thread beside the end-to-end check (`cli/background.py`): the
+guarantees of the sequential command still hold. Nothing is written when the end-to-end check or the sync
+fails, and no thread outlives the command. With them, two guarantees about onnxruntime's run of the user's
+file (the end-to-end reference): it never starts for a file the size checks refuse, and its failure is the
+one reported, whatever the passes would have made of the file."""
 
 import threading
 
@@ -124,8 +125,7 @@ def test_the_reference_session_never_starts_for_a_file_the_size_checks_refuse(tm
 @pytest.mark.parametrize("request_args", [["--widen"], ["--widen", "no_such_layer"]])
 def test_the_references_failure_is_reported_first_as_it_would_run_in_order(model, tmp_path, monkeypatch,
                                                                           request_args, no_thread_left):
-    # onnxruntime refusing the user's file came before any pass when the command ran in one thread; with the
-    # reference in a thread the passes run meanwhile, but their result (or refusal) must not hide it
+    # onnxruntime refusing the user's file comes before any pass: a pass's refusal must not hide it
     def refuses(source, feeds, *rest):
         raise IRError(f"{source}: onnxruntime cannot run it")
 
