@@ -281,12 +281,18 @@ def check_region(before: Graph, after: Graph, cached, rewritten, rtol: float, wh
         if name in dirty:
             value = new_values[name] if name in new_values else patches[name].assemble(cached[name])
             compare(f"output {public!r}", value, cached[before.outputs[public]])
-    noisy = _descendants(after, changed)  # downstream of values a noisy pass changed: computed again if read
+    # Downstream of values a noisy pass changed: computed again if read. That includes values this region did
+    # evaluate (and even found changed themselves), when one of their inputs is such a descendant that the
+    # region did not evaluate: they were computed from that input's old (cached) value, which the noise has
+    # since changed (a dense block: a later layer reads the concatenation of every earlier layer's output).
+    noisy = _descendants(after, changed)
     keep = kept_values(after)
     values, pending = {}, set()
     for n in after.nodes:
         name = n.name
-        if name in keep and name in new_values:
+        if name in noisy:
+            pending.add(name)
+        elif name in keep and name in new_values:
             values[name] = new_values[name].astype(np.float32)
         elif (name in keep and name in cached.values and name not in cached.pending and name not in noisy
               and name not in patches and name not in dirty):

@@ -241,3 +241,27 @@ def test_verifying_against_an_earlier_graph_checks_new_weights_but_not_the_uncha
                                  if n is node else n for n in graph.nodes])
     with pytest.raises(VerificationError, match="has shape"):
         verify(wrong, since=graph)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_after_a_noisy_dense_widen_the_kept_activations_are_the_new_graphs_and_a_deepen_checks_clean(seed):
+    """A noisy widen in a dense block changes a later layer's value (within its tolerance); the layers after it
+    read the concatenation of every earlier output, so the region evaluated them from that layer's old value.
+    Those must not be kept as the new graph's values: a later exact pass would be compared against them (the
+    DenseNet search's children failed `dense_deepen` on exactly this, by the noise's size)."""
+    from easc.ir import probe_inputs
+    from easc.ir.interpret import run_all
+    from easc.passes.base import ProbeSet
+    from easc.search.start_nets import build_start_net
+
+    graph = build_start_net("densenet-digits", (1, 8, 8), 10, seed=seed)
+    probes = ProbeSet(probe_inputs(graph, 4, seed=seed))
+    manager = PassManager(graph, rng=np.random.default_rng(seed), probes=probes, on_refusal="raise")
+    manager.run("dense_widen", layer="block1_layer1", growth=8, noise=0.01)
+    kept, fresh = probes.activations(manager.graph), run_all(manager.graph, dict(probes))
+    for node in manager.graph.nodes:
+        if node.name in kept:
+            expected = fresh[node.name]
+            assert np.max(np.abs(kept[node.name] - expected)) <= 1e-5 * (1 + np.max(np.abs(expected))), node.name
+    for after in ("block1_layer1", "block1_layer2", "block2_layer3"):
+        manager.run("dense_deepen", after_layer=after)  # exact: checked against the kept values
