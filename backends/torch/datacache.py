@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from easc.ir.serialize import atomic_write_bytes
+
 CACHE_ENV = "EASC_CACHE_DIR"
 FORMAT_VERSION = 1
 _CRC_CHUNK = 1 << 24  # bytes per zlib.crc32 call (it takes any buffer; chunks keep memoryviews small)
@@ -82,16 +84,6 @@ def file_identity(path: Path) -> list:
     return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
-def _write_meta(folder: Path, meta: dict) -> None:
-    """meta.json written beside and renamed over, so a reader never sees half of it."""
-    tmp = folder / f".meta-{uuid.uuid4().hex}.json"
-    try:
-        tmp.write_text(json.dumps(meta))
-        os.replace(tmp, folder / "meta.json")
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def entry_path(key: str, root: Path | None = None) -> Path:
     if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
         raise ValueError(f"cache key must be 64 hex digits, got {key!r}")
@@ -118,7 +110,7 @@ def read_entry(key: str, root: Path | None = None) -> tuple[np.ndarray, dict] | 
                 raise ValueError("images.npy does not match its checksum")
             meta["file"] = identity
             try:
-                _write_meta(path, meta)
+                atomic_write_bytes(path / "meta.json", json.dumps(meta).encode())
             except OSError:  # a read-only cache: the entry is still good, the next read checks it again
                 pass
     except (OSError, ValueError, KeyError, TypeError, EOFError):
