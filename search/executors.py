@@ -69,7 +69,6 @@ class LocalExecutor:
 
 class ProcessExecutor:
     name = "process"
-    queued = 0  # jobs handed to the pool beyond one per worker (see _dispatch)
 
     def __init__(self, devices: list, threads: int = 1, data_spec: dict | None = None):
         self.devices = devices
@@ -84,7 +83,7 @@ class ProcessExecutor:
         return len(self.futures) + len(self.backlog)
 
     def _dispatch(self) -> None:
-        """Hand jobs to the pool, the costliest first, at most one per free worker (plus `queued`).
+        """Hand jobs to the pool, the costliest first, at most one per free worker.
 
         A step ends when its last child does, so the children left for the end should be the short ones
         (longest-processing-time-first scheduling, by `cost.training_cost`). Sampling a child takes a
@@ -92,7 +91,7 @@ class ProcessExecutor:
         the choice is real. Queuing a job beyond the workers would spare a freed worker the driver's round
         trip (milliseconds) but commits the job early, before the costlier ones are sampled.
         """
-        while self.backlog and len(self.futures) < len(self.devices) + self.queued:
+        while self.backlog and len(self.futures) < len(self.devices):
             job = max(self.backlog, key=lambda j: (j.cost, -j.child_id))
             self.backlog.remove(job)
             self.futures[self._submit_to_pool(job)] = job
