@@ -9,6 +9,7 @@ stay intact). Weight arrays are stored read-only to make an accidental in-place 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace as _dc_replace
+from functools import cached_property
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
@@ -71,9 +72,10 @@ class Node:
     def replace(self, **changes) -> "Node":
         return _dc_replace(self, **changes)
 
-    @property
+    @cached_property
     def params(self) -> int:
-        """Trainable parameters (batchnorm running statistics are not counted)."""
+        """Trainable parameters (batchnorm running statistics are not counted); counted once per node (its
+        weights never change), since every graph a pass makes sums them again."""
         return sum(int(w.size) for k, w in self.weights.items() if k not in ("mean", "var"))
 
     @property
@@ -101,6 +103,8 @@ class Graph:
         for n in self._nodes:
             self._index.setdefault(n.name, n)  # duplicates are the verifier's to report
         self._consumers = None
+        self._positions = None  # name -> index in `nodes`, built on first use (the graph never changes)
+        self._params = None
 
     # -- access ------------------------------------------------------------------------------
     @property
@@ -132,10 +136,33 @@ class Graph:
         return len(self._nodes)
 
     def position(self, name: str) -> int:
-        for i, n in enumerate(self._nodes):
-            if n.name == name:
-                return i
-        raise UnknownNodeError(self, name)
+        if self._positions is None:
+            positions = {}
+            for i, n in enumerate(self._nodes):
+                positions.setdefault(n.name, i)  # the first, as a scan would find it
+            self._positions = positions
+        try:
+            return self._positions[name]
+        except KeyError:
+            raise UnknownNodeError(self, name) from None
+
+    def reaches(self, source: str, target: str) -> bool:
+        """Whether a path of data flow runs from node `source` to node `target` (a node reaches itself).
+
+        Nodes are in topological order, so only the nodes between the two positions can be on such a path."""
+        start, end = self.position(source), self.position(target)
+        if start > end:
+            return False
+        seen, frontier = {source}, [source]
+        while frontier:
+            name = frontier.pop()
+            if name == target:
+                return True
+            for reader in self.consumers(name):
+                if reader not in seen and self.position(reader) <= end:
+                    seen.add(reader)
+                    frontier.append(reader)
+        return False
 
     def consumers(self, name: str) -> list:
         """Names of the nodes that read `name`'s value, in graph order (each once)."""
@@ -153,7 +180,9 @@ class Graph:
 
     @property
     def params(self) -> int:
-        return sum(n.params for n in self._nodes)
+        if self._params is None:  # asked before every pass (the size limit): summed once per graph
+            self._params = sum(n.params for n in self._nodes)
+        return self._params
 
     @property
     def op_count(self) -> int:
