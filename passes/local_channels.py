@@ -82,10 +82,11 @@ def _same_node(node, old) -> bool:
 
 def _runs_equal(new: np.ndarray, old: np.ndarray, runs: list, axis: int) -> bool:
     """Whether `new` on every run's new channels is bitwise `old` on its old channels (along `axis`)."""
-    if len(runs) == 1:
-        (n, o, length), lead = runs[0], (slice(None),) * axis
-        return np.array_equal(new[lead + (slice(n, n + length),)], old[lead + (slice(o, o + length),)])
-    # many runs (a dense block's concatenation): one gather of each side, not one comparison per run
+    if len(runs) <= 8:  # compared as views, without a copy
+        lead = (slice(None),) * axis
+        return all(np.array_equal(new[lead + (slice(n, n + length),)], old[lead + (slice(o, o + length),)])
+                   for n, o, length in runs)
+    # many runs (a dense block's concatenation after earlier widens): one gather of each side, not a call per run
     new_index = np.concatenate([np.arange(n, n + length) for n, _, length in runs])
     old_index = np.concatenate([np.arange(o, o + length) for _, o, length in runs])
     return np.array_equal(np.take(new, new_index, axis=axis), np.take(old, old_index, axis=axis))
