@@ -244,6 +244,11 @@ def _line(r: dict) -> str:
             f"RSS/floor process RSS {r['rss_over_floor_process']:4.2f}")
 
 
+def _span(values) -> str:
+    low, high = min(values := list(values)), max(values)
+    return f"{low:.2f}" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}-{high:.2f}"
+
+
 def conclusion(rows: list, baseline: float) -> list:
     """Which target each row meets against which floor, and why the others are not met (printed and logged)."""
     if not rows:
@@ -281,7 +286,7 @@ def conclusion(rows: list, baseline: float) -> list:
         lines.append(
             f"conclusion: of the {len(missed)} rows over {TARGET_WALL:g}x the in-process floor, {len(bound)} cannot be "
             f"met by any process: starting and importing numpy, onnx and onnxruntime alone "
-            f"({rows[0]['startup']:.2f} s) added to their floors exceeds {TARGET_WALL:g}x them"
+            f"({_span(r['startup'] for r in rows)} s) added to their floors exceeds {TARGET_WALL:g}x them"
             + (" (" + ", ".join(f"{name(r)}: least {r['least_wall_over_floor']:.2f}" for r in bound) + ")" if bound
                else "")
             + (f"; {len(own)} miss by the command's own work: " + ", ".join(
@@ -359,6 +364,13 @@ def main(argv=None) -> dict:
                 {k: earlier.get(k) for k in ("command", "date", "load_average")}]
             lines = [out.with_suffix(".log").read_text().rstrip("\n")] + lines if out.with_suffix(".log").exists() \
                 else lines
+            if kept:  # the conclusion over every row the file now holds, the kept ones with their own runs' figures
+                report["conclusion_this_run"] = concluded
+                report["conclusion"] = conclusion(report["rows"], rows[0]["baseline_rss"] if rows else 0.0)
+                lines.append(f"over all {len(report['rows'])} rows of {out.name} (this run's and the kept ones):")
+                for line in report["conclusion"]:
+                    print(line, flush=True)
+                    lines.append(line)
     out.write_text(json.dumps(report, indent=2))
     out.with_suffix(".log").write_text("\n".join(lines) + "\n")
     return report
