@@ -242,7 +242,10 @@ class _Importer:
         return entry.a
 
     def weight(self, value: str, where: str, what: str) -> np.ndarray:
-        return np.ascontiguousarray(self.const(value, where, what), dtype=np.float32)
+        array = self.const(value, where, what)
+        if array.dtype.kind not in "fiub":  # strings, complex numbers, objects: no float32 weights in them
+            raise self.fail(f"{where}: {what} '{value}' holds {array.dtype} values, not real numbers")
+        return np.ascontiguousarray(array, dtype=np.float32)
 
     def bind(self, output: str, node: str, where: str, sole: bool = True):
         self.env[output] = _Act(node, tuple(self.ir_type(node).shape), sole)
@@ -811,7 +814,11 @@ class _Importer:
     # -- mobile-network ops ----------------------------------------------------------------------
     def _scalar(self, node, k: int, where: str, what: str, default):
         if len(node.input) > k and node.input[k]:
-            return float(np.asarray(self.const(node.input[k], where, what)).reshape(()))
+            value = np.asarray(self.const(node.input[k], where, what))
+            if value.size != 1 or value.dtype.kind not in "fiub":
+                raise self.fail(f"{where}: {what} '{node.input[k]}' must be one real number, not {value.dtype} "
+                                f"values of shape {_fmt(value.shape)}")
+            return float(value.reshape(()))
         return default
 
     def _op_Clip(self, node, name, where):
@@ -1094,13 +1101,6 @@ def import_model(model: onnx.ModelProto, source: str = "<model>", name: str | No
     return _Importer(model, source, name).run()
 
 
-_VALUE_FIELDS = {  # TensorProto data type -> the repeated field its values go in when not in raw_data
-    **dict.fromkeys([TensorProto.FLOAT, TensorProto.COMPLEX64], "float_data"),
-    **dict.fromkeys([TensorProto.DOUBLE, TensorProto.COMPLEX128], "double_data"),
-    **dict.fromkeys([TensorProto.INT64], "int64_data"),
-    **dict.fromkeys([TensorProto.UINT32, TensorProto.UINT64], "uint64_data"),
-    TensorProto.STRING: "string_data",
-}
 _REPEATED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
 
 
@@ -1124,8 +1124,11 @@ def _check_model(model: onnx.ModelProto) -> None:
 
 
 def _check_initializer(t) -> None:
-    """The checker's rules for one initializer: a data type, and its values in exactly one field, the one
-    its type goes in (or raw_data, never for strings), or in an external file and nowhere else."""
+    """The checker's rules for one initializer: a data type, dimensions that are not negative and whose
+    product fits in 64 bits, and its values in exactly one field, the one its type goes in (or raw_data,
+    never for strings), or in an external file and nowhere else. Whether the data's size matches the
+    dimensions is checked where it is read (`numpy_helper.to_array` reshapes it: a mismatch fails there,
+    naming the initializer), without copying raw_data out of the message to measure it first."""
     where = f"TensorProto (tensor name: {t.name})"
     if not t.HasField("data_type") or t.data_type == TensorProto.UNDEFINED:
         raise onnx.checker.ValidationError(f"setting data_type field of {where} to UNDEFINED is not allowed")
@@ -1135,7 +1138,11 @@ def _check_initializer(t) -> None:
             raise onnx.checker.ValidationError(f"Data of {where} is stored externally and should not have data "
                                                "field.")
         return
+    if any(d < 0 for d in t.dims):  # numpy would read a -1 as "whatever fits"
+        raise onnx.checker.ValidationError(f"Negative dimension value ({where})")
     elements = math.prod(t.dims)
+    if elements >= 2 ** 63:
+        raise onnx.checker.ValidationError(f"Tensor dimension product overflow ({where})")
     if elements == 0 and used:
         raise onnx.checker.ValidationError(f"{where} is 0-element but contains data!")
     if elements != 0 and len(used) != 1:
@@ -1143,10 +1150,14 @@ def _check_initializer(t) -> None:
     if used == ["raw_data"]:
         if t.data_type == TensorProto.STRING:
             raise onnx.checker.ValidationError(f"STRING data ({where}) should not be stored in raw_data field")
-    elif used and used[0] != _VALUE_FIELDS.get(t.data_type, "int32_data"):
+        return
+    try:
+        field = onnx.helper.tensor_dtype_to_field(t.data_type)  # the repeated field this type's values go in
+    except KeyError:
+        raise onnx.checker.ValidationError(f"Unrecognized data_type ({where}): {t.data_type}") from None
+    if used and used[0] != field:
         raise onnx.checker.ValidationError(f"values of data_type {t.data_type} of {where} should be stored in "
-                                           f"field {_VALUE_FIELDS.get(t.data_type, 'int32_data')} instead of "
-                                           f"{used[0]}")
+                                           f"field {field} instead of {used[0]}")
 
 
 def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
