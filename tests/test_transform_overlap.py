@@ -134,3 +134,22 @@ def test_the_references_failure_is_reported_first_as_it_would_run_in_order(model
     line = one_line(transform(model, *request_args, "-o", out), 2)
     assert line == f"error: {model}: onnxruntime cannot run it"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("outcome", ["written", "refused"])
+def test_the_command_gives_back_the_process_state_it_changes(model, tmp_path, outcome):
+    """`transform` freezes the collector's view of the imports and stops numpy's huge-page advice for its own
+    arrays; a command run inside a longer-lived process (these tests, a notebook) hands both back, whether it
+    wrote its output or refused its input."""
+    import gc
+
+    advise = np._core.multiarray._set_madvise_hugepage
+    before = advise(True)  # a known state: advice on
+    try:
+        args = ["--widen"] if outcome == "written" else ["--deepen", "no_such_node"]
+        result = transform(model, *args, "-o", tmp_path / "out.onnx")
+        assert result.exit_code == (0 if outcome == "written" else 2), result.output
+        assert gc.get_freeze_count() == 0
+        assert advise(True) is True  # the advice was on again when the command ended
+    finally:
+        advise(before)
