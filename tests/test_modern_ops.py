@@ -387,3 +387,28 @@ def test_every_ir_op_has_a_kernel_and_a_backend_lowering():
     assert set(LOWERINGS) == set(OPS) - {"input"}
     for low in LOWERINGS.values():  # a layer or an expression in torch, never both
         assert (low.module is not None) != (low.fx is not None) and (low.code is not None) != (low.expr is not None)
+
+
+@pytest.mark.parametrize("stride, dilation, kernel", [(1, 1, 3), (2, 1, 3), (1, 2, 3), (1, 1, 5), (2, 1, 5)])
+def test_a_large_depthwise_conv_summed_over_kernel_offsets_is_torchs_conv(stride, dilation, kernel):
+    """Above `DEPTHWISE_SHIFTED` window elements the interpreter sums a depthwise conv over its kernel offsets
+    instead of contracting copied windows with einsum: both give torch's float64 conv."""
+    from easc.ir import kernels
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 64, 64, 64))
+    w = rng.standard_normal((64, 1, kernel, kernel))
+    b = rng.standard_normal(64)
+    pad = dilation * (kernel // 2)
+    args = (x, w, b, (stride, stride), (pad, pad), (dilation, dilation), 64)
+    windows = x.shape[0] * 64 * (-(-64 // stride)) ** 2 * kernel * kernel
+    assert windows > kernels.DEPTHWISE_SHIFTED  # the summed path
+    want = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), stride, pad, dilation, 64).numpy()
+    got = kernels.conv2d_array(*args)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    original = kernels.DEPTHWISE_SHIFTED
+    try:
+        kernels.DEPTHWISE_SHIFTED = 10 ** 12  # the einsum path on the same input
+        np.testing.assert_allclose(kernels.conv2d_array(*args), got, rtol=1e-12, atol=1e-12)
+    finally:
+        kernels.DEPTHWISE_SHIFTED = original
