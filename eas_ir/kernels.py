@@ -54,9 +54,10 @@ def conv2d_array(x, weight, bias, stride, padding, dilation, groups):
 
 DEPTHWISE_SHIFTED = 2_000_000
 """Window elements (N x C x H' x W' x kh x kw) above which a depthwise conv is summed over its kernel offsets
-instead of contracted by einsum, which copies every window first: an EfficientNet-B0 check's 5x5 depthwise conv
-of 240 channels at 16x16 on 4 probes took 33 ms through einsum, 6 ms summed (3.4x at 96 channels 32x32 3x3);
-below ~1.3M elements einsum was the faster one."""
+instead of contracted by einsum, which first copies every window: for EfficientNet-B0's 5x5 depthwise conv of 240
+channels at 16x16 on 4 probes that copy is 49 MB of float64, and the einsum took 7-33 ms from run to run against
+a steady 6 ms summed (two buffers of the output's size). Below ~1.3M elements einsum was the faster one. A whole
+`easc transform` of EfficientNet-B0 or MobileNetV2 took the same wall either way (alternating runs)."""
 
 
 def _depthwise_shifted(win, weight):
@@ -64,9 +65,11 @@ def _depthwise_shifted(win, weight):
     sum_ij x[n,c,h*s+i*d,w*s+j*d] w[c,i,j], one strided view of the input per kernel offset, no window copy."""
     kh, kw = weight.shape[1:]
     y = np.zeros(win.shape[:4], dtype=np.result_type(win, weight))
+    term = np.empty_like(y)  # one buffer for every offset's products: no new array per offset
     for i in range(kh):
         for j in range(kw):
-            y += win[..., i, j] * weight[:, i, j].reshape(1, -1, 1, 1)
+            np.multiply(win[..., i, j], weight[:, i, j].reshape(1, -1, 1, 1), out=term)
+            y += term
     return y
 
 
