@@ -3,6 +3,7 @@ and exported models compute what the IR's reference interpreter computes."""
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from easc.backends.onnx import export_model, import_model, run_onnx
 from easc.ir import graph_from_bytes, graph_to_bytes, print_graph, probe_inputs, run
@@ -39,3 +40,17 @@ def test_onnx_export_then_import_gives_the_same_graph_and_onnxruntime_agrees_wit
     for name in ours:
         scale = float(np.max(np.abs(ours[name])))
         assert float(np.max(np.abs(ours[name] - theirs[name]))) <= PRESERVATION_RTOL * (1 + scale)
+
+
+@settings(max_examples=40, deadline=None)
+@given(cnn_graphs(), st.data())
+def test_reaches_is_networkx_has_path(graph, data):
+    """`Graph.reaches` (the skip pass's cycle test, without networkx) answers as networkx's has_path on the
+    graph's data flow, for pairs in either order and a node with itself."""
+    import networkx as nx
+
+    flow = graph.to_networkx()
+    names = [n.name for n in graph.nodes]
+    for _ in range(20):
+        a, b = data.draw(st.sampled_from(names)), data.draw(st.sampled_from(names))
+        assert graph.reaches(a, b) == nx.has_path(flow, a, b), (a, b)
