@@ -1,10 +1,22 @@
-"""Shared test set-up: small thread counts (CI has 2 cores) and a `cuda` marker that skips without CUDA."""
+"""Shared test set-up: small thread counts (CI has 2 cores), a `cuda` marker that skips without CUDA, and the
+small digits network as an ONNX file for the command-line tests."""
 
 import os
 
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="module")
+def digits_onnx(tmp_path_factory):
+    """The `digits_small` start network saved as ONNX, once per test module."""
+    from easc.backends.onnx import save_onnx
+    from easc.search.start_nets import digits_small
+
+    path = tmp_path_factory.mktemp("digits") / "digits.onnx"
+    save_onnx(digits_small(), path)
+    return path
 
 
 @pytest.fixture(autouse=True)

@@ -4,31 +4,15 @@ chain end to end against the user's original file."""
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 from onnx import TensorProto, helper
 
-from easc.backends.onnx import save_onnx
-from easc.cli.main import main
-from easc.search.start_nets import digits_small
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("limits") / "digits.onnx"
-    save_onnx(digits_small(), path)
-    return path
-
-
-def transform(*args):
-    return CliRunner().invoke(main, ["transform", *map(str, args)])
+from transform_cli import one_line_error, transform
 
 
 def refused(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output, result.output
+    line = one_line_error(result, 2)
     for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+        assert fragment in line, line
 
 
 @pytest.mark.parametrize("args, fragments", [
@@ -42,9 +26,9 @@ def refused(result, *fragments):
     (["--widen", "--noise", "nan"], ["--noise must be a finite number", "got nan"]),
     (["--widen", "--factor", "inf"], ["--factor must be a finite number greater than 1"]),
 ])
-def test_an_impossible_request_is_one_line_exit_2_and_writes_nothing(model, tmp_path, args, fragments):
+def test_an_impossible_request_is_one_line_exit_2_and_writes_nothing(digits_onnx, tmp_path, args, fragments):
     out = tmp_path / "out.onnx"
-    refused(transform(model, *args, "-o", out), *fragments)
+    refused(transform(digits_onnx, *args, "-o", out), *fragments)
     assert not out.exists()
 
 
@@ -67,7 +51,7 @@ def test_an_input_too_large_for_the_checks_is_refused_naming_the_value(tmp_path,
     assert not out.exists()
 
 
-def test_the_end_to_end_check_runs_the_users_file_not_a_re_export(model, tmp_path, monkeypatch):
+def test_the_end_to_end_check_runs_the_users_file_not_a_re_export(digits_onnx, tmp_path, monkeypatch):
     # An importer that gets one weight wrong makes every before/after comparison of easc's own graphs agree;
     # only the user's file, run as given, shows that the result does not compute what the file computes.
     import easc.backends.formats as formats
@@ -83,7 +67,7 @@ def test_the_end_to_end_check_runs_the_users_file_not_a_re_export(model, tmp_pat
 
     monkeypatch.setattr(formats, "load_model", wrong_import)
     out = tmp_path / "out.onnx"
-    result = transform(model, "--deepen", "relu_1", "-o", out)
+    result = transform(digits_onnx, "--deepen", "relu_1", "-o", out)
     assert result.exit_code == 1, result.output
     assert "end to end: the final model did not preserve the original's function" in result.stderr
     assert "deepen after=relu_1 calibrated=False kernel=3: verified exact" in result.output  # the pass itself was right

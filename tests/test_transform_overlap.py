@@ -9,34 +9,13 @@ import threading
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 import easc.backends.onnx as onnx_backend
 import easc.ir.serialize as serialize
-from easc.backends.onnx import save_onnx
 from easc.cli.background import Background
-from easc.cli.main import main
 from easc.ir import IRError
-from easc.search.start_nets import digits_small
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("overlap") / "digits.onnx"
-    save_onnx(digits_small(), path)
-    return path
-
-
-def transform(*args):
-    return CliRunner().invoke(main, ["transform", *map(str, args)])
-
-
-def one_line(result, code):
-    assert result.exit_code == code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output, result.output
-    return lines[0]
+from transform_cli import one_line_error, transform
 
 
 @pytest.fixture
@@ -58,15 +37,15 @@ def test_background_returns_the_value_or_raises_the_error_in_the_caller():
         call.result()
 
 
-def test_the_written_model_is_the_checked_one_and_no_staged_file_stays(model, tmp_path, no_thread_left):
+def test_the_written_model_is_the_checked_one_and_no_staged_file_stays(digits_onnx, tmp_path, no_thread_left):
     out = tmp_path / "out.onnx"
-    result = transform(model, "--widen", "-o", out)
+    result = transform(digits_onnx, "--widen", "-o", out)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx"]
     onnx.checker.check_model(onnx.load(out), full_check=True)
 
 
-def test_a_failed_end_to_end_check_writes_nothing_while_the_sync_ran_in_a_thread(model, tmp_path, monkeypatch,
+def test_a_failed_end_to_end_check_writes_nothing_while_the_sync_ran_in_a_thread(digits_onnx, tmp_path, monkeypatch,
                                                                                  no_thread_left):
     import easc.backends.formats as formats
 
@@ -88,13 +67,13 @@ def test_a_failed_end_to_end_check_writes_nothing_while_the_sync_ran_in_a_thread
     monkeypatch.setattr(formats, "load_model", wrong_import)
     monkeypatch.setattr(serialize, "sync_file", recorded_sync)
     out = tmp_path / "out.onnx"
-    line = one_line(transform(model, "--deepen", "relu_1", "-o", out), 1)
+    line = one_line_error(transform(digits_onnx, "--deepen", "relu_1", "-o", out), 1)
     assert "end to end: the final model did not preserve the original's function" in line
     assert synced, "the staged file was synced in the background"
     assert list(tmp_path.iterdir()) == []  # no output, no staged file
 
 
-def test_a_failed_sync_writes_nothing_and_names_the_output(model, tmp_path, monkeypatch, no_thread_left):
+def test_a_failed_sync_writes_nothing_and_names_the_output(digits_onnx, tmp_path, monkeypatch, no_thread_left):
     import errno
 
     def full_disk(staged, path):
@@ -102,7 +81,7 @@ def test_a_failed_sync_writes_nothing_and_names_the_output(model, tmp_path, monk
 
     monkeypatch.setattr(serialize, "sync_file", full_disk)
     out = tmp_path / "out.onnx"
-    line = one_line(transform(model, "--widen", "-o", out), 1)
+    line = one_line_error(transform(digits_onnx, "--widen", "-o", out), 1)
     assert line.startswith(f"error: {out}: cannot write") and "No space left" in line
     assert list(tmp_path.iterdir()) == []
 
@@ -116,14 +95,14 @@ def test_the_reference_session_never_starts_for_a_file_the_size_checks_refuse(tm
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "huge", [x], [y])
     path = tmp_path / "huge.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    line = one_line(transform(path, "--deepen", "x", "-o", tmp_path / "out.onnx"), 2)
+    line = one_line_error(transform(path, "--deepen", "x", "-o", tmp_path / "out.onnx"), 2)
     assert "numbers on 4 probe inputs" in line
     assert calls == []
     assert not (tmp_path / "out.onnx").exists()
 
 
 @pytest.mark.parametrize("request_args", [["--widen"], ["--widen", "no_such_layer"]])
-def test_the_references_failure_is_reported_first_as_it_would_run_in_order(model, tmp_path, monkeypatch,
+def test_the_references_failure_is_reported_first_as_it_would_run_in_order(digits_onnx, tmp_path, monkeypatch,
                                                                           request_args, no_thread_left):
     # onnxruntime refusing the user's file comes before any pass: a pass's refusal must not hide it
     def refuses(source, feeds, *rest):
@@ -131,13 +110,13 @@ def test_the_references_failure_is_reported_first_as_it_would_run_in_order(model
 
     monkeypatch.setattr(onnx_backend, "run_onnx", refuses)
     out = tmp_path / "out.onnx"
-    line = one_line(transform(model, *request_args, "-o", out), 2)
-    assert line == f"error: {model}: onnxruntime cannot run it"
+    line = one_line_error(transform(digits_onnx, *request_args, "-o", out), 2)
+    assert line == f"error: {digits_onnx}: onnxruntime cannot run it"
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("outcome", ["written", "refused"])
-def test_the_command_gives_back_the_process_state_it_changes(model, tmp_path, outcome):
+def test_the_command_gives_back_the_process_state_it_changes(digits_onnx, tmp_path, outcome):
     """`transform` freezes the collector's view of the imports and stops numpy's huge-page advice for its own
     arrays; a command run inside a longer-lived process (these tests, a notebook) hands both back, whether it
     wrote its output or refused its input."""
@@ -147,7 +126,7 @@ def test_the_command_gives_back_the_process_state_it_changes(model, tmp_path, ou
     before = advise(True)  # a known state: advice on
     try:
         args = ["--widen"] if outcome == "written" else ["--deepen", "no_such_node"]
-        result = transform(model, *args, "-o", tmp_path / "out.onnx")
+        result = transform(digits_onnx, *args, "-o", tmp_path / "out.onnx")
         assert result.exit_code == (0 if outcome == "written" else 2), result.output
         assert gc.get_freeze_count() == 0
         assert advise(True) is True  # the advice was on again when the command ended
