@@ -113,7 +113,8 @@ def _const(value) -> _Const:
 
 
 class _Importer:
-    def __init__(self, model: onnx.ModelProto, source: str, name: str | None):
+    def __init__(self, model: onnx.ModelProto, source: str, name: str | None,
+                 skeleton: onnx.ModelProto | None = None):
         self.model = model
         self.source = source
         self.graph_name = name or model.graph.name or "graph"
@@ -125,7 +126,7 @@ class _Importer:
         self.file_batch: int | None = None
         self.consumers = self._count_consumers()
         self.graph_outputs = {o.name for o in model.graph.output}
-        self.inferred = self._infer_shapes()
+        self.inferred = self._infer_shapes(skeleton)
         self.tainted: set[str] = set()  # ONNX values whose inferred shape ONNX gets wrong (ceil pools)
         self.origin = ""  # of the node being lowered
         self.fused: set = set()  # IR nodes a later node absorbed (sigmoid into silu): dropped if unread
@@ -154,16 +155,19 @@ class _Importer:
             counts[o.name] = counts.get(o.name, 0) + 1
         return counts
 
-    def _infer_shapes(self) -> dict:
-        """Sample shapes (dims after the batch) that ONNX shape inference gives each value, when static."""
+    def _infer_shapes(self, skeleton: onnx.ModelProto | None = None) -> dict:
+        """Sample shapes (dims after the batch) that ONNX shape inference gives each value, when static.
+
+        skeleton: `_without_weights(self.model)` if the caller has it already (the model check built it)."""
         try:
             # Data propagation (which knows Reshape targets computed from shapes) costs time in the size of
             # the vectors it propagates, and 40 doubling Concats in a small file make that 2^40: run it only
             # when every vector the file computes is small (fold_budget.py holds the folding itself to budget).
             # Those sizes come from a plain inference of the graph without its weights (cheap: the weights
             # would be copied into the C++ inference for nothing).
-            inferred = onnx.shape_inference.infer_shapes(_without_weights(self.model), check_type=False,
-                                                         strict_mode=False)
+            if skeleton is None:
+                skeleton = _without_weights(self.model)
+            inferred = onnx.shape_inference.infer_shapes(skeleton, check_type=False, strict_mode=False)
             if _vector_elements(inferred) <= _DATA_PROP_ELEMENTS:
                 # the weights stay out of this one too: propagation reads integer and tiny constants only
                 # (shapes, axes, scales), and copying a 100 MB model into the C++ inference took 0.3 s+
@@ -1094,33 +1098,36 @@ def import_model(model: onnx.ModelProto, source: str = "<model>", name: str | No
     if not model.opset_import:
         raise OnnxImportError(f"{source}: not an ONNX model (no opset_import; the file may be truncated)")
     try:
-        _check_model(model)
+        skeleton = _check_model(model)
     except Exception as e:  # ValidationError, or a C++ error for some malformed protos
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise OnnxImportError(f"{source}: not a valid ONNX model ({reason[:300]})") from None
-    return _Importer(model, source, name).run()
+    return _Importer(model, source, name, skeleton).run()
 
 
 _REPEATED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
 
 
-def _check_model(model: onnx.ModelProto) -> None:
+def _check_model(model: onnx.ModelProto) -> onnx.ModelProto | None:
     """`onnx.checker.check_model(model)`, without serialising the weights.
 
     The checker takes the model as bytes: for a 138 MB file that copy cost 0.21 s of its 0.28 s. The graph's
     structure (nodes against their schemas, single assignment, types) is checked on the model with its
     initializers declared as typed inputs (`_without_weights`); the checker's rules for the initializers
-    themselves (onnx `checker.cc`, `check_tensor`) are applied here from their headers."""
+    themselves (onnx `checker.cc`, `check_tensor`) are applied here from their headers. Returns that model
+    without weights, which shape inference reads next (None when the checker had the whole model)."""
     graph = model.graph
     if graph.sparse_initializer:  # rare; the checker's own rules for them are not repeated here
         onnx.checker.check_model(model)
-        return
+        return None
     inputs = {i.name for i in graph.input}
     for t in graph.initializer:
         _check_initializer(t)
         if model.ir_version <= 3 and t.name not in inputs:
             raise onnx.checker.ValidationError(f"{t.name} in initializer but not in graph input")
-    onnx.checker.check_model(_without_weights(model))
+    skeleton = _without_weights(model)
+    onnx.checker.check_model(skeleton)
+    return skeleton
 
 
 def _check_initializer(t) -> None:
