@@ -245,7 +245,8 @@ def _line(r: dict) -> str:
 
 
 def _span(values) -> str:
-    low, high = min(values := list(values)), max(values)
+    values = list(values)
+    low, high = min(values), max(values)
     return f"{low:.2f}" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}-{high:.2f}"
 
 
