@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from easc.ir import (Graph, GraphBuilder, IRError, IRFileError, ParseError, TensorType, UnknownNodeError,
                      VerificationError, load_graph, nonnegative_values, parse_graph, print_graph, probe_inputs,
@@ -194,6 +196,28 @@ def test_interpreter_matches_torch_on_every_op():
     t = F.linear(t, W[l1]["weight"], W[l1]["bias"]) + F.linear(t, W[l2]["weight"], W[l2]["bias"])
     ref = torch.softmax(F.linear(t, W["fc_3"]["weight"], W["fc_3"]["bias"]), 1).numpy()
     np.testing.assert_allclose(ours, ref, atol=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(kernel=st.integers(1, 5), stride=st.integers(1, 3), padding=st.integers(0, 2), ceil=st.booleans(),
+       include_pad=st.booleans(), size=st.tuples(st.integers(5, 12), st.integers(5, 12)), seed=st.integers(0, 99))
+def test_pools_match_torch_for_every_kernel_stride_padding_and_ceil_mode(kernel, stride, padding, ceil, include_pad,
+                                                                          size, seed):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    assume(2 * padding <= kernel)  # torch's own limit (padding at most half the kernel)
+    b = GraphBuilder("pools")
+    x = b.input("x", (3,) + size)
+    b.output("max", b.maxpool2d(x, kernel, stride, padding=padding, ceil=ceil))
+    b.output("avg", b.avgpool2d(x, kernel, stride, padding=padding, ceil=ceil, count_include_pad=include_pad))
+    graph = b.build()
+    feeds = probe_inputs(graph, batch=2, seed=seed)
+    ours = run(graph, feeds)
+    t = torch.tensor(feeds["x"], dtype=torch.float64)
+    np.testing.assert_array_equal(ours["max"], F.max_pool2d(t, kernel, stride, padding, ceil_mode=ceil).numpy())
+    np.testing.assert_allclose(ours["avg"], F.avg_pool2d(t, kernel, stride, padding, ceil_mode=ceil,
+                                                         count_include_pad=include_pad).numpy(), rtol=1e-12,
+                               atol=1e-12)
 
 
 def test_sign_analysis_marks_values_after_relu_and_sign_keeping_ops():
