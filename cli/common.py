@@ -27,6 +27,22 @@ _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
+class _Ending:
+    """Whether the command that ran asked to end its process without the interpreter's teardown
+    (`leave_without_teardown`; carried out by the console script, `main.run`)."""
+
+    quick = False
+
+
+def leave_without_teardown() -> None:
+    """Called by a command as its last step, once everything it makes is on disk (written, synced and renamed)
+    and no thread of its own is running: the console script then flushes stdout and stderr and ends the
+    process at once (`os._exit`), instead of letting Python free every object one by one and run its
+    collector over the imported modules before exiting. The operating system takes the memory back in one go.
+    Run in-process (tests, `CliRunner`), the request is ignored and the command returns as usual."""
+    _Ending.quick = True
+
+
 class EascCommand(click.Command):
     """A command that keeps its raw arguments (`ctx.meta['raw_args']`): transform needs their order."""
 

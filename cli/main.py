@@ -9,12 +9,14 @@ is half-written.
 
 from __future__ import annotations
 
+import os
+import sys
 
 import click
 
 from easc import __version__
 
-from .common import (_NO_ARGS_IS_HELP, VERIFICATION_FAILED, EascCommand, exit_for, fail,  # noqa: F401
+from .common import (_NO_ARGS_IS_HELP, VERIFICATION_FAILED, EascCommand, _Ending, exit_for, fail,  # noqa: F401
                      usage_fail, user_errors)
 
 
@@ -51,6 +53,26 @@ def main():
     architectures with them (Efficient Architecture Search)."""
 
 
+def run() -> None:
+    """The console script (`easc`, `python -m easc.cli.main`): `main`, and for a command that asked for it
+    (`common.leave_without_teardown`) a successful end without the interpreter's teardown. After `easc
+    transform` that teardown freed the weights, onnxruntime's sessions and their thread pools object by object:
+    measured against the same command ending as usual (alternating runs), 0.07-0.11 s of a 0.7-1.2 s run on
+    ResNet-18 and DenseNet-121, 0.36 s of 2.5 s on ResNet-50's `--widen`."""
+    _Ending.quick = False
+    try:
+        main()
+    except SystemExit as done:
+        if done.code in (None, 0) and _Ending.quick:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            except (OSError, ValueError):  # a closed or broken stream: the usual exit reports it
+                raise done from None
+            os._exit(0)
+        raise
+
+
 def _register():
     from . import export_cmd, inspect_cmd, report_cmd, search_cmd, train_cmd, transform_cmd
 
@@ -62,8 +84,8 @@ if __name__ == "__main__":
     # `python -m easc.cli.main`: this file runs as `__main__`, a second copy of the module. The commands
     # import `easc.cli.main` (for `fail`); registering them from this copy would import them while the real
     # module is half-built (a circular import). Hand over to the real module instead.
-    from easc.cli.main import main as _main
+    from easc.cli.main import run as _run
 
-    _main()
+    _run()
 else:
     _register()

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from .background import Background
-from .common import EascCommand, fail
+from .common import EascCommand, fail, leave_without_teardown
 
 PASS_OPTIONS = {"--widen": "widen", "--deepen": "deepen", "--skip": "skip", "--widen-kernel": "widen_kernel"}
 
@@ -282,3 +282,4 @@ def command(ctx, model, widen, factor, deepen, kernel, skip, widen_kernel, noise
     diff = _export_check_write(manager, reference, output)  # exported once: checked, then written as it is
     click.echo(f"wrote {output}: {summary}; end to end max |diff| {diff:.3g} (onnxruntime, original file "
                f"against the result)")
+    leave_without_teardown()  # the output is on disk and the fsync thread joined: nothing left to tear down

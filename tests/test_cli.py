@@ -348,6 +348,34 @@ def test_the_installed_command_line_transforms_and_exits_0(model_dir, tmp_path):
     _assert_same_function(model_dir / "digits.onnx", out)
 
 
+_WITH_TEARDOWN_MARK = ("import atexit, sys\n"
+                       "atexit.register(lambda: print('teardown ran', file=sys.stderr))\n"
+                       "from easc.cli.main import run\n"
+                       "sys.argv = ['easc'] + sys.argv[1:]\n"
+                       "run()\n")
+
+
+@pytest.mark.parametrize("good", [True, False], ids=["verified", "bad_input"])
+def test_a_transform_process_that_succeeds_ends_without_teardown_and_with_its_output_and_report_whole(
+        model_dir, tmp_path, good):
+    """The console script ends a successful transform at once (`main.run`): no interpreter teardown (an exit
+    handler does not run), yet the output file is complete and stdout's report is all there. A failing run
+    ends as usual."""
+    out = tmp_path / "wider.onnx"
+    layer = "relu_2" if good else "no_such_node"
+    proc = subprocess.run([sys.executable, "-c", _WITH_TEARDOWN_MARK, "transform", str(model_dir / "digits.onnx"),
+                           "--widen", "--deepen", layer, "-o", str(out)], capture_output=True, text=True,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=120)
+    if good:
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr == ""  # the exit handler did not run
+        assert proc.stdout.splitlines()[-1].startswith(f"wrote {out}: ") and proc.stdout.endswith("result)\n")
+        _assert_same_function(model_dir / "digits.onnx", out)
+    else:
+        assert proc.returncode == 2 and "no_such_node" in proc.stderr
+        assert proc.stderr.splitlines()[-1] == "teardown ran" and not out.exists()
+
+
 @pytest.mark.parametrize("args, fragments", [
     (["inspect", "{src}/truncated.onnx"], ["truncated.onnx", "not an ONNX model"]),
     (["transform", "{src}/sine.onnx", "--widen", "-o", "{out}"], ["my_sine", "not supported"]),
