@@ -13,7 +13,9 @@ graph with the same type is compared with its cached value,
 
 and once it agrees, the evaluation stops there: everything downstream reads the cached value, which the new
 graph provably computes too (same nodes, same inputs). A node whose type changed (a widened layer) or that is
-new (an inserted block) has no old value to agree with; it stays "dirty" and its readers are evaluated too.
+new (an inserted block) has no old value to agree with; it stays "dirty" and its readers are evaluated too
+(an inserted layer that provably returns its input, Net2Deeper's identity conv, takes its input's value
+without being computed: `is_identity_layer`).
 A dirty value that reaches a graph output is compared with the old output. So the check evaluates the
 region from its inputs to the first values where both graphs agree again, and nothing else.
 
@@ -162,6 +164,33 @@ def _channel_step(node, old, patches: dict, state, cached, after: Graph, before:
         node, old, patch, lambda index: cached.channels(node.inputs[0], index))
 
 
+def is_identity_layer(node, input_type) -> bool:
+    """Whether `node` returns its input unchanged, read off its attributes and weights (what Net2Deeper
+    inserts): a conv2d k x k, k odd, stride 1, dilation 1, padding k//2, groups 1, C -> C channels, whose only
+    nonzero weights are 1 at [c, c, k//2, k//2], bias zero or none; or a linear C -> C with weight I and zero
+    or no bias. Each output is then 1 * x plus products 0 * x and a zero bias: exactly x for every finite x
+    (the probe values are), so the check takes the input's value for it instead of computing the layer (for
+    a deepen after DenseNet-121's last block, a 1024 x 1024 x 3 x 3 conv)."""
+    if node.op not in ("conv2d", "linear") or len(node.inputs) != 1 or node.type.shape != input_type.shape:
+        return False
+    weight, bias = node.weights.get("weight"), node.weights.get("bias")
+    c = node.type.shape[1]
+    if weight is None or (bias is not None and np.any(bias)):
+        return False
+    if node.op == "conv2d":
+        a = node.attrs
+        (kh, kw) = a["kernel"]
+        if not (kh == kw and kh % 2 == 1 and a["stride"] == (1, 1) and a["dilation"] == (1, 1)
+                and a["padding"] == (kh // 2, kw // 2) and a["groups"] == 1 and weight.shape == (c, c, kh, kw)):
+            return False
+        taps = weight[np.arange(c), np.arange(c), kh // 2, kw // 2]
+    else:
+        if weight.shape != (c, c):
+            return False
+        taps = weight[np.arange(c), np.arange(c)]
+    return bool(np.all(taps == 1.0)) and int(np.count_nonzero(weight)) == c
+
+
 KEPT_OPS = frozenset({"input", "conv2d", "linear", "maxpool2d", "avgpool2d", "global_avgpool"})
 """Ops whose probe values a chain keeps (float32); every other value is *pending*, computed again from its
 inputs when a check reads it. Those others (batchnorm, activations, concatenations, adds, reshapes) are
@@ -266,8 +295,11 @@ def check_region(before: Graph, after: Graph, cached, rewritten, rtol: float, wh
         for i in node.inputs:  # a patched input read whole: assembled once
             if i in patches and i not in new_values:
                 new_values[i] = patches[i].assemble(cached[i])
-        value = _evaluate(node, [new_values[i] if i in new_values else cached[i].astype(np.float64)
-                                 for i in node.inputs])
+        arguments = [new_values[i] if i in new_values else cached[i].astype(np.float64) for i in node.inputs]
+        if old is None and is_identity_layer(node, after.node(node.inputs[0]).type if node.inputs else None):
+            value = arguments[0]  # an inserted identity layer computes its input exactly (`is_identity_layer`)
+        else:
+            value = _evaluate(node, arguments)
         evaluated += 1
         if old is not None and old.type == node.type and name in cached:
             # agrees: downstream reads the cached value again (a noisy pass: its new value, see `changed`)

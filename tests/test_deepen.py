@@ -238,3 +238,86 @@ def test_calibration_stats_needs_a_dict_for_several_inputs_and_a_known_node():
         calibration_stats(g, "concat_1", np.zeros((2, 5)))
     with pytest.raises(UnknownNodeError, match="no node named 'nope'"):
         calibration_stats(g, "nope", probe_inputs(g))
+
+
+# -- the local check's identity rule (`local_check.is_identity_layer`) --------------------------------------
+def _inserted(graph, after, **kwargs):
+    result = deepen(graph, after, **kwargs)
+    layer = result.graph.node(f"deepen_{after}")
+    return result, layer, result.graph.node(after).type
+
+
+@pytest.mark.parametrize("after, kernel", [("relu_1", 3), ("relu_1", 5), ("relu_1", 1), ("relu_2", None)])
+def test_the_local_check_takes_an_inserted_identity_layer_for_its_input_without_computing_it(after, kernel,
+                                                                                            monkeypatch):
+    from easc.passes import local_check
+    from easc.passes.manager import PassManager
+
+    result, layer, input_type = _inserted(net(), after, kernel=kernel)
+    assert local_check.is_identity_layer(layer, input_type)
+    computed = []
+    real = local_check._evaluate
+    monkeypatch.setattr(local_check, "_evaluate", lambda node, args: computed.append(node.name) or real(node, args))
+    manager = PassManager(net(), seed=0)
+    manager.probes.activations(manager.graph)
+    manager.run("deepen", after=after, kernel=kernel)
+    assert layer.name not in computed and f"{layer.name}_bn" in computed  # the batchnorm is computed
+    diff, scale = manager.finish()
+    assert diff <= PRESERVATION_RTOL * (1 + scale)
+
+
+def _changed(layer, key, where, value):
+    weights = dict(layer.weights)
+    array = np.array(weights[key])
+    array[where] = value
+    weights[key] = array
+    return layer.replace(weights=weights)
+
+
+@pytest.mark.parametrize("change", [
+    lambda l: _changed(l, "weight", (0, 1, 1, 1), 1e-3),  # another channel's centre tap
+    lambda l: _changed(l, "weight", (2, 2, 0, 1), 1e-3),  # its own channel, off centre
+    lambda l: _changed(l, "weight", (3, 3, 1, 1), 1.0000001),  # a centre tap not exactly 1
+    lambda l: _changed(l, "weight", (1, 1, 1, 1), 0.0),  # a centre tap missing
+    lambda l: _changed(l, "bias", (0,), 1e-6),
+    lambda l: l.replace(attrs={**l.attrs, "padding": (0, 0)}),
+    lambda l: l.replace(attrs={**l.attrs, "dilation": (2, 2), "padding": (2, 2)}),
+], ids=["cross_channel", "off_centre", "tap_not_one", "tap_missing", "bias", "padding", "dilation"])
+def test_a_layer_that_is_not_exactly_the_identity_is_computed(change):
+    from easc.passes import local_check
+
+    _, layer, input_type = _inserted(net(), "relu_1")
+    assert not local_check.is_identity_layer(change(layer), input_type)
+
+
+class _BrokenDeepen:
+    """deepen, then one off-centre weight of the inserted conv set (inside the region the local check sees)."""
+
+    name = "broken_deepen"
+    arguments = ("after",)
+
+    def candidates(self, graph):
+        return []
+
+    def reason(self, graph, **args):
+        return None
+
+    def added_params(self, graph, **args):
+        return None
+
+    def apply(self, graph, *, rng, after):
+        result = deepen(graph, after, rng=rng)
+        name = f"deepen_{after}"
+        broken = _changed(result.graph.node(name), "weight", (0, 0, 0, 0), 0.25)
+        result.graph = result.graph.replace(nodes=[broken if n.name == name else n for n in result.graph.nodes])
+        return result
+
+
+def test_a_deepen_whose_inserted_conv_is_not_the_identity_is_caught_by_the_local_check():
+    from easc.passes.base import FunctionNotPreservedError
+    from easc.passes.manager import PassManager
+    from easc.passes.pipeline import registry
+
+    manager = PassManager(net(), seed=0, passes={**registry(), "broken_deepen": _BrokenDeepen()})
+    with pytest.raises(FunctionNotPreservedError, match="broken_deepen did not preserve the function"):
+        manager.run("broken_deepen", after="relu_1")
