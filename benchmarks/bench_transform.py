@@ -7,8 +7,9 @@ to ONNX by torch at 1x3x64x64 (batch dimension symbolic). On each:
     deepen   `easc transform MODEL --deepen A ... -o OUT`    a chain of 10 deepens (relus spread over the net)
     skip     `easc transform MODEL --skip S:D ... -o OUT`    a chain of 10 skips (pairs spread over the net)
 
-each run as a user runs it, the installed command in its own process: wall time, and peak RSS (the child's
-ru_maxrss from wait4). In the same run, right after, the floor on the same files, also in its own process
+each run as a user runs it, the installed command in its own process (easc's modules compiled to bytecode
+first, as an installed package has them: `compile_package`): wall time, and peak RSS (the child's ru_maxrss
+from wait4). In the same run, right after, the floor on the same files, also in its own process
 (interpreter start and imports included, as in the command):
 
     load      onnx.load of the input file
