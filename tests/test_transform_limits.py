@@ -72,3 +72,43 @@ def test_the_end_to_end_check_runs_the_users_file_not_a_re_export(digits_onnx, t
     assert "end to end: the final model did not preserve the original's function" in result.stderr
     assert "deepen after=relu_1 calibrated=False kernel=3: verified exact" in result.output  # the pass itself was right
     assert not out.exists()
+
+
+# -- memory: onnxruntime's session on the user's file with its large blocks mapped alone ---------------------
+class _RecordingLibc:
+    def __init__(self, calls):
+        self.calls = calls
+
+    def mallopt(self, parameter, value):
+        self.calls.append((parameter, value))
+        return 1
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["runs", "raises"])
+def test_the_reference_session_maps_large_blocks_alone_then_leaves_glibcs_threshold_at_its_ceiling(monkeypatch,
+                                                                                                  fails):
+    from easc.cli import transform_cmd as cmd
+
+    calls = []
+
+    def reference(model, graph, probes):
+        calls.append("reference")
+        if fails:
+            raise RuntimeError("onnxruntime failed")
+        return {"y": 1}
+
+    monkeypatch.setattr(cmd, "_reference_outputs", reference)
+    if fails:
+        with pytest.raises(RuntimeError):
+            cmd._reference_outputs_mapped_alone("m.onnx", None, None, libc=_RecordingLibc(calls))
+    else:
+        assert cmd._reference_outputs_mapped_alone("m.onnx", None, None, libc=_RecordingLibc(calls)) == {"y": 1}
+    assert calls == [(cmd.M_MMAP_THRESHOLD, 1 << 20), "reference", (cmd.M_MMAP_THRESHOLD, 32 << 20),
+                     (cmd.M_TRIM_THRESHOLD, 64 << 20)]
+
+
+def test_without_mallopt_the_reference_runs_as_it_is(monkeypatch):
+    from easc.cli import transform_cmd as cmd
+
+    monkeypatch.setattr(cmd, "_reference_outputs", lambda model, graph, probes: {"y": 2})
+    assert cmd._reference_outputs_mapped_alone("m.onnx", None, None, libc=object()) == {"y": 2}
