@@ -4,10 +4,11 @@ it and returns its value or raises its exception in the caller, `wait()` joins i
 For work that spends its time outside the interpreter with the GIL released (`easc transform`: the
 output's fsync, beside onnxruntime's session on that output). Measured before use: work that competes for
 the cores with numpy's BLAS threads gains nothing (the user's file's reference session beside the passes'
-local checks: 0.99-1.12x the wall, and a higher peak RSS), so it stays in order. Every path of a caller must join (`result` or `wait`): a thread left running would outlive the
-command's error handling (the hostile-input tests run many commands in one process). The thread is not a
-daemon, so even a missed join cannot let the interpreter exit in the middle of a write. If no thread can
-be started (a memory limit leaves no room for its stack), the call runs right away in the caller.
+local checks: 0.99-1.12x the wall, and a higher peak RSS), so it stays in order. Every path of a caller must
+join (`result` or `wait`): a thread left running would outlive the command's error handling (the
+hostile-input tests run many commands in one process). The thread is not a daemon, so even a missed join
+cannot let the interpreter exit in the middle of a write. If no thread can be started (a memory limit leaves
+no room for its stack), the call runs right away in the caller.
 """
 
 from __future__ import annotations
