@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from easc.ir import UnknownNodeError, parse_graph, print_graph, probe_inputs, run_all
-from easc.passes.base import PRESERVATION_RTOL, PassError, checked
+from easc.passes.base import PRESERVATION_RTOL, Pass, PassError, checked
 from easc.passes.deepen import DEFAULT_EPS, calibration_stats, deepen, deepenable
 from strategies import randomise_weights
 
@@ -290,7 +290,7 @@ def test_a_layer_that_is_not_exactly_the_identity_is_computed(change):
     assert not local_check.is_identity_layer(change(layer), input_type)
 
 
-class _BrokenDeepen:
+class _BrokenDeepen(Pass):
     """deepen, then one off-centre weight of the inserted conv set (inside the region the local check sees)."""
 
     name = "broken_deepen"
@@ -298,12 +298,6 @@ class _BrokenDeepen:
 
     def candidates(self, graph):
         return []
-
-    def reason(self, graph, **args):
-        return None
-
-    def added_params(self, graph, **args):
-        return None
 
     def apply(self, graph, *, rng, after):
         result = deepen(graph, after, rng=rng)
