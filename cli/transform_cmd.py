@@ -11,6 +11,7 @@ would not fit in memory, are refused before anything is allocated (exit 2).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -143,28 +144,29 @@ def _libc():
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
 
-def _reference_outputs_mapped_alone(model: str, graph, probes, libc=None) -> dict:
-    """`_reference_outputs`, with onnxruntime's large blocks mapped on their own while it builds its session.
+@contextmanager
+def _large_blocks_mapped_alone(libc=None):
+    """Inside: glibc maps every block of 1 MiB or more on its own, so that what is freed goes back to the system.
+    Used around onnxruntime's session on the user's file.
 
     glibc raises its mmap threshold to the size of the largest mapped block the process has freed (the
     importer's copies of the file freed some), so onnxruntime's weight buffers and its temporary copies of the
     file came from the heap, and the temporaries freed once the session was built stayed in the RSS: the
-    session on ResNet-18's 47 MB file added 106 MB, against 79 MB in a fresh process. With blocks of 1 MiB
-    and more mapped alone during that session, what it frees goes back to the system. Afterwards the threshold
+    session on ResNet-18's 47 MB file added 106 MB, against 79 MB in a fresh process. On leaving, the threshold
     is fixed where glibc's dynamic rule ends anyway (its maximum, and a trim threshold of twice that, as the
     rule sets them): left at 1 MiB, every later array of that size would be mapped afresh (the passes' new
     weights and float64 temporaries; an earlier round measured up to 1.13x the wall of a `--widen`).
     Measured against the command without it, alternating runs: peak RSS 0.85-0.88x on ResNet-18's deepens
     and skips, 0.87x on ResNet-50's skips, 0.92-0.94x on VGG-11-BN's, the others unchanged, wall within the
-    noise (0.90-1.09x). Where the C library has no mallopt (not glibc), the reference runs as it is."""
+    noise (0.90-1.09x). Where the C library has no mallopt (not glibc), nothing changes."""
     try:
-        libc = libc or _libc()
-        mallopt = libc.mallopt
+        mallopt = (libc or _libc()).mallopt
     except (OSError, AttributeError):
-        return _reference_outputs(model, graph, probes)
+        yield
+        return
     mallopt(M_MMAP_THRESHOLD, MAPPED_ALONE)
     try:
-        return _reference_outputs(model, graph, probes)
+        yield
     finally:
         mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)
         mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_MAX)
@@ -265,7 +267,8 @@ def command(ctx, model, widen, factor, deepen, kernel, skip, widen_kernel, noise
     _check_probe_sizes(graph, model)
     probes = ProbeSet(probe_inputs(graph, PROBE_BATCH, seed))
     _release_freed_memory()  # what parsing the file freed, before onnxruntime loads it again
-    reference = _reference_outputs_mapped_alone(model, graph, probes)  # the user's file, before any pass
+    with _large_blocks_mapped_alone():
+        reference = _reference_outputs(model, graph, probes)  # the user's file, before any pass
     _release_freed_memory()  # and what the session freed, before the passes
     was = graph.params
     manager = PassManager(graph, rng=np.random.default_rng(seed), probes=probes, max_params=max_params)

@@ -85,30 +85,26 @@ class _RecordingLibc:
 
 
 @pytest.mark.parametrize("fails", [False, True], ids=["runs", "raises"])
-def test_the_reference_session_maps_large_blocks_alone_then_leaves_glibcs_threshold_at_its_ceiling(monkeypatch,
-                                                                                                  fails):
+def test_the_reference_session_maps_large_blocks_alone_then_leaves_glibcs_threshold_at_its_ceiling(fails):
     from easc.cli import transform_cmd as cmd
 
     calls = []
-
-    def reference(model, graph, probes):
-        calls.append("reference")
-        if fails:
-            raise RuntimeError("onnxruntime failed")
-        return {"y": 1}
-
-    monkeypatch.setattr(cmd, "_reference_outputs", reference)
     if fails:
         with pytest.raises(RuntimeError):
-            cmd._reference_outputs_mapped_alone("m.onnx", None, None, libc=_RecordingLibc(calls))
+            with cmd._large_blocks_mapped_alone(libc=_RecordingLibc(calls)):
+                calls.append("reference")
+                raise RuntimeError("onnxruntime failed")
     else:
-        assert cmd._reference_outputs_mapped_alone("m.onnx", None, None, libc=_RecordingLibc(calls)) == {"y": 1}
+        with cmd._large_blocks_mapped_alone(libc=_RecordingLibc(calls)):
+            calls.append("reference")
     assert calls == [(cmd.M_MMAP_THRESHOLD, 1 << 20), "reference", (cmd.M_MMAP_THRESHOLD, 32 << 20),
                      (cmd.M_TRIM_THRESHOLD, 64 << 20)]
 
 
-def test_without_mallopt_the_reference_runs_as_it_is(monkeypatch):
+def test_without_mallopt_the_reference_runs_as_it_is():
     from easc.cli import transform_cmd as cmd
 
-    monkeypatch.setattr(cmd, "_reference_outputs", lambda model, graph, probes: {"y": 2})
-    assert cmd._reference_outputs_mapped_alone("m.onnx", None, None, libc=object()) == {"y": 2}
+    ran = []
+    with cmd._large_blocks_mapped_alone(libc=object()):
+        ran.append("reference")
+    assert ran == ["reference"]
