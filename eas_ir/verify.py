@@ -53,6 +53,10 @@ def verify(graph: Graph, since: Graph | None = None) -> Graph:
     seen: dict = {}
     before = since._index if since is not None else {}
     for index, node in enumerate(graph.nodes):
+        old = before.get(node.name)
+        if old is node and node.name not in seen and _reads_as_before(node.inputs, seen, before):
+            seen[node.name] = node.type  # the very node `since` verified, reading the same types
+            continue
         where = f"node {node.name!r} ({node.op})"
         if node.name in seen:
             _fail(graph, index, f"{where}: the name is used by an earlier node too",
@@ -66,11 +70,6 @@ def verify(graph: Graph, since: Graph | None = None) -> Graph:
                       f"{where}: input {name!r} is {'defined later' if later else 'not defined'}",
                       "move the node after its inputs (nodes must be in topological order)" if later
                       else "read a value defined above this node")
-        old = before.get(node.name)
-        if old is node and all(i in before and (seen[i] is before[i].type or seen[i] == before[i].type)
-                               for i in node.inputs):
-            seen[node.name] = node.type  # the very node `since` verified, reading the same types
-            continue
         try:  # before the shape rule, which must not see zero, negative or absurd dimensions
             check_dims(node.type.shape, where)
         except ValueError as e:
@@ -116,6 +115,18 @@ def verify(graph: Graph, since: Graph | None = None) -> Graph:
         if name not in seen:
             raise VerificationError(f"output {public!r} names {name!r}, which is not a node")
     return graph
+
+
+def _reads_as_before(inputs, seen: dict, before: dict) -> bool:
+    """Whether every one of `inputs` is defined above (in `seen`) with the type it had in `before`."""
+    for i in inputs:
+        t = seen.get(i)
+        if t is None:
+            return False  # not defined above: the full checks below say so
+        was = before.get(i)
+        if was is None or not (t is was.type or t == was.type):
+            return False
+    return True
 
 
 def _check_weights(graph: Graph, index: int, where: str, node, shapes: dict) -> None:

@@ -263,9 +263,27 @@ class ChannelFlow:
 
     def remap(self, value: str, g: np.ndarray) -> Remap:
         """The gather of `value`'s axis 1 under the mapping g (len(g) = m >= n; see "Layouts" in the module doc)."""
-        n, g = self.width, np.asarray(g, dtype=np.int64)
-        counts = np.bincount(g, minlength=n)
+        return self.remaps(g, [value])[value]
+
+    def remaps(self, g: np.ndarray, values=None) -> dict:
+        """`remap` of each of `values` (default: every value carrying the channels), value -> Remap.
+
+        The mapping's copy counts are worked out once, and values that carry the channels at the same places
+        and have the same width share one Remap (a dense block exported as a chain of concatenations puts a
+        layer's channels at the same offset of every later one)."""
+        g = np.asarray(g, dtype=np.int64)
+        counts = np.bincount(g, minlength=self.width)
         copies = _copies(g)
+        out, alike = {}, {}
+        for value in (self.segments if values is None else values):
+            key = (self.segments[value], self.channels[value])
+            if key not in alike:
+                alike[key] = self._remap(value, g, counts, copies)
+            out[value] = alike[key]
+        return out
+
+    def _remap(self, value: str, g: np.ndarray, counts: np.ndarray, copies: np.ndarray) -> Remap:
+        n = self.width
         units = None  # units[c]: the j with g(j) = c, increasing; only scattered channels need them
         pieces = []  # (first column, fact, channel or None for a whole segment)
         for fact in self.segments[value]:

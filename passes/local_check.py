@@ -103,6 +103,7 @@ class Activations:
         self._graph = weakref.ref(graph)
         self.values = values
         self.pending = set(pending)
+        self._concat_channels: dict = {}  # (name, channels) -> value: see `channels`, emptied by `end_check`
 
     def __contains__(self, name) -> bool:
         return name in self.values or name in self.pending
@@ -134,21 +135,32 @@ class Activations:
             return self[name][:, index].astype(np.float64)
         node = graph.node(name)
         if node.op == "concat":
-            pieces, offset = [], 0
-            for i in node.inputs:
-                c = graph.node(i).type.shape[1]
-                mine = (index >= offset) & (index < offset + c)
-                if mine.any():
-                    pieces.append((mine, self.channels(i, index[mine] - offset)))
-                offset += c
-            out = np.empty((pieces[0][1].shape[0], len(index)) + pieces[0][1].shape[2:])
-            for mine, value in pieces:
-                out[:, mine] = value
-            return out
+            # A dense block exported as a chain (concat_k = concat(concat_k-1, y_k)) asks, for each later
+            # layer's check, for the same old channels of concat_k, concat_k+1, ...: each level is worked out once
+            # per check (quadratic in the block's depth otherwise), then let go (`end_check`).
+            key = (name, index.tobytes())
+            if key not in self._concat_channels:
+                pieces, offset = [], 0
+                for i in node.inputs:
+                    c = graph.node(i).type.shape[1]
+                    mine = (index >= offset) & (index < offset + c)
+                    if mine.any():
+                        pieces.append((mine, self.channels(i, index[mine] - offset)))
+                    offset += c
+                out = np.empty((pieces[0][1].shape[0], len(index)) + pieces[0][1].shape[2:])
+                for mine, value in pieces:
+                    out[:, mine] = value
+                out.flags.writeable = False  # shared by every reader of this check
+                self._concat_channels[key] = out
+            return self._concat_channels[key]
         if node.op in channels.PER_CHANNEL and len(node.inputs) == 1 \
                 and all(w.ndim == 1 for w in node.weights.values()):
             return channels.on_channels(node, index, self.channels(node.inputs[0], index))
         return self[name][:, index].astype(np.float64)
+
+    def end_check(self) -> None:
+        """Let go of the channels `channels` worked out for one check (a few MB on a deep dense block)."""
+        self._concat_channels.clear()
 
 
 def _channel_step(node, old, patches: dict, state, cached, after: Graph, before: Graph):
@@ -239,6 +251,14 @@ def check_region(before: Graph, after: Graph, cached, rewritten, rtol: float, wh
     """
     if not isinstance(cached, Activations):
         cached = Activations(before, dict(cached))
+    try:
+        return _check_region(before, after, cached, rewritten, rtol, what, exact, copies)
+    finally:
+        cached.end_check()
+
+
+def _check_region(before: Graph, after: Graph, cached: Activations, rewritten, rtol: float, what: str,
+                  exact: bool, copies: dict | None) -> tuple:
     old_index = before._index
     rewritten = set(rewritten)
     new_values: dict = {}

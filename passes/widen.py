@@ -147,7 +147,7 @@ def widen(graph: Graph, layer: str, width: int, *, rng: np.random.Generator | No
                         f"grows by a multiple of {flow.groups} (every group alike); {width} is {n} + {width - n}")
     rng = default_rng(rng)
     g = wider_mapping(n, width, rng, flow.groups)
-    remaps = {value: flow.remap(value, g) for value in flow.segments}
+    remaps = flow.remaps(g)
 
     new_nodes, types, edits, rewritten = [], {}, {}, []
     roles = set(remaps) | set(flow.sources) | set(flow.consumers)

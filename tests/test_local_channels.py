@@ -200,3 +200,57 @@ def test_a_wrong_channel_claim_only_costs_the_fast_path(monkeypatch):
     manager.run("broken_widen", layer="conv_3", width=13, claim=True)  # the pass is right, its claim is not
     assert proven == []
     _assert_activations_are_the_new_graphs(manager)
+
+
+def test_a_chain_of_concatenations_is_worked_out_once_per_check_and_let_go_after_it(monkeypatch):
+    """A dense block exported as a chain (concat_k = concat(concat_k-1, y_k)): each later layer's check asks for
+    the widened layer's old channels through every concatenation down the chain. Each concatenation of the chain
+    is worked out at most once per check (entered at most twice: once worked out, once found), the values are
+    right, read-only while shared, and let go when the check ends."""
+    from easc.passes.local_check import Activations
+
+    graph = randomise_weights(densenet_digits(layers=10, growth=4, seed=0), np.random.default_rng(1))
+    entered, handed_out = {}, []
+    real = Activations.channels
+
+    def counting(self, name, index):
+        entered[name] = entered.get(name, 0) + 1
+        value = real(self, name, index)
+        handed_out.append((self, name, index, value))
+        return value
+
+    monkeypatch.setattr(Activations, "channels", counting)
+    manager = PassManager(graph, seed=0)
+    before = manager.probes.activations(graph)
+    exact = run_all(graph, dict(manager.probes))
+    manager.run("dense_widen", layer="block1_layer1", growth=8)
+    concats = {name: n for name, n in entered.items() if graph.node(name).op == "concat"}
+    assert len(concats) >= 9  # the chain was followed down from the later layers
+    assert max(concats.values()) <= 2
+    for cached, name, index, value in handed_out:
+        if cached is before:
+            np.testing.assert_allclose(value, exact[name][:, index], rtol=1e-6, atol=1e-6, err_msg=name)
+        if graph.node(name).op == "concat":
+            assert not value.flags.writeable
+    assert before._concat_channels == {}
+    _assert_activations_are_the_new_graphs(manager)
+    manager.finish()
+
+
+def test_the_remaps_of_every_value_are_each_values_own_remap_and_alike_values_share_one():
+    from easc.passes.channels import trace_channels
+    from easc.passes.widen import wider_mapping
+
+    graph = densenet_digits(layers=4, growth=4, seed=0)
+    flow = trace_channels(graph, "block1_layer1")
+    g = wider_mapping(flow.width, flow.width + 3, np.random.default_rng(0), flow.groups)
+    remaps = flow.remaps(g)
+    assert list(remaps) == list(flow.segments)
+    for value, remap in remaps.items():
+        alone = flow.remap(value, g)
+        for field in ("index", "divisor", "new", "unit"):
+            np.testing.assert_array_equal(getattr(remap, field), getattr(alone, field), err_msg=f"{value} {field}")
+    for a in remaps:
+        for b in remaps:
+            alike = (flow.segments[a], flow.channels[a]) == (flow.segments[b], flow.channels[b])
+            assert (remaps[a] is remaps[b]) == alike
