@@ -9,6 +9,7 @@ import io
 import os
 import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -523,6 +524,31 @@ def test_non_onnx_bytes_are_not_an_onnx_model(tmp_path):
     with pytest.raises(OnnxImportError, match=r"missing\.onnx: cannot read \("):
         load_onnx(tmp_path / "missing.onnx")
     assert issubclass(OnnxImportError, IRError)
+
+
+def test_a_model_is_parsed_from_a_map_of_the_file_or_read_from_a_pipe_and_the_file_is_left_free(tmp_path):
+    import threading
+
+    data = small_model_bytes()
+    path = tmp_path / "model.onnx"
+    path.write_bytes(data)
+    graph = load_onnx(path)
+    os.replace(tmp_path / "model.onnx", tmp_path / "moved.onnx")  # nothing of it is held open or mapped
+    maps = Path(f"/proc/{os.getpid()}/maps")
+    if maps.exists():
+        assert "moved.onnx" not in maps.read_text() and "model.onnx" not in maps.read_text()
+    pipe = tmp_path / "pipe.onnx"  # cannot be mapped: read
+    os.mkfifo(pipe)
+    writer = threading.Thread(target=lambda: pipe.write_bytes(data))
+    writer.start()
+    try:
+        piped = load_onnx(pipe)
+    finally:
+        writer.join()
+    assert [n.name for n in piped.nodes] == [n.name for n in graph.nodes]
+    for a, b in zip(piped.nodes, graph.nodes):
+        for key in a.weights:
+            np.testing.assert_array_equal(a.weights[key], b.weights[key])
 
 
 def test_unsupported_operator_is_named_with_its_node(tmp_path):
