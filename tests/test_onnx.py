@@ -484,6 +484,24 @@ def test_squeeze_reduce_mean_identity_and_dropout_import():
     assert graph.node("drop").attrs["p"] == 0.2
 
 
+def test_a_weight_aliased_by_many_identity_nodes_imports_without_spending_the_folding_budget():
+    """Exporters alias a weight they share through Identity nodes (245 in a DenseNet-121). An alias computes and
+    makes nothing: 20 aliases of a 1M-element weight import (charged as folds, they exceeded the 16M-element
+    budget of a file storing 1M), each layer reading the one weight, and the file runs as onnxruntime runs it."""
+    n, layers = 1024, 20
+    nodes, value = [], "x"
+    for k in range(layers):
+        nodes.append(helper.make_node("Identity", ["W"], [f"W{k}"], name=f"alias{k}"))
+        nodes.append(helper.make_node("MatMul", [value, f"W{k}"], [f"h{k}"], name=f"layer{k}"))
+        value = f"h{k}"
+    weight = (np.eye(n) + 1e-3 * f32(n, n)).astype(np.float32)
+    model = hand_model(nodes, [vi("x", [1, n])], [vi(value, [1, n])], {"W": weight})
+    graph = check_against_onnxruntime(model)
+    layers_read = [node for node in graph.nodes if node.op == "linear"]
+    assert len(layers_read) == layers
+    assert all(np.array_equal(node.weights["weight"], weight.T) for node in layers_read)
+
+
 def test_repeated_and_missing_node_names_are_made_unique():
     # onnxruntime refuses repeated node names, the ONNX checker does not: import them anyway.
     nodes = [helper.make_node("Relu", ["x"], ["a"], name="block"),

@@ -402,6 +402,12 @@ class _Importer:
 
     def _fold(self, node, where):
         """Evaluate a node whose inputs are all constants, under both sentinel batch sizes."""
+        if node.op_type == "Identity" and len(node.input) == 1 and node.input[0] and len(node.output) == 1 \
+                and node.output[0]:
+            # the same constant under another name (exporters alias weights they share this way: 245 of them in
+            # a DenseNet-121): nothing is computed or made, so nothing is charged against the folding budget
+            self.env[node.output[0]] = self.env[node.input[0]]
+            return
         ins = [self.env[i] if i else None for i in node.input]
         dependent = any(e is not None and e.batch_dependent for e in ins)
         results = []
