@@ -99,8 +99,9 @@ import onnxruntime
 """
 
 
-def _measured(cmd: list) -> tuple:
-    """(wall seconds, peak RSS bytes, stdout): the child's own peak RSS, via a wrapper that wait4s it."""
+def _measured(cmd: list, env: dict | None = None) -> tuple:
+    """(wall seconds, peak RSS bytes, stdout): the child's own peak RSS, via a wrapper that wait4s it (`env`: the
+    environment of both, default this process's)."""
     wrapper = ("import os, subprocess, sys, time, json\n"
                "t = time.perf_counter(); p = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, "
                "stderr=subprocess.PIPE)\n"
@@ -108,7 +109,7 @@ def _measured(cmd: list) -> tuple:
                "import resource; rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024\n"
                "print(json.dumps(dict(wall=wall, rss=rss, code=p.returncode, out=out.decode()[-4000:], "
                "err=err.decode()[-2000:])))\n")
-    proc = subprocess.run([sys.executable, "-c", wrapper, *map(str, cmd)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", wrapper, *map(str, cmd)], capture_output=True, text=True, env=env)
     report = json.loads(proc.stdout)
     if report["code"]:
         raise RuntimeError(f"{' '.join(map(str, cmd[:4]))} ... failed ({report['code']}): {report['err'].strip()}")

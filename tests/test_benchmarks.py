@@ -153,3 +153,37 @@ def test_bench_search_splits_a_steps_idle_time_into_head_tail_update_and_gaps():
     assert bench.all_busy_fraction((0, 10), jobs, 2) == pytest.approx(0.55)
     assert bench.idle_breakdown((0, 10), jobs, 2) == pytest.approx({"head": 2, "tail": 1, "update": 1, "gaps": 0.5})
     assert bench.idle_breakdown((0, 10), [(1, 4)], 2) == {"head": 4, "tail": 0.0, "update": 6, "gaps": 0.0}
+
+
+def test_bench_ab_smoke_runs_both_sides_from_their_own_trees_and_writes_json(tmp_path):
+    import shutil
+    import subprocess
+
+    repo = BENCH.parent
+    if shutil.which("git") is None or subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo,
+                                                     capture_output=True).returncode:
+        pytest.skip("needs git and a git checkout of the project (it checks out HEAD as the base)")
+    out = tmp_path / "bench_ab.json"
+    bench = load("bench_ab")
+    report = bench.main(["--smoke", "--out", str(out)])
+    assert check_report(out, "bench_ab") == json.loads(json.dumps(report))
+    (row,) = report["rows"]
+    assert (row["model"], row["chain"]) == ("resnet18", "widen")
+    assert row["base_wall"] > 0 and row["new_wall"] > 0 and row["wall_ratio"] > 0
+    assert row["base_rss"] > 0 and row["new_rss"] > 0
+    assert report["base"] == subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                                            text=True).stdout.strip()
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=repo, capture_output=True, text=True).stdout
+    assert str(tmp_path) not in worktrees and "base-tree" not in worktrees  # its checkout is gone
+
+
+def test_bench_ab_package_folder_imports_the_tree_it_was_made_from(tmp_path):
+    import os
+    import subprocess
+
+    bench = load("bench_ab")
+    folder = bench.package_folder(BENCH.parent, tmp_path / "pkg")
+    found = subprocess.run([sys.executable, "-P", "-c", "import easc.ir; print(easc.ir.__file__)"],
+                           env={**os.environ, "PYTHONPATH": str(folder)}, capture_output=True, text=True)
+    assert Path(found.stdout.strip()).parent == folder / "easc" / "ir"
+    assert Path(found.stdout.strip()).resolve().parent == (BENCH.parent / "eas_ir").resolve()
