@@ -15,7 +15,8 @@ and once it agrees, the evaluation stops there: everything downstream reads the 
 graph provably computes too (same nodes, same inputs). A node whose type changed (a widened layer) or that is
 new (an inserted block) has no old value to agree with; it stays "dirty" and its readers are evaluated too
 (an inserted layer that provably returns its input, Net2Deeper's identity conv, takes its input's value
-without being computed: `is_identity_layer`).
+without being computed: `is_identity_layer`; a layer whose input a dense path extended, W' = [W | 0] over
+concat(x, p) with x unchanged, keeps its old value without being computed: `extends_with_zeros`).
 A dirty value that reaches a graph output is compared with the old output. So the check evaluates the
 region from its inputs to the first values where both graphs agree again, and nothing else.
 
@@ -203,6 +204,43 @@ def is_identity_layer(node, input_type) -> bool:
     return bool(np.all(taps == 1.0)) and int(np.count_nonzero(weight)) == c
 
 
+def extends_with_zeros(node, old, after: Graph, unchanged, new_values: dict) -> bool:
+    """Whether `node` computes exactly what the old node of its name did, read off its input and weights (what
+    a dense path, `skip`, makes of its DST): the old node read x; the new one, of the same op, attributes and
+    output type, reads concat(x, p1, ..., pk) where x holds its old value (`unchanged(x)`), and its weight is
+    [W_old | 0]: bitwise the old weight on x's C columns, exactly 0 on every other column, the bias the old one.
+    Then
+
+        W' [x; p] + b  =  W x + 0 p + b  =  W x + b
+
+    for every finite p (the concatenation's new columns, `new_values`, are checked finite here): each product
+    0 * p is a zero, and adding zeros changes no sum. So the check keeps the old value and does not compute the
+    layer (for a skip into one of VGG-11-BN's 512-channel 3x3 convs, a float64 conv over 512 + P channels)."""
+    if node.op not in ("conv2d", "linear") or old.op != node.op or len(node.inputs) != 1 or len(old.inputs) != 1:
+        return False
+    if (node.op == "conv2d" and node.attrs["groups"] != 1) or dict(node.attrs) != dict(old.attrs):
+        return False
+    joined = after.node(node.inputs[0])
+    x = old.inputs[0]
+    if joined.op != "concat" or len(joined.inputs) < 2 or joined.inputs[0] != x or not unchanged(x):
+        return False
+    c = old.weights["weight"].shape[1]
+    if after.node(x).type.shape[1] != c:  # x's channels are the first c columns of the concatenation
+        return False
+    if joined.name not in new_values or set(node.weights) != set(old.weights):
+        return False
+    bias, old_bias = node.weights.get("bias"), old.weights.get("bias")
+    if (bias is None) != (old_bias is None) or (bias is not None and not np.array_equal(bias, old_bias)):
+        return False
+    weight, old_weight = node.weights["weight"], old.weights["weight"]
+    if weight.shape[0] != old_weight.shape[0] or weight.shape[2:] != old_weight.shape[2:] or weight.shape[1] <= c:
+        return False
+    if not np.array_equal(weight[:, :c], old_weight) or np.any(weight[:, c:]):
+        return False
+    added = new_values[joined.name][:, c:]
+    return added.shape[1] == weight.shape[1] - c and bool(np.all(np.isfinite(added)))
+
+
 KEPT_OPS = frozenset({"input", "conv2d", "linear", "maxpool2d", "avgpool2d", "global_avgpool"})
 """Ops whose probe values a chain keeps (float32); every other value is *pending*, computed again from its
 inputs when a check reads it. Those others (batchnorm, activations, concatenations, adds, reshapes) are
@@ -311,6 +349,11 @@ def _check_region(before: Graph, after: Graph, cached: Activations, rewritten, r
             new_values[name] = cached[name][:, np.asarray(copies[name])].astype(np.float64)
             dirty.add(name)
             evaluated += 1
+            continue
+        if old is not None and name in cached and old.type == node.type \
+                and extends_with_zeros(node, old, after, lambda i: i in cached and i not in dirty
+                                       and i not in new_values, new_values):
+            evaluated += 1  # the old layer's function exactly (`extends_with_zeros`): its cached value holds
             continue
         for i in node.inputs:  # a patched input read whole: assembled once
             if i in patches and i not in new_values:

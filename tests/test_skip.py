@@ -230,3 +230,106 @@ def test_skip_refuses_values_without_spatial_axes_into_a_conv_and_values_of_othe
     with pytest.raises(PassError, match=r"skip seq -> fc_1: seq's value f32\[N,3,5\] is neither NCHW nor NC"):
         skip(g, "seq", "fc_1")
     _run_pass_and_check(g, "meta", "fc_1")
+
+
+# -- the local check's zero-extension rule (`local_check.extends_with_zeros`) -------------------------------
+def _checked_layers(monkeypatch) -> list:
+    from easc.passes import local_check
+
+    computed = []
+    real = local_check._evaluate
+    monkeypatch.setattr(local_check, "_evaluate", lambda node, args: computed.append(node.name) or real(node, args))
+    return computed
+
+
+@pytest.mark.parametrize("src, dst", [("relu_1", "conv_2"), ("relu_1", "conv_3"), ("relu_2", "fc_1"),
+                                      ("flatten_1", "fc_2")])
+def test_the_local_check_keeps_a_skip_destinations_old_value_without_computing_it(src, dst, monkeypatch):
+    from easc.passes.manager import PassManager
+
+    from easc.ir import run_all
+
+    computed = _checked_layers(monkeypatch)
+    manager = PassManager(net(), seed=0)
+    manager.probes.activations(manager.graph)
+    computed.clear()  # the start graph's values were computed; from here on, the check's
+    result = manager.run("skip", src=src, dst=dst)
+    assert dst not in computed  # proven from its weights: W' = [W | 0] over concat(x, p)
+    assert any(n.op == "concat" and n.name in computed for n in result.graph.nodes)  # the path is computed
+    assert result.max_diff == 0
+    cached = manager.probes.activations(manager.graph)  # what later checks start from: the new graph's values
+    fresh = run_all(manager.graph, dict(manager.probes))
+    np.testing.assert_allclose(cached[dst], fresh[dst], rtol=1e-6, atol=1e-6 * (1 + np.abs(fresh[dst]).max()))
+    diff, scale = manager.finish()
+    assert diff <= PRESERVATION_RTOL * (1 + scale)
+
+
+def _extended(change):
+    """The DST of a skip relu_1 -> conv_2 with one change made to it, and what the rule is asked with."""
+    from easc.ir import run_all
+
+    graph = net()
+    result = skip(graph, "relu_1", "conv_2")
+    dst = change(result.graph.node("conv_2"))
+    joined = result.graph.node(dst.inputs[0])
+    values = run_all(result.graph, {"x": np.random.default_rng(0).standard_normal((2, 2, 8, 8))})
+    return dst, graph.node("conv_2"), result.graph, {joined.name: values[joined.name]}
+
+
+def _with_weight(layer, key, where, value):
+    weights = {k: np.array(w) for k, w in layer.weights.items()}
+    weights[key][where] = value
+    return layer.replace(weights=weights)
+
+
+def test_the_zero_extension_rule_accepts_what_skip_makes():
+    from easc.passes.local_check import extends_with_zeros
+
+    dst, old, after, values = _extended(lambda layer: layer)
+    assert extends_with_zeros(dst, old, after, lambda name: True, values)
+
+
+@pytest.mark.parametrize("change, unchanged, values_change", [
+    (lambda l: _with_weight(l, "weight", (0, 5, 1, 1), 1e-30), None, None),  # a new column not exactly 0
+    (lambda l: _with_weight(l, "weight", (3, 1, 0, 2), 0.5), None, None),  # an old column changed
+    (lambda l: _with_weight(l, "bias", (2,), 1e-7), None, None),  # the bias changed
+    (lambda l: l.replace(attrs={**l.attrs, "padding": (0, 0)}), None, None),  # other attributes
+    (lambda l: l, lambda name: False, None),  # the layer's old input does not hold its old value
+    (lambda l: l, None, np.inf),  # a new input value that is not finite: 0 * inf is not 0
+], ids=["new_column_nonzero", "old_column_changed", "bias", "attributes", "input_changed", "infinite_path"])
+def test_the_zero_extension_rule_refuses_a_layer_that_is_not_exactly_the_old_one(change, unchanged, values_change):
+    from easc.passes.local_check import extends_with_zeros
+
+    dst, old, after, values = _extended(change)
+    if values_change is not None:
+        (name, value), = values.items()
+        value = value.copy()
+        value[0, -1, 0, 0] = values_change
+        values = {name: value}
+    assert not extends_with_zeros(dst, old, after, unchanged or (lambda name: True), values)
+
+
+def test_a_skip_whose_new_weights_are_not_zero_is_computed_and_caught_by_the_local_check():
+    from easc.passes.base import FunctionNotPreservedError, Pass
+    from easc.passes.manager import PassManager
+    from easc.passes.pipeline import registry
+
+    class BrokenSkip(Pass):
+        """skip, then one of DST's new (path) weights set to 0.5: no longer the old function."""
+
+        name = "broken_skip"
+        arguments = ("src", "dst")
+
+        def candidates(self, graph):
+            return []
+
+        def apply(self, graph, *, rng, src, dst):
+            result = skip(graph, src, dst)
+            broken = _with_weight(result.graph.node(dst), "weight", (0, -1, 1, 1), 0.5)
+            result.graph = result.graph.replace(nodes=[broken if n.name == dst else n for n in result.graph.nodes])
+            return result
+
+    manager = PassManager(net(), seed=0, passes={**registry(), "broken_skip": BrokenSkip()})
+    with pytest.raises(FunctionNotPreservedError, match="broken_skip did not preserve the function: the value of "
+                                                        "conv_2 differs"):
+        manager.run("broken_skip", src="relu_1", dst="conv_2")
