@@ -16,7 +16,10 @@ graph provably computes too (same nodes, same inputs). A node whose type changed
 new (an inserted block) has no old value to agree with; it stays "dirty" and its readers are evaluated too
 (an inserted layer that provably returns its input, Net2Deeper's identity conv, takes its input's value
 without being computed: `is_identity_layer`; a layer whose input a dense path extended, W' = [W | 0] over
-concat(x, p) with x unchanged, keeps its old value without being computed: `extends_with_zeros`).
+concat(x, p) with x unchanged, keeps its old value without being computed: `extends_with_zeros`; and a node
+that is its old self, the very same weights, reading a new value in place of an old one, as a deepen leaves
+the readers of the value it extends, agrees as soon as that new value agrees with the old one it replaces:
+`renamed_inputs`, for a pass that adds no noise).
 A dirty value that reaches a graph output is compared with the old output. So the check evaluates the
 region from its inputs to the first values where both graphs agree again, and nothing else.
 
@@ -241,6 +244,21 @@ def extends_with_zeros(node, old, after: Graph, unchanged, new_values: dict) -> 
     return added.shape[1] == weight.shape[1] - c and bool(np.all(np.isfinite(added)))
 
 
+def renamed_inputs(node, old) -> list:
+    """[(new input, old input)] at each place where `node`, otherwise `old` itself (same op, attributes and the
+    very same weight arrays), reads another value, as a deepen leaves the readers of the value it extends; []
+    when anything else differs."""
+    if node.op != old.op or len(node.inputs) != len(old.inputs) or dict(node.attrs) != dict(old.attrs):
+        return []
+    if set(node.weights) != set(old.weights) or any(node.weights[k] is not old.weights[k] for k in node.weights):
+        return []
+    return [(i, j) for i, j in zip(node.inputs, old.inputs) if i != j]
+
+
+def _agrees(value, old_value, rtol: float) -> bool:
+    return value.shape == old_value.shape and _max_abs(value - old_value) <= rtol * (1 + _max_abs(old_value))
+
+
 KEPT_OPS = frozenset({"input", "conv2d", "linear", "maxpool2d", "avgpool2d", "global_avgpool"})
 """Ops whose probe values a chain keeps (float32); every other value is *pending*, computed again from its
 inputs when a check reads it. Those others (batchnorm, activations, concatenations, adds, reshapes) are
@@ -355,6 +373,16 @@ def _check_region(before: Graph, after: Graph, cached: Activations, rewritten, r
                                        and i not in new_values, new_values):
             evaluated += 1  # the old layer's function exactly (`extends_with_zeros`): its cached value holds
             continue
+        if exact and old is not None and name in cached and old.type == node.type:
+            renamed = renamed_inputs(node, old)
+            if renamed and all(i in cached and i not in dirty and i not in new_values
+                               for i, j in zip(node.inputs, old.inputs) if i == j) \
+                    and all(i in new_values and j in cached and j not in dirty and j not in new_values
+                            and _agrees(new_values[i], cached[j], rtol) for i, j in renamed):
+                for i, j in renamed:  # the same function of values that agree: it agrees
+                    compare(f"{i} (read by {name} in place of {j})", new_values[i], cached[j])
+                evaluated += 1
+                continue
         for i in node.inputs:  # a patched input read whole: assembled once
             if i in patches and i not in new_values:
                 new_values[i] = patches[i].assemble(cached[i])

@@ -315,3 +315,71 @@ def test_a_deepen_whose_inserted_conv_is_not_the_identity_is_caught_by_the_local
     manager = PassManager(net(), seed=0, passes={**registry(), "broken_deepen": _BrokenDeepen()})
     with pytest.raises(FunctionNotPreservedError, match="broken_deepen did not preserve the function"):
         manager.run("broken_deepen", after="relu_1")
+
+
+# -- the local check's rule for the readers of a deepened value (`local_check.renamed_inputs`) --------------
+@pytest.mark.parametrize("after, readers", [("relu_1", ["conv_2", "add_1"]), ("relu_2", ["fc_2"])])
+def test_the_readers_of_a_deepened_value_are_not_computed_when_the_block_returns_it(after, readers, monkeypatch):
+    from easc.passes import local_check
+    from easc.passes.manager import PassManager
+
+    computed = []
+    real = local_check._evaluate
+    monkeypatch.setattr(local_check, "_evaluate", lambda node, args: computed.append(node.name) or real(node, args))
+    manager = PassManager(net(), seed=0)
+    manager.probes.activations(manager.graph)
+    computed.clear()  # the start graph's values were computed; from here on, the check's
+    manager.run("deepen", after=after)
+    assert f"deepen_{after}_bn" in computed  # the block is computed and found to return its input ...
+    assert not set(readers) & set(computed)  # ... so its readers, the same layers as before, are not
+    cached = manager.probes.activations(manager.graph)
+    fresh = run_all(manager.graph, dict(manager.probes))
+    for name in readers:
+        np.testing.assert_allclose(cached[name], fresh[name], rtol=1e-5, atol=1e-5 * (1 + np.abs(fresh[name]).max()))
+    diff, scale = manager.finish()
+    assert diff <= PRESERVATION_RTOL * (1 + scale)
+
+
+def test_renamed_inputs_are_the_places_a_node_reads_another_value_with_the_very_same_weights():
+    from easc.passes.local_check import renamed_inputs
+
+    graph = net()
+    result = deepen(graph, "relu_1")
+    conv, add = result.graph.node("conv_2"), result.graph.node("add_1")
+    assert renamed_inputs(conv, graph.node("conv_2")) == [("deepen_relu_1_relu", "relu_1")]
+    assert renamed_inputs(add, graph.node("add_1")) == [("deepen_relu_1_relu", "relu_1")]
+    assert renamed_inputs(graph.node("conv_2"), graph.node("conv_2")) == []  # reads nothing else
+    equal_copies = conv.replace(weights={k: np.array(w) for k, w in conv.weights.items()})
+    assert renamed_inputs(equal_copies, graph.node("conv_2")) == []  # equal weights, but not the very arrays
+    assert renamed_inputs(conv.replace(attrs={**conv.attrs, "padding": (0, 0)}), graph.node("conv_2")) == []
+    assert renamed_inputs(add.replace(op="mul"), graph.node("add_1")) == []
+
+
+class _ShiftedDeepen(Pass):
+    """deepen, then the inserted batchnorm's bias moved by 0.5: the block no longer returns its input, and its
+    readers (unchanged layers) compute something else."""
+
+    name = "shifted_deepen"
+    arguments = ("after",)
+
+    def candidates(self, graph):
+        return []
+
+    def apply(self, graph, *, rng, after):
+        result = deepen(graph, after, rng=rng)
+        name = f"deepen_{after}_bn"
+        bn = result.graph.node(name)
+        shifted = bn.replace(weights={**bn.weights, "bias": np.asarray(bn.weights["bias"]) + 0.5})
+        result.graph = result.graph.replace(nodes=[shifted if n.name == name else n for n in result.graph.nodes])
+        return result
+
+
+def test_a_deepen_whose_block_does_not_return_its_input_is_caught_at_its_readers():
+    from easc.passes.base import FunctionNotPreservedError
+    from easc.passes.manager import PassManager
+    from easc.passes.pipeline import registry
+
+    manager = PassManager(net(), seed=0, passes={**registry(), "shifted_deepen": _ShiftedDeepen()})
+    with pytest.raises(FunctionNotPreservedError, match="shifted_deepen did not preserve the function: the value of "
+                                                        "(conv_2|add_1) differs"):
+        manager.run("shifted_deepen", after="relu_1")
