@@ -86,7 +86,19 @@ def _reference_outputs(model: str, graph, probes) -> dict:
     return run_onnx(source, dict(probes))
 
 
-def _export_check_write(manager, reference: dict, output: str) -> float:
+def _start_float32(model: str, probes):
+    """A callable returning the user's model's outputs on the probes computed in float32 by the interpreter (its
+    file read again: the start graph was let go), for the end-to-end check's float32 margin
+    (`PassManager.finish`); called only when a difference needs it."""
+    def outputs() -> dict:
+        from easc.backends.formats import load_model
+        from easc.passes.base import float32_outputs
+
+        return float32_outputs(load_model(model), dict(probes))
+    return outputs
+
+
+def _export_check_write(manager, reference: dict, output: str, start_float32=None) -> float:
     """Export the final graph once, check it end to end against `reference`, write it; returns the difference.
 
     Memory follows the output: the model is written from the IR's weight arrays (`backends.onnx.stream`, no
@@ -104,7 +116,7 @@ def _export_check_write(manager, reference: dict, output: str) -> float:
     from easc.ir.serialize import commit_file, stage_file, sync_file
 
     if Path(output).suffix == ".easir":
-        diff, _ = manager.finish(reference, run_onnx)
+        diff, _ = manager.finish(reference, run_onnx, start_float32)
         save_graph(manager.graph, output)
         return diff
     if manager.graph.params * 4 >= 2 ** 31:
@@ -119,7 +131,7 @@ def _export_check_write(manager, reference: dict, output: str) -> float:
         parts.clear()
         manager.graph = None  # onnxruntime loads the file next; the IR copy can go first
         _release_freed_memory()  # and its pages with it, before onnxruntime allocates its own copy
-        diff, _ = manager.finish(reference, lambda _graph, feeds: run_onnx(temporary, feeds))
+        diff, _ = manager.finish(reference, lambda _graph, feeds: run_onnx(temporary, feeds), start_float32)
         synced.result()  # on disk before the rename makes it the output
     except BaseException:
         if synced is not None:
@@ -320,7 +332,11 @@ def command(ctx, model, widen, factor, deepen, kernel, skip, widen_kernel, noise
     graph = manager.graph
     summary = f"{graph.op_count} nodes, depth {graph.depth}, {graph.params:,} parameters (was {was:,})"
     del graph
-    diff = _export_check_write(manager, reference, output)  # exported once: checked, then written as it is
+    # exported once: checked, then written as it is
+    diff = _export_check_write(manager, reference, output, _start_float32(model, probes))
+    rounding = manager.float32_rounding
     click.echo(f"wrote {output}: {summary}; end to end max |diff| {diff:.3g} (onnxruntime, original file "
-               f"against the result)")
+               f"against the result" + ("" if rounding is None else
+                                       f"; within float32 rounding: the original's float32 outputs are up to "
+                                       f"{rounding:.3g} off its float64 ones") + ")")
     leave_without_teardown()  # the output is on disk and the fsync thread joined: nothing left to tear down

@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from easc.ir import Graph, IRError, probe_inputs, run, verify
-from easc.ir.interpret import input_value
+from easc.ir.interpret import eval_node, input_value
 
 PRESERVATION_RTOL = 1e-5
 """Relative tolerance of the function-preservation check for noise-free passes (see module doc)."""
@@ -192,6 +192,22 @@ def _all_activations(graph: Graph, feeds: dict, keep=None) -> dict:
         if node.name not in last:
             del exact[node.name]
     return values
+
+
+def float32_outputs(graph: Graph, feeds: dict) -> dict:
+    """The graph's outputs on `feeds` with every value computed in float32 (the interpreter's kernels compute in
+    their input's type), keyed by public output name; each value is let go after its last reader."""
+    last = {i: k for k, node in enumerate(graph.nodes) for i in node.inputs}
+    values, outputs = {}, set(graph.outputs.values())
+    for k, node in enumerate(graph.nodes):
+        if node.op == "input":
+            values[node.name] = input_value(node, feeds, np.float32)
+        else:
+            values[node.name] = eval_node(node, [values[i] for i in node.inputs])
+        for i in set(node.inputs):
+            if last[i] == k and i not in outputs:
+                del values[i]
+    return {public: values[name] for public, name in graph.outputs.items()}
 
 
 def _outputs(graph: Graph, probes: dict, executor: Executor) -> dict:

@@ -44,6 +44,9 @@ from .base import (PRESERVATION_RTOL, PROBE_BATCH, FunctionNotPreservedError, Pa
 from .local_check import check_region, identity_diff
 
 CHECKS = ("local", "full", "structural")
+FLOAT32_MARGIN = 4.0
+"""How many times the start graph's own float32 rounding the end-to-end check of two float32 runs allows on top
+of PRESERVATION_RTOL (`PassManager.finish`): twice for each of the two runs."""
 REFUSALS = ("raise", "skip")
 
 
@@ -90,6 +93,7 @@ class PassManager:
         self.noise_tolerance = 0.0  # sum of the stated tolerances of the passes that added noise
         self._start_outputs = None
         self._start = graph  # dropped once its outputs are known (memory follows the output)
+        self.float32_rounding = None  # set by `finish` when it measured the start graph's float32 rounding
 
     # -- running passes ------------------------------------------------------------------------
     def pass_named(self, name: str):
@@ -182,13 +186,26 @@ class PassManager:
             return  # structural checks only: keep the start graph, `finish` runs it if asked
         self._start = None
 
-    def finish(self, reference: dict | None = None, executor=None) -> tuple:
+    def finish(self, reference: dict | None = None, executor=None, start_float32=None) -> tuple:
         """The end-to-end check of the chain: (max |difference|, max |reference output|).
 
-        reference: outputs of the chain's original model on `self.probes` (keyed by public output name),
-                   e.g. the user's file run by onnxruntime; default: the start graph's outputs.
-        executor:  runs the final graph (default: the manager's executor).
-        Raises `FunctionNotPreservedError` beyond PRESERVATION_RTOL plus the chain's noise tolerance.
+        reference:     outputs of the chain's original model on `self.probes` (keyed by public output name),
+                       e.g. the user's file run by onnxruntime; default: the start graph's outputs.
+        executor:      runs the final graph (default: the manager's executor).
+        start_float32: for a float32 `reference` and `executor` (onnxruntime): a callable returning the start
+                       graph's outputs on the probes computed in float32 (`float32_outputs`), called only when
+                       the difference exceeds the tolerance of exact arithmetic (below).
+        Raises `FunctionNotPreservedError` beyond PRESERVATION_RTOL plus the chain's noise tolerance, plus, when
+        `start_float32` is given, FLOAT32_MARGIN times the start graph's own float32 rounding.
+
+        Why the margin: two float32 runs of the same function differ by their rounding, and on a deep network
+        with large activations that rounding alone exceeds PRESERVATION_RTOL at the outputs (a ResNet-50 with
+        calibrated batchnorms: its float32 outputs are 2.6e-5 of their scale off its float64 ones, in easc's
+        interpreter and in onnxruntime alike), so a chain of exact passes failed the check it passed in float64.
+        The rounding is measured on the start graph, the original's own function (float32 against float64 on
+        the same probes, by the interpreter, without onnxruntime or the file, so an importer that misread the
+        file cannot widen it), and the margin allows it for both the original's run and the result's, whose
+        sums may be longer (a widened layer: twice the terms). The local checks, in float64, are unaffected.
         """
         executor = executor or self.executor
         if reference is None:
@@ -201,10 +218,16 @@ class PassManager:
             raise FunctionNotPreservedError(f"end to end: the final model has no output {missing[0]!r}")
         diff, scale = output_difference(reference, final)
         allowed = (PRESERVATION_RTOL + self.noise_tolerance) * (1 + scale)
+        self.float32_rounding = None
+        if not diff <= allowed and start_float32 is not None and self._start_outputs is not None:
+            self.float32_rounding, _ = output_difference(self._start_outputs, start_float32())
+            allowed += FLOAT32_MARGIN * self.float32_rounding
         if not diff <= allowed:
+            rounding = ("" if self.float32_rounding is None else
+                        f" (of which {FLOAT32_MARGIN:g} x {self.float32_rounding:.3g} for float32 rounding)")
             raise FunctionNotPreservedError(
                 f"end to end: the final model did not preserve the original's function: max |difference| "
-                f"{diff:.3g} > allowed {allowed:.3g}")
+                f"{diff:.3g} > allowed {allowed:.3g}{rounding}")
         return diff, scale
 
     def summary(self) -> str:

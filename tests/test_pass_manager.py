@@ -265,3 +265,53 @@ def test_after_a_noisy_dense_widen_the_kept_activations_are_the_new_graphs_and_a
             assert np.max(np.abs(kept[node.name] - expected)) <= 1e-5 * (1 + np.max(np.abs(expected))), node.name
     for after in ("block1_layer1", "block1_layer2", "block2_layer3"):
         manager.run("dense_deepen", after_layer=after)  # exact: checked against the kept values
+
+
+# -- the end-to-end check's float32 margin (`PassManager.finish`, start_float32) ------------------------------
+def _finished_chain():
+    manager = PassManager(net(), seed=0)
+    manager.run("widen", layer=manager.candidates("widen")[0]["layer"], width=12)
+    return manager
+
+
+def test_the_float32_margin_is_measured_only_when_the_difference_needs_it():
+    from easc.ir import run
+
+    manager = _finished_chain()
+    asked = []
+    manager.finish(None, run, lambda: asked.append(1) or {})  # float64 against float64: well within
+    assert asked == [] and manager.float32_rounding is None
+
+
+def test_a_difference_within_the_start_graphs_own_float32_rounding_passes_and_one_beyond_it_fails():
+    from easc.ir import run
+
+    manager = _finished_chain()
+    start = dict(manager._start_outputs)
+    scale = max(float(np.abs(v).max()) for v in start.values())
+    shifted = {k: np.asarray(v, np.float64) + 1e-3 * (1 + scale) for k, v in start.items()}  # 100x the tolerance
+
+    def rounded(by):  # the start graph's outputs "computed in float32", off the float64 ones by `by`
+        return lambda: {k: np.asarray(v, np.float64) + by for k, v in start.items()}
+
+    with pytest.raises(FunctionNotPreservedError, match=r"end to end: .* > allowed [0-9.e-]+$"):
+        manager.finish(shifted, run)  # no margin without the float32 outputs
+    diff, _ = manager.finish(shifted, run, rounded(0.3e-3 * (1 + scale)))  # 4 x 0.3e-3 covers 1e-3
+    assert diff == pytest.approx(1e-3 * (1 + scale), rel=1e-3)
+    assert manager.float32_rounding == pytest.approx(0.3e-3 * (1 + scale), rel=1e-6)
+    with pytest.raises(FunctionNotPreservedError, match=r"> allowed [0-9.e-]+ \(of which 4 x [0-9.e-]+ for float32 "
+                                                        r"rounding\)"):
+        manager.finish(shifted, run, rounded(0.2e-3 * (1 + scale)))  # 4 x 0.2e-3 does not
+
+
+def test_float32_outputs_are_the_interpreter_run_in_float32():
+    from easc.ir import probe_inputs, run_all
+    from easc.passes.base import float32_outputs
+
+    graph = net()
+    feeds = probe_inputs(graph, 3, 0)
+    got = float32_outputs(graph, feeds)
+    every = run_all(graph, feeds, dtype=np.float32)
+    for public, name in graph.outputs.items():
+        assert got[public].dtype == np.float32
+        np.testing.assert_array_equal(got[public], every[name])

@@ -108,3 +108,46 @@ def test_without_mallopt_the_reference_runs_as_it_is():
     with cmd._large_blocks_mapped_alone(libc=object()):
         ran.append("reference")
     assert ran == ["reference"]
+
+
+def _large_activations_model(path):
+    """x -> 1x1 conv with bias 1e4 -> relu -> 1x1 conv -> batchnorm whose mean takes the ~2e4 values back to ~1:
+    float32 holds the inner values to ~2e-3, so any two float32 runs of this function differ by that much at the
+    outputs, 1e-3 of their scale, 100x the tolerance of exact arithmetic."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    c = 4
+    w2 = rng.standard_normal((c, c, 1, 1)).astype(np.float32)
+    mean = (1e4 * w2[:, :, 0, 0].astype(np.float64).sum(1)).astype(np.float32)
+    inits = {"W1": rng.standard_normal((c, 2, 1, 1)), "B1": np.full(c, 1e4), "W2": w2, "S": np.ones(c),
+             "Bb": np.zeros(c), "M": mean, "V": np.ones(c)}
+    nodes = [helper.make_node("Conv", ["x", "W1", "B1"], ["h"], name="conv1", kernel_shape=[1, 1]),
+             helper.make_node("Relu", ["h"], ["r"], name="relu1"),
+             helper.make_node("Conv", ["r", "W2"], ["g"], name="conv2", kernel_shape=[1, 1]),
+             helper.make_node("BatchNormalization", ["g", "S", "Bb", "M", "V"], ["y"], name="bn")]
+    graph = helper.make_graph(nodes, "large", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", c, 8, 8])],
+                              initializer=[numpy_helper.from_array(np.asarray(v, np.float32), k)
+                                           for k, v in inits.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_an_exact_chain_on_a_network_whose_float32_rounding_exceeds_the_tolerance_is_checked_against_it(tmp_path):
+    """The widen is exact in float64 (its local check passes); onnxruntime's float32 runs of the original and the
+    result differ by their rounding, which the end-to-end check measures on the original and allows for (before,
+    it refused with exit 1). A difference beyond that margin is refused: `test_pass_manager`."""
+    import re
+
+    model, out = tmp_path / "large.onnx", tmp_path / "wide.onnx"
+    _large_activations_model(model)
+    result = transform(model, "--widen", "conv1", "--factor", "3", "-o", out)
+    assert result.exit_code == 0, result.output
+    line = result.output.strip().splitlines()[-1]
+    found = re.search(r"end to end max \|diff\| ([0-9.e-]+) .*within float32 rounding: the original's float32 "
+                      r"outputs are up to ([0-9.e-]+) off its float64 ones", line)
+    assert found, line
+    diff, rounding = map(float, found.groups())
+    assert diff > 1e-5 * 10 and diff <= 4 * rounding  # over the exact-arithmetic tolerance, within the margin
+    assert out.exists()
