@@ -290,20 +290,22 @@ def test_a_layer_that_is_not_exactly_the_identity_is_computed(change):
     assert not local_check.is_identity_layer(change(layer), input_type)
 
 
-class _BrokenDeepen(Pass):
-    """deepen, then one off-centre weight of the inserted conv set (inside the region the local check sees)."""
+class _AlteredDeepen(Pass):
+    """deepen, then one inserted node changed by `alter` (inside the region the local check sees)."""
 
-    name = "broken_deepen"
     arguments = ("after",)
+
+    def __init__(self, name: str, suffix: str, alter):
+        self.name, self.suffix, self.alter = name, suffix, alter
 
     def candidates(self, graph):
         return []
 
     def apply(self, graph, *, rng, after):
         result = deepen(graph, after, rng=rng)
-        name = f"deepen_{after}"
-        broken = _changed(result.graph.node(name), "weight", (0, 0, 0, 0), 0.25)
-        result.graph = result.graph.replace(nodes=[broken if n.name == name else n for n in result.graph.nodes])
+        name = f"deepen_{after}{self.suffix}"
+        altered = self.alter(result.graph.node(name))
+        result.graph = result.graph.replace(nodes=[altered if n.name == name else n for n in result.graph.nodes])
         return result
 
 
@@ -312,7 +314,8 @@ def test_a_deepen_whose_inserted_conv_is_not_the_identity_is_caught_by_the_local
     from easc.passes.manager import PassManager
     from easc.passes.pipeline import registry
 
-    manager = PassManager(net(), seed=0, passes={**registry(), "broken_deepen": _BrokenDeepen()})
+    broken = _AlteredDeepen("broken_deepen", "", lambda conv: _changed(conv, "weight", (0, 0, 0, 0), 0.25))
+    manager = PassManager(net(), seed=0, passes={**registry(), "broken_deepen": broken})
     with pytest.raises(FunctionNotPreservedError, match="broken_deepen did not preserve the function"):
         manager.run("broken_deepen", after="relu_1")
 
@@ -355,31 +358,15 @@ def test_renamed_inputs_are_the_places_a_node_reads_another_value_with_the_very_
     assert renamed_inputs(add.replace(op="mul"), graph.node("add_1")) == []
 
 
-class _ShiftedDeepen(Pass):
-    """deepen, then the inserted batchnorm's bias moved by 0.5: the block no longer returns its input, and its
-    readers (unchanged layers) compute something else."""
-
-    name = "shifted_deepen"
-    arguments = ("after",)
-
-    def candidates(self, graph):
-        return []
-
-    def apply(self, graph, *, rng, after):
-        result = deepen(graph, after, rng=rng)
-        name = f"deepen_{after}_bn"
-        bn = result.graph.node(name)
-        shifted = bn.replace(weights={**bn.weights, "bias": np.asarray(bn.weights["bias"]) + 0.5})
-        result.graph = result.graph.replace(nodes=[shifted if n.name == name else n for n in result.graph.nodes])
-        return result
-
-
 def test_a_deepen_whose_block_does_not_return_its_input_is_caught_at_its_readers():
     from easc.passes.base import FunctionNotPreservedError
     from easc.passes.manager import PassManager
     from easc.passes.pipeline import registry
 
-    manager = PassManager(net(), seed=0, passes={**registry(), "shifted_deepen": _ShiftedDeepen()})
+    # the inserted batchnorm's bias moved by 0.5: the block no longer returns its input
+    shifted = _AlteredDeepen("shifted_deepen", "_bn",
+                             lambda bn: bn.replace(weights={**bn.weights, "bias": np.asarray(bn.weights["bias"]) + 0.5}))
+    manager = PassManager(net(), seed=0, passes={**registry(), "shifted_deepen": shifted})
     with pytest.raises(FunctionNotPreservedError, match="shifted_deepen did not preserve the function: the value of "
                                                         "(conv_2|add_1) differs"):
         manager.run("shifted_deepen", after="relu_1")
