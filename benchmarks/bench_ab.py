@@ -166,7 +166,8 @@ def main(argv=None) -> dict:
     for r in rows:
         headline.append({"metric": f"{r['model']} {r['chain']}: wall new / base (median of paired runs)",
                          "value": round(r["wall_ratio"], 3)})
-        headline.append({"metric": f"{r['model']} {r['chain']}: peak RSS new / base", "value": round(r["rss_ratio"], 3)})
+        headline.append({"metric": f"{r['model']} {r['chain']}: peak RSS new / base",
+                         "value": round(r["rss_ratio"], 3)})
     report = {"benchmark": "bench_ab", "mode": "smoke" if args.smoke else "full", "command": command,
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(),
               "load_average": os.getloadavg()[0], "base": base_commit, "new": new_commit, "rows": rows,
