@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from easc.ir import Graph, IRError, probe_inputs, run, verify
-from easc.ir.interpret import eval_node, input_value
+from easc.ir.interpret import input_value
 
 PRESERVATION_RTOL = 1e-5
 """Relative tolerance of the function-preservation check for noise-free passes (see module doc)."""
@@ -166,11 +166,11 @@ class ProbeSet(dict):
         self._activations[graph] = activations
 
 
-def _all_activations(graph: Graph, feeds: dict, keep=None) -> dict:
-    """The values on `feeds` of the nodes in `keep` (default: all), kept as float32, computed in float64 like
-    `run_all`, but a float64 value is let go as soon as its last reader has been evaluated: the float64 copy of
-    every activation at once (twice the float32 ones) was the largest allocation of a chain of small passes on
-    a DenseNet."""
+def _all_activations(graph: Graph, feeds: dict, keep=None, dtype=np.float64) -> dict:
+    """The values on `feeds` of the nodes in `keep` (default: all), kept as float32, computed in `dtype` (float64,
+    like `run_all`), but a computed value is let go as soon as its last reader has been evaluated: the float64
+    copy of every activation at once (twice the float32 ones) was the largest allocation of a chain of small
+    passes on a DenseNet."""
     from .local_check import _evaluate
 
     last = {}
@@ -180,7 +180,7 @@ def _all_activations(graph: Graph, feeds: dict, keep=None) -> dict:
     exact, values = {}, {}
     for k, node in enumerate(graph.nodes):
         if node.op == "input":
-            value = input_value(node, feeds)
+            value = input_value(node, feeds, dtype)
         else:
             value = _evaluate(node, [exact[i] for i in node.inputs])
         if keep is None or node.name in keep:
@@ -196,17 +196,8 @@ def _all_activations(graph: Graph, feeds: dict, keep=None) -> dict:
 
 def float32_outputs(graph: Graph, feeds: dict) -> dict:
     """The graph's outputs on `feeds` with every value computed in float32 (the interpreter's kernels compute in
-    their input's type), keyed by public output name; each value is let go after its last reader."""
-    last = {i: k for k, node in enumerate(graph.nodes) for i in node.inputs}
-    values, outputs = {}, set(graph.outputs.values())
-    for k, node in enumerate(graph.nodes):
-        if node.op == "input":
-            values[node.name] = input_value(node, feeds, np.float32)
-        else:
-            values[node.name] = eval_node(node, [values[i] for i in node.inputs])
-        for i in set(node.inputs):
-            if last[i] == k and i not in outputs:
-                del values[i]
+    their input's type), keyed by public output name."""
+    values = _all_activations(graph, feeds, set(graph.outputs.values()), np.float32)
     return {public: values[name] for public, name in graph.outputs.items()}
 
 

@@ -65,17 +65,18 @@ be the largest allocation of a whole `easc transform`."""
 
 
 def _evaluate(node, args: list) -> np.ndarray:
-    """`eval_node`, with a large layer's float64 product computed a block of output units at a time."""
+    """`eval_node`, with a large layer's product computed a block of output units at a time (in its input's
+    type: float64 for the checks, float32 for `base.float32_outputs`)."""
     weight = node.weights.get("weight")
     if node.op not in ("linear", "conv2d") or weight is None or weight.size <= CHUNK \
             or (node.op == "conv2d" and node.attrs["groups"] != 1):
         return eval_node(node, args)
     x, bias = args[0], node.weights.get("bias")
     rows = max(1, CHUNK // (weight.size // weight.shape[0]))
-    y = np.empty((x.shape[0], weight.shape[0]) + tuple(node.type.shape[2:]))
+    y = np.empty((x.shape[0], weight.shape[0]) + tuple(node.type.shape[2:]), dtype=x.dtype)
     a = node.attrs
     for start in range(0, weight.shape[0], rows):
-        block = weight[start:start + rows].astype(np.float64)
+        block = weight[start:start + rows].astype(x.dtype)
         if node.op == "linear":
             y[:, start:start + rows] = x @ block.T
         else:
@@ -343,6 +344,10 @@ def _check_region(before: Graph, after: Graph, cached: Activations, rewritten, r
         worst, scale = max(worst, diff), max(scale, size)
         return diff
 
+    def holds_old_value(i: str) -> bool:
+        """Whether value `i` is its cached old value: nothing this region evaluated changed it."""
+        return i in cached and i not in dirty and i not in new_values
+
     for node in after.nodes:
         name = node.name
         if node.op == "input":
@@ -368,17 +373,15 @@ def _check_region(before: Graph, after: Graph, cached: Activations, rewritten, r
             dirty.add(name)
             evaluated += 1
             continue
-        if old is not None and name in cached and old.type == node.type \
-                and extends_with_zeros(node, old, after, lambda i: i in cached and i not in dirty
-                                       and i not in new_values, new_values):
+        comparable = old is not None and name in cached and old.type == node.type  # an old value to agree with
+        if comparable and extends_with_zeros(node, old, after, holds_old_value, new_values):
             evaluated += 1  # the old layer's function exactly (`extends_with_zeros`): its cached value holds
             continue
-        if exact and old is not None and name in cached and old.type == node.type:
+        if comparable and exact:
             renamed = renamed_inputs(node, old)
-            if renamed and all(i in cached and i not in dirty and i not in new_values
-                               for i, j in zip(node.inputs, old.inputs) if i == j) \
-                    and all(i in new_values and j in cached and j not in dirty and j not in new_values
-                            and _agrees(new_values[i], cached[j], rtol) for i, j in renamed):
+            if renamed and all(holds_old_value(i) for i, j in zip(node.inputs, old.inputs) if i == j) \
+                    and all(i in new_values and holds_old_value(j) and _agrees(new_values[i], cached[j], rtol)
+                            for i, j in renamed):
                 for i, j in renamed:  # the same function of values that agree: it agrees
                     compare(f"{i} (read by {name} in place of {j})", new_values[i], cached[j])
                 evaluated += 1
@@ -392,7 +395,7 @@ def _check_region(before: Graph, after: Graph, cached: Activations, rewritten, r
         else:
             value = _evaluate(node, arguments)
         evaluated += 1
-        if old is not None and old.type == node.type and name in cached:
+        if comparable:
             # agrees: downstream reads the cached value again (a noisy pass: its new value, see `changed`)
             if compare(name, value, cached[name]) > 0 and not exact:
                 new_values[name] = value
