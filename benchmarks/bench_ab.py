@@ -26,13 +26,11 @@ import argparse
 import compileall
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import tomllib
 from contextlib import ExitStack
 from pathlib import Path
@@ -153,8 +151,7 @@ def main(argv=None) -> dict:
             new_tree, new_commit = checkout(args.new, stack, scratch, "new")
         sides = {"base": package_folder(base_tree, scratch / "base-package"),
                  "new": package_folder(new_tree, scratch / "new-package")}
-        log(f"bench_ab: {platform.node()} {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}, python "
-            f"{platform.python_version()}, repeats {repeats}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+        log(bench_transform.run_header("bench_ab", repeats))
         command = "python benchmarks/bench_ab.py" + (" --smoke" if args.smoke else
                                                      f" --base {args.base}" + (f" --new {args.new}" if args.new else "")
                                                      + f" --models {','.join(models)} --chains {','.join(chains)}"
@@ -168,10 +165,8 @@ def main(argv=None) -> dict:
                          "value": round(r["wall_ratio"], 3)})
         headline.append({"metric": f"{r['model']} {r['chain']}: peak RSS new / base",
                          "value": round(r["rss_ratio"], 3)})
-    report = {"benchmark": "bench_ab", "mode": "smoke" if args.smoke else "full", "command": command,
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(),
-              "load_average": os.getloadavg()[0], "base": base_commit, "new": new_commit, "rows": rows,
-              "headline": headline}
+    report = {**bench_transform.report_head("bench_ab", args.smoke, command), "base": base_commit,
+              "new": new_commit, "rows": rows, "headline": headline}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")

@@ -353,6 +353,19 @@ def conclusion(rows: list, baseline: float) -> list:
     return lines
 
 
+def run_header(benchmark: str, repeats: int) -> str:
+    """A run's first log line: the benchmark, the machine, its load, Python, the repeats and the time (UTC)."""
+    return (f"{benchmark}: {platform.node()} {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}, python "
+            f"{platform.python_version()}, repeats {repeats}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+
+
+def report_head(benchmark: str, smoke: bool, command: str) -> dict:
+    """The fields a result file begins with: what ran, how, when and on how loaded a machine."""
+    return {"benchmark": benchmark, "mode": "smoke" if smoke else "full", "command": command,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(),
+            "load_average": os.getloadavg()[0]}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
@@ -369,8 +382,7 @@ def main(argv=None) -> dict:
         print(line, flush=True)
         lines.append(line)
 
-    log(f"bench_transform: {platform.node()} {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}, "
-        f"python {platform.python_version()}, repeats {repeats}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    log(run_header("bench_transform", repeats))
     command = "python benchmarks/bench_transform.py" + (" --smoke" if args.smoke else
                                                           f" --models {','.join(models)} --repeats {repeats}")
     log(f"command: {command}")
@@ -389,9 +401,8 @@ def main(argv=None) -> dict:
                          "value": round(r["least_wall_over_floor"], 2)})
         headline.append({"metric": f"{key}: (peak RSS - process baseline) / output bytes",
                          "value": round(r["rss_above_baseline_over_output"], 2)})
-    report = {"benchmark": "bench_transform", "mode": "smoke" if args.smoke else "full", "command": command,
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(),
-              "load_average": os.getloadavg()[0], "rows": rows, "headline": headline, "conclusion": concluded}
+    report = {**report_head("bench_transform", args.smoke, command), "rows": rows, "headline": headline,
+              "conclusion": concluded}
     out.parent.mkdir(parents=True, exist_ok=True)
     if not args.smoke and out.exists():  # a run of some models keeps the other models' rows of an earlier run
         earlier = json.loads(out.read_text())
