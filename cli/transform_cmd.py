@@ -228,6 +228,15 @@ def _finite_in(name: str, value: float, low: float, high: float | None, strict_l
         fail(f"{name} must be a finite number {bound}{upper}, got {value:g}")
 
 
+def _shown(value) -> str:
+    """An argument as the report prints it: a list of layers (`widen_many`) by count, first and last."""
+    if isinstance(value, (list, tuple)):
+        if len(value) <= 3:
+            return ",".join(map(str, value))
+        return f"{len(value)} layers ({value[0]} ... {value[-1]})"
+    return str(value)
+
+
 @click.command("transform", cls=EascCommand)
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--widen", multiple=True, is_flag=False, flag_value="*", metavar="[LAYER[=WIDTH],...]",
@@ -288,7 +297,7 @@ def command(ctx, model, widen, factor, deepen, kernel, skip, widen_kernel, noise
 
     def report(result):
         rec = result.record
-        args = " ".join(f"{k}={v}" for k, v in rec.items() if k != "pass")
+        args = " ".join(f"{k}={_shown(v)}" for k, v in rec.items() if k != "pass")
         how = "exact" if result.exact else f"approximate (noise, tolerance {result.tolerance:g})"
         evaluated = manager.stats[-1].evaluated
         click.echo(f"{rec.get('pass')} {args}: verified {how}, max |diff| {result.max_diff:.3g} "

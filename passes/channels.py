@@ -283,37 +283,30 @@ class ChannelFlow:
         return out
 
     def _remap(self, value: str, g: np.ndarray, counts: np.ndarray, copies: np.ndarray) -> Remap:
+        return _assemble(self._pieces(value, g, counts, copies), self.channels[value])
+
+    def _pieces(self, value: str, g: np.ndarray, counts: np.ndarray, copies: np.ndarray) -> list:
+        """The new columns of each place on `value` that carries the channels, in old column order:
+        [(first old column, old column after it, index, divisor, new, unit)] (the fields of `Remap`)."""
         n = self.width
         units = None  # units[c]: the j with g(j) = c, increasing; only scattered channels need them
-        pieces = []  # (first column, fact, channel or None for a whole segment)
+        places = []  # (first column, fact, channel or None for a whole segment)
         for fact in self.segments[value]:
             if isinstance(fact, Segment):
-                pieces.append((fact.start, fact, None))
+                places.append((fact.start, fact, None))
             else:
-                pieces += [(int(p), fact, int(c)) for p, c in zip(fact.cols, fact.chans)]
-        index, divisor, new, unit = [], [], [], []
-
-        def plain(a, b):
-            index.append(np.arange(a, b))
-            divisor.append(np.ones(b - a, dtype=np.int64))
-            new.append(np.zeros(b - a, dtype=bool))
-            unit.append(np.full(b - a, -1, dtype=np.int64))
-
-        pos = 0
-        for start, fact, c in sorted(pieces, key=lambda piece: piece[0]):
-            plain(pos, start)
+                places += [(int(p), fact, int(c)) for p, c in zip(fact.cols, fact.chans)]
+        pieces = []
+        for start, fact, c in sorted(places, key=lambda place: place[0]):
             within = np.arange(fact.block)
             if c is not None and units is None:  # a stable sort groups the j by c, the original first
                 units = np.split(np.argsort(g, kind="stable"), np.cumsum(counts)[:-1])
             js = np.arange(len(g)) if c is None else units[c]
             base = start + g[js] * fact.block if c is None else np.full(len(js), start)
-            index.append((base[:, None] + within[None, :]).ravel())
-            divisor.append(np.repeat(counts[g[js]], fact.block))
-            new.append(np.repeat(copies[js], fact.block))
-            unit.append(np.repeat(js, fact.block))
-            pos = start + (n * fact.block if c is None else fact.block)
-        plain(pos, self.channels[value])
-        return Remap(*(np.concatenate(a) for a in (index, divisor, new, unit)))
+            pieces.append((start, start + (n * fact.block if c is None else fact.block),
+                           (base[:, None] + within[None, :]).ravel(), np.repeat(counts[g[js]], fact.block),
+                           np.repeat(copies[js], fact.block), np.repeat(js, fact.block)))
+        return pieces
 
     def has_scatter(self) -> bool:
         """Whether the channels reach a placement other than whole segments (a shuffle, gather or cutting split)."""
@@ -325,6 +318,52 @@ def _copies(g: np.ndarray) -> np.ndarray:
     first = np.zeros(len(g), dtype=bool)
     first[np.unique(g, return_index=True)[1]] = True
     return ~first
+
+
+def _assemble(pieces: list, channels: int) -> Remap:
+    """A value's `Remap` from the new columns of the places that carry channels (`ChannelFlow._pieces`), the
+    columns between them kept as they are."""
+    index, divisor, new, unit = [], [], [], []
+    pos = 0
+    for start, stop, *fields in sorted(pieces, key=lambda piece: piece[0]):
+        index.append(np.arange(pos, start))
+        divisor.append(np.ones(start - pos, dtype=np.int64))
+        new.append(np.zeros(start - pos, dtype=bool))
+        unit.append(np.full(start - pos, -1, dtype=np.int64))
+        for out, field in zip((index, divisor, new, unit), fields):
+            out.append(field)
+        pos = stop
+    index.append(np.arange(pos, channels))
+    divisor.append(np.ones(channels - pos, dtype=np.int64))
+    new.append(np.zeros(channels - pos, dtype=bool))
+    unit.append(np.full(channels - pos, -1, dtype=np.int64))
+    return Remap(*(np.concatenate(a) for a in (index, divisor, new, unit)))
+
+
+def combined_remaps(flows: list) -> dict:
+    """The remaps of several flows widened at once, [(ChannelFlow, g)], value -> Remap.
+
+    Each place that carries a flow's channels is laid out inside its own span of old columns ("Layouts" in the
+    module doc), so flows whose places are disjoint compose by laying out each span by its own flow: a value
+    carrying several flows' channels (a dense block's concatenation, every earlier layer's growth) is gathered
+    once. `unit` is then only meaningful per flow; a rearrangement, which needs it, is not combined (the caller
+    refuses such flows). Raises `ChannelFlowError` when two flows' places on a value overlap."""
+    pieces: dict = {}
+    channels: dict = {}
+    for flow, g in flows:
+        g = np.asarray(g, dtype=np.int64)
+        counts, copies = np.bincount(g, minlength=flow.width), _copies(g)
+        for value in flow.segments:
+            pieces.setdefault(value, []).extend(flow._pieces(value, g, counts, copies))
+            channels[value] = flow.channels[value]
+    out = {}
+    for value, here in pieces.items():
+        here.sort(key=lambda piece: piece[0])
+        for (_, stop, *_), (start, *_) in zip(here, here[1:]):
+            if start < stop:
+                raise ChannelFlowError(f"two widened layers' channels overlap in {value}")
+        out[value] = _assemble(here, channels[value])
+    return out
 
 
 def _describe(node) -> str:

@@ -55,10 +55,49 @@ PER_CHANNEL = frozenset({"batchnorm", "relu", "clip", "leaky_relu", "sigmoid", "
 class Patch:
     """A changed value as runs of the old value of the same node plus computed touched channels (module doc)."""
 
-    __slots__ = ("shape", "runs", "index", "values")
+    __slots__ = ("shape", "runs", "index", "values", "_held", "_folds")
 
     def __init__(self, shape: tuple, runs: list, index: np.ndarray, values: np.ndarray):
         self.shape, self.runs, self.index, self.values = shape, runs, index, values
+        self._held = self._folds = None
+
+    @staticmethod
+    def gather(shape: tuple, index: np.ndarray) -> "Patch":
+        """new[:, j] == old[:, index[j]] for every j: a value whose every channel is an old channel (a widened
+        layer's output, proven), as runs of consecutive old channels and nothing computed."""
+        index = np.asarray(index, dtype=np.int64)
+        starts = np.flatnonzero(np.r_[True, np.diff(index) != 1]) if len(index) else np.zeros(0, dtype=np.int64)
+        lengths = np.diff(np.r_[starts, len(index)])
+        runs = [(int(n), int(index[n]), int(length)) for n, length in zip(starts, lengths)]
+        return Patch(tuple(shape), runs, np.zeros(0, dtype=np.int64), np.empty((shape[0], 0) + tuple(shape[2:])))
+
+    def held(self) -> tuple:
+        """(new channels, old channels they hold): the runs channel by channel (worked out once)."""
+        if self._held is None:
+            if self.runs:
+                n, o, length = (np.asarray(a, dtype=np.int64) for a in zip(*self.runs))
+                within = np.arange(length.sum()) - np.repeat(np.cumsum(length) - length, length)
+                self._held = (np.repeat(n, length) + within, np.repeat(o, length) + within)
+            else:
+                self._held = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+        return self._held
+
+    def folds(self) -> bool:
+        """Whether some old channel is held by more than one new channel (a widen's copies)."""
+        if self._folds is None:
+            _, old = self.held()
+            self._folds = len(old) > 1 and len(np.unique(old)) < len(old)
+        return self._folds
+
+    def sources(self) -> np.ndarray:
+        """For each new channel the old channel it holds, -1 for the touched ones."""
+        src = np.full(self.shape[1], -1, dtype=np.int64)
+        new, old = self.held()
+        src[new] = old
+        return src
+
+    def same_runs(self, other: "Patch") -> bool:
+        return self.runs == other.runs and not len(self.index) and not len(other.index)
 
     def old_index(self, old_channels: int) -> np.ndarray:
         """The old value's channels outside every run."""
@@ -80,15 +119,15 @@ def _same_node(node, old) -> bool:
     return old is not None and old.op == node.op and old.inputs == node.inputs and dict(old.attrs) == dict(node.attrs)
 
 
-def _runs_equal(new: np.ndarray, old: np.ndarray, runs: list, axis: int) -> bool:
+def _runs_equal(new: np.ndarray, old: np.ndarray, patch: "Patch", axis: int) -> bool:
     """Whether `new` on every run's new channels is bitwise `old` on its old channels (along `axis`)."""
-    if len(runs) <= 8:  # compared as views, without a copy
+    if len(patch.runs) <= 8:  # compared as views, without a copy
         lead = (slice(None),) * axis
         return all(np.array_equal(new[lead + (slice(n, n + length),)], old[lead + (slice(o, o + length),)])
-                   for n, o, length in runs)
-    # many runs (a dense block's concatenation after earlier widens): one gather of each side, not a call per run
-    new_index = np.concatenate([np.arange(n, n + length) for n, _, length in runs])
-    old_index = np.concatenate([np.arange(o, o + length) for _, o, length in runs])
+                   for n, o, length in patch.runs)
+    # many runs (a dense block's concatenation after earlier widens, a widened value's copies): one gather of
+    # each side, not a call per run
+    new_index, old_index = patch.held()
     return np.array_equal(np.take(new, new_index, axis=axis), np.take(old, old_index, axis=axis))
 
 
@@ -129,6 +168,17 @@ def concat(node, old, state, new_graph, old_graph) -> Patch | None:
                  np.concatenate(values, axis=1))
 
 
+def elementwise(node, old, patches: list) -> Patch | None:
+    """add / mul of values that are all the same gather of their old values (no touched channels): the same
+    gather of the old result (elementwise, the same numbers in each place; a (N, C, 1, 1) gate broadcasts over
+    the channel's positions alike)."""
+    if node.op not in ("add", "mul") or not _same_node(node, old) or not patches:
+        return None
+    if any(p is None or not p.same_runs(patches[0]) for p in patches):
+        return None
+    return Patch.gather((patches[0].shape[0],) + tuple(node.type.shape[1:]), patches[0].sources())
+
+
 def per_channel(node, old, patch: Patch) -> Patch | None:
     """A per-channel op on a patch as a patch, if its parameters on the runs are the old node's (else None)."""
     if node.op not in PER_CHANNEL or not _same_node(node, old) or node.type.shape[2:] != old.type.shape[2:]:
@@ -136,10 +186,13 @@ def per_channel(node, old, patch: Patch) -> Patch | None:
     if set(node.weights) != set(old.weights):
         return None
     for key, w in node.weights.items():
-        if w.ndim != 1 or not _runs_equal(w, old.weights[key], patch.runs, 0):
+        if w.ndim != 1 or not _runs_equal(w, old.weights[key], patch, 0):
             return None
-    values = on_channels(node, patch.index, patch.values)
-    return Patch((patch.shape[0],) + tuple(node.type.shape[1:]), patch.runs, patch.index, values)
+    values = (on_channels(node, patch.index, patch.values) if len(patch.index)
+              else np.empty((patch.values.shape[0], 0) + tuple(node.type.shape[2:])))
+    out = Patch((patch.shape[0],) + tuple(node.type.shape[1:]), patch.runs, patch.index, values)
+    out._held, out._folds = patch._held, patch._folds  # the same runs
+    return out
 
 
 def on_channels(node, index: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -161,32 +214,137 @@ def flatten(node, old, patch: Patch) -> Patch | None:
                  patch.values.reshape(patch.values.shape[0], -1))
 
 
-def linear_delta(node, old, patch: Patch, old_input: np.ndarray) -> np.ndarray | None:
-    """`new_out - old_out` of a linear reader of a patch from the touched channels only (module doc), or None
-    when the rule does not apply (then the caller evaluates the node whole).
+def linear_delta(node, old, patch: Patch, old_input, rows=None) -> np.ndarray | None:
+    """`new_out - old_out` of a linear layer reading a patch, from the channels where they can differ only
+    (module doc), or None when the rule does not apply (then the caller evaluates the node whole).
 
-    old_input: (channels) -> those channels of the cached old value of the node's input (float64), called
-               only when the patch replaced old channels.
-    """
-    if node.op not in ("conv2d", "linear") or not _same_node(node, old) or node.type != old.type:
+    old_input: (channels) -> those channels of the cached old value of the node's input (float64), called only
+               for the channels whose weights do not cancel.
+    rows:      for a widened layer, the old row each new row copies (the pass's claim): the difference is then
+               new_out[:, r] - old_out[:, rows[r]], and bias and weights are compared with the old rows.
+
+    Write src(j) for the old channel the patch's new channel j holds. The new output sums W'[:, j] x[src(j)] over
+    the held channels and W'[:, T] v over the touched ones (T, values v); grouping the held channels by their
+    old channel c, it is sum_c F[:, c] x[c] + W'[:, T] v with the fold F[:, c] = sum_{src(j) = c} W'[:, j]. So
+
+        new_out - old_out  =  sum_c (F - W)[:, c] x_old[c]  +  W'[:, T] v,
+
+    and every c where F equals W bitwise contributes exactly nothing: a run whose weights are the old ones, and
+    Net2Wider's split columns, W / k on each of k copies (k a power of two: exact; W / 3 three times can miss W
+    by an ulp, and that column is computed). F is summed in float64 from float32 weights, exact for the sums
+    of a few equal numbers a widen makes (any other rounding is 1e-16 relative). Only the columns D where F
+    differs from W, and the old columns no new channel holds (F = 0), are multiplied: a widen's copies read
+    through every later layer of a dense block cost a comparison of weights, not a convolution."""
+    if node.op not in ("conv2d", "linear") or old is None or old.op != node.op or old.inputs != node.inputs:
         return None
-    if node.op == "conv2d" and node.attrs["groups"] != 1:
+    attrs, old_attrs = dict(node.attrs), dict(old.attrs)
+    if rows is None:
+        if attrs != old_attrs or node.type != old.type:
+            return None
+    else:
+        attrs.pop("out", None), old_attrs.pop("out", None)
+        rows = np.asarray(rows)
+        if attrs != old_attrs or node.type.shape[2:] != old.type.shape[2:] or rows.ndim != 1 \
+                or rows.dtype.kind not in "iu" or len(rows) != node.type.shape[1] \
+                or (len(rows) and (rows.min() < 0 or rows.max() >= old.type.shape[1])):
+            return None
+    if (node.op == "conv2d" and node.attrs["groups"] != 1) or set(node.weights) != set(old.weights):
         return None
     w_new, w_old = node.weights["weight"], old.weights["weight"]
+    if w_new.shape[2:] != w_old.shape[2:] or w_new.shape[1] != patch.shape[1]:
+        return None
     bias_new, bias_old = node.weights.get("bias"), old.weights.get("bias")
-    if (bias_new is None) != (bias_old is None) or (bias_new is not None and not np.array_equal(bias_new, bias_old)):
+    if bias_new is not None and not np.array_equal(bias_new, bias_old if rows is None else bias_old[rows]):
         return None
-    if not _runs_equal(w_new, w_old, patch.runs, 1):
-        return None
-    old_index = patch.old_index(w_old.shape[1])
-    x_old = old_input(old_index) if len(old_index) else None
-    a = w_new[:, patch.index].astype(np.float64)
-    b = w_old[:, old_index].astype(np.float64)
+    if patch.folds() and math.prod(node.type.shape[2:]) * patch.shape[0] < FOLD_POSITIONS:
+        return None  # a product over so few positions costs less than folding the weights
+    differ = _differing_columns(w_new, w_old, rows, patch)
+    if not len(differ) and not len(patch.index):
+        return np.zeros(0)  # every product cancels: exactly no difference
+    x_old = old_input(differ) if len(differ) else None
+    src = patch.sources()
+    delta = np.empty((patch.shape[0], w_new.shape[0]) + tuple(node.type.shape[2:]))
+    step = max(1, ROWS // max(1, w_new[0].size))
+    for start in range(0, w_new.shape[0], step):  # a block of output rows at a time: float64 weights stay small
+        block = slice(start, start + step)
+        part = 0.0
+        if x_old is not None:
+            reference = (w_old[block] if rows is None else w_old[rows[block]])[:, differ].astype(np.float64)
+            part = _contribution(node, x_old, _fold(w_new[block], src, differ, w_old.shape[1]) - reference)
+        if len(patch.index):
+            part = part + _contribution(node, patch.values, w_new[block][:, patch.index].astype(np.float64))
+        delta[:, block] = part
+    return delta
+
+
+FOLD_POSITIONS = 512
+"""Below this many output positions (probes x output pixels) a layer whose input repeats old channels (a widen's
+copies) is evaluated whole rather than checked by folding its weights (`linear_delta`): folding costs a few
+numpy passes over the weights whatever the positions, the float64 product 2 x positions operations per weight.
+Measured on widened conv pairs (64 and 256 channels, 1x1 and 3x3, 4 probes): folding took 2.5-3.6x the product's
+time at 16 positions, 0.9-1.2x at 256, 0.27-0.54x at 1024."""
+
+
+def _fold(w_new: np.ndarray, src: np.ndarray, columns: np.ndarray, c_old: int) -> np.ndarray:
+    """F[:, columns] (float64): for each of those old columns, the sum of the new columns holding it (0 if none)."""
+    slot_of = np.full(c_old, -1, dtype=np.int64)
+    slot_of[columns] = np.arange(len(columns))
+    held = np.flatnonzero(src >= 0)
+    slots = slot_of[src[held]]
+    keep = slots >= 0
+    held, slots = held[keep], slots[keep]
+    out = np.zeros((w_new.shape[0], len(columns)) + w_new.shape[2:])
+    order = np.argsort(slots, kind="stable")  # one pass per copy rank: within a pass each slot at most once
+    held, slots = held[order], slots[order]
+    first = np.r_[True, slots[1:] != slots[:-1]] if len(slots) else np.zeros(0, dtype=bool)
+    rank = np.arange(len(slots)) - np.maximum.accumulate(np.where(first, np.arange(len(slots)), 0))
+    for r in range(int(rank.max(initial=-1)) + 1):
+        at = rank == r
+        out[:, slots[at]] += w_new[:, held[at]]
+    return out
+
+
+def _differing_columns(w_new: np.ndarray, w_old: np.ndarray, rows, patch: Patch) -> np.ndarray:
+    """The old columns c where the fold F[:, c] is not bitwise the old weight's (rows: gathered), and those no
+    new channel holds (`linear_delta`), compared a block of rows at a time."""
+    c_old = w_old.shape[1]
+    new, olds = patch.held()
+    order = np.argsort(olds, kind="stable")
+    cols, olds = new[order], olds[order]
+    heads = np.flatnonzero(np.r_[True, olds[1:] != olds[:-1]]) if len(olds) else np.zeros(0, dtype=np.int64)
+    targets = olds[heads]
+    differ = np.ones(c_old, dtype=bool)  # columns nobody holds stay "differ": F = 0 there
+    if not len(targets):
+        return np.flatnonzero(differ)
+    folds = patch.folds()
+    if not folds and rows is None and _runs_equal(w_new, w_old, patch, 1):
+        differ[targets] = False  # each held once, weights the old ones (views, no copy, for a few runs)
+        return np.flatnonzero(differ)
+    identity = not folds and len(cols) == c_old == w_new.shape[1] and np.array_equal(cols, np.arange(c_old)) \
+        and np.array_equal(targets, cols)
+    same = np.ones(len(targets), dtype=bool)
+    step = max(1, ROWS // max(1, w_new[0].size))
+    for start in range(0, w_new.shape[0], step):
+        block = slice(start, start + step)
+        reference = w_old[block] if rows is None else w_old[rows[block]]
+        if identity:  # a widened layer reading unchanged values: its rows against the old rows
+            equal = w_new[block] == reference
+        elif not folds:
+            equal = w_new[block][:, cols] == reference[:, targets]
+        else:
+            folded = np.add.reduceat(w_new[block][:, cols].astype(np.float64), heads, axis=1)
+            equal = folded == reference[:, targets].astype(np.float64)
+        same &= equal.reshape(equal.shape[0], equal.shape[1], -1).all(axis=(0, 2))
+    differ[targets] = ~same
+    return np.flatnonzero(differ)
+
+
+def _contribution(node, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The contribution of some input channels (values x, weights w on them) to a linear layer's output, bias
+    left out."""
     if node.op == "linear":
-        new = patch.values @ a.T
-        return new if x_old is None else new - x_old @ b.T
-    new = _conv(node, patch.values, a)
-    return new if x_old is None else new - _conv(node, x_old, b)
+        return x @ w.T
+    return _conv(node, x, w)
 
 
 def _conv(node, x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -196,30 +354,4 @@ def _conv(node, x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 ROWS = 1 << 20
-"""Weights compared at a time by `copied_rows` (a gathered copy of the old rows is made to compare against)."""
-
-
-def copied_rows(node, old, index, clean: bool) -> bool:
-    """Whether `node`, a widened layer whose inputs hold their old values (`clean`), has as output row j
-    exactly the old node's row index[j] (weights and bias, bitwise): then its value is the old value gathered
-    by `index` (module doc)."""
-    if index is None or not clean or old is None or node.op not in ("conv2d", "linear") or old.op != node.op:
-        return False
-    if old.inputs != node.inputs or len(index) != node.type.shape[1] or node.type.shape[2:] != old.type.shape[2:]:
-        return False
-    attrs, old_attrs = dict(node.attrs), dict(old.attrs)
-    attrs.pop("out", None), old_attrs.pop("out", None)
-    if attrs != old_attrs or attrs.get("groups", 1) != 1 or set(node.weights) != set(old.weights):
-        return False
-    index = np.asarray(index)
-    if index.ndim != 1 or (len(index) and (index.min() < 0 or index.max() >= old.type.shape[1])):
-        return False
-    for key, w in node.weights.items():
-        w_old = old.weights[key]
-        if w.shape[1:] != w_old.shape[1:]:
-            return False
-        rows = max(1, ROWS // max(1, w[0].size))
-        for start in range(0, len(index), rows):
-            if not np.array_equal(w[start:start + rows], w_old[index[start:start + rows]]):
-                return False
-    return True
+"""Weights compared at a time by `linear_delta` (a gathered copy of the rows is made to compare against)."""

@@ -47,6 +47,7 @@ block.
 from __future__ import annotations
 
 import weakref
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -84,6 +85,31 @@ def _evaluate(node, args: list) -> np.ndarray:
     if bias is not None:
         y += bias.reshape((1, -1) + (1,) * (y.ndim - 2))
     return y
+
+
+def _evaluate_distinct_rows(node, args: list, claim) -> np.ndarray:
+    """`_evaluate`, computing each distinct output row of a widened layer once: rows r and r' that copy the same
+    old row (the pass's claim) and are bitwise the same weights and bias compute the same function of the same
+    input, so the layer is evaluated on one row of each and the result gathered (half the products of a layer
+    widened x2 that reads a changed value). Without a claim, or when the rows differ, the layer is evaluated
+    whole."""
+    weight = node.weights.get("weight")
+    if claim is None or node.op not in ("conv2d", "linear") or weight is None \
+            or (node.op == "conv2d" and node.attrs["groups"] != 1):
+        return _evaluate(node, args)
+    claim = np.asarray(claim)
+    if claim.ndim != 1 or len(claim) != weight.shape[0] or claim.dtype.kind not in "iu":
+        return _evaluate(node, args)
+    _, first, inverse = np.unique(claim, return_index=True, return_inverse=True)
+    if len(first) == len(claim):
+        return _evaluate(node, args)
+    chosen = first[inverse]  # for each row, the first row copying the same old row
+    bias = node.weights.get("bias")
+    if not np.array_equal(weight, weight[chosen]) or (bias is not None and not np.array_equal(bias, bias[chosen])):
+        return _evaluate(node, args)
+    rows = SimpleNamespace(name=node.name, op=node.op, attrs=node.attrs, type=node.type,
+                           weights={k: w[first] for k, w in node.weights.items()})
+    return _evaluate(rows, args)[:, inverse]
 
 
 def identity_diff(before: Graph, after: Graph) -> frozenset:
@@ -173,6 +199,8 @@ def _channel_step(node, old, patches: dict, state, cached, after: Graph, before:
     (`local_channels`); None: evaluate it whole."""
     if node.op == "concat":
         return channels.concat(node, old, state, after, before)
+    if node.op in ("add", "mul"):
+        return channels.elementwise(node, old, [patches.get(i) for i in node.inputs])
     if len(node.inputs) != 1 or node.inputs[0] not in patches:
         return None
     patch = patches[node.inputs[0]]
@@ -257,7 +285,11 @@ def renamed_inputs(node, old) -> list:
 
 
 def _agrees(value, old_value, rtol: float) -> bool:
-    return value.shape == old_value.shape and _max_abs(value - old_value) <= rtol * (1 + _max_abs(old_value))
+    return value.shape == old_value.shape and _within(value - old_value, old_value, rtol)
+
+
+def _within(difference, old_value, rtol: float) -> bool:
+    return _max_abs(difference) <= rtol * (1 + _max_abs(old_value))
 
 
 KEPT_OPS = frozenset({"input", "conv2d", "linear", "maxpool2d", "avgpool2d", "global_avgpool"})
@@ -344,6 +376,9 @@ def _check_region(before: Graph, after: Graph, cached: Activations, rewritten, r
         worst, scale = max(worst, diff), max(scale, size)
         return diff
 
+    def batch() -> int:
+        return cached[before.inputs[0].name].shape[0]
+
     def holds_old_value(i: str) -> bool:
         """Whether value `i` is its cached old value: nothing this region evaluated changed it."""
         return i in cached and i not in dirty and i not in new_values
@@ -367,12 +402,21 @@ def _check_region(before: Graph, after: Graph, cached: Activations, rewritten, r
                 else:  # a linear reader's new - old output, from the touched channels: agrees or raises
                     compare(name, None, cached[name], delta=step)
                 continue
-        clean = name in cached and not any(i in dirty or i in new_values for i in node.inputs)
-        if copies and channels.copied_rows(node, old, copies.get(name), clean):
-            new_values[name] = cached[name][:, np.asarray(copies[name])].astype(np.float64)
-            dirty.add(name)
-            evaluated += 1
-            continue
+        claim = copies.get(name) if copies and name in cached and len(node.inputs) == 1 else None
+        if claim is not None:  # a widened layer: its value the old one gathered by the claim, where proven
+            inp = node.inputs[0]
+            patch = patches.get(inp)
+            if patch is None and holds_old_value(inp):
+                patch = channels.Patch.gather((batch(),) + tuple(after.node(inp).type.shape[1:]),
+                                              np.arange(after.node(inp).type.shape[1]))
+            delta = None if patch is None else channels.linear_delta(
+                node, old, patch, lambda index: cached.channels(inp, index), rows=np.asarray(claim))
+            if delta is not None and (not delta.size if not exact else _within(delta, cached[name], rtol)):
+                compare(name, None, cached[name], delta=delta)
+                patches[name] = channels.Patch.gather((batch(),) + tuple(node.type.shape[1:]), claim)
+                dirty.add(name)
+                evaluated += 1
+                continue
         comparable = old is not None and name in cached and old.type == node.type  # an old value to agree with
         if comparable and extends_with_zeros(node, old, after, holds_old_value, new_values):
             evaluated += 1  # the old layer's function exactly (`extends_with_zeros`): its cached value holds
@@ -393,7 +437,7 @@ def _check_region(before: Graph, after: Graph, cached: Activations, rewritten, r
         if old is None and is_identity_layer(node, after.node(node.inputs[0]).type if node.inputs else None):
             value = arguments[0]  # an inserted identity layer computes its input exactly (`is_identity_layer`)
         else:
-            value = _evaluate(node, arguments)
+            value = _evaluate_distinct_rows(node, arguments, claim)
         evaluated += 1
         if comparable:
             # agrees: downstream reads the cached value again (a noisy pass: its new value, see `changed`)
@@ -420,6 +464,8 @@ def _check_region(before: Graph, after: Graph, cached: Activations, rewritten, r
             pending.add(name)
         elif name in keep and name in new_values:
             values[name] = new_values[name].astype(np.float32)
+        elif name in keep and name in patches and name in cached.values and name not in cached.pending:
+            values[name] = patches[name].assemble(cached.values[name], np.float32)
         elif (name in keep and name in cached.values and name not in cached.pending and name not in noisy
               and name not in patches and name not in dirty):
             values[name] = cached.values[name]

@@ -78,6 +78,59 @@ class Widen(_ModulePass):
         return _widen_growth(graph, layer, width)
 
 
+def _many_growth(graph: Graph, layers, factor) -> int | None:
+    """The parameters `widen_many` adds, counted from the widths alone: a value carrying flows' channels grows
+    by (m - n) * block columns per place; a source's or channel-wise op's weights grow by their output's, a
+    consumer's by its input's (both, for a layer that is the one and the other)."""
+    from .channels import trace_channels
+
+    try:
+        factor = float(factor)
+        extra: dict = {}
+        sources, consumers, covered = set(), set(), set()
+        for layer in layers:
+            if layer in covered:
+                continue
+            flow = trace_channels(graph, layer)
+            covered.update(flow.sources)
+            grow = math.ceil(flow.width * factor) - flow.width
+            for value, facts in flow.segments.items():
+                extra[value] = extra.get(value, 0) + sum(grow * f.block for f in facts)
+            sources.update(flow.sources)
+            consumers.update(flow.consumers)
+    except Exception:  # noqa: BLE001 - no estimate; the pass itself says what is wrong
+        return None
+    added = 0
+    for name in set(extra) | sources | consumers:
+        node = graph.node(name)
+        rows = extra.get(name, 0) if name in sources or name in extra else 0
+        cols = extra.get(node.inputs[0], 0) if name in consumers else 0
+        for key, w in node.weights.items():
+            if key in ("mean", "var"):  # running statistics: not parameters (`Node.params`)
+                continue
+            shape = list(w.shape)
+            shape[0] += rows
+            if len(shape) > 1:
+                shape[1] += cols
+            added += math.prod(shape) - w.size
+    return added
+
+
+class WidenMany(_ModulePass):
+    name = "widen_many"
+    module, function = "widen", "widen_many"
+    arguments = ("layers", "factor")
+
+    def candidates(self, graph: Graph) -> list:
+        from .widen import many_reason, widenable_layers
+
+        layers = [layer for layer in widenable_layers(graph) if many_reason(graph, layer) is None]
+        return [{"layers": layers}] if layers else []
+
+    def added_params(self, graph, layers=(), factor=2.0, **args):
+        return _many_growth(graph, layers, factor)
+
+
 class Deepen(_ModulePass):
     name = "deepen"
     module, function = "deepen", "deepen"
@@ -177,7 +230,8 @@ class DenseDeepen(_ModulePass):
 
 def registry() -> dict:
     """Every pass by name: instances of the pass protocol (`base.Pass`)."""
-    return {p.name: p for p in (Widen(), Deepen(), Skip(), WidenKernel(), DenseWiden(), DenseDeepen())}
+    return {p.name: p for p in (Widen(), WidenMany(), Deepen(), Skip(), WidenKernel(), DenseWiden(),
+                                 DenseDeepen())}
 
 
 def apply_pass(graph: Graph, name: str, *, rng: np.random.Generator | None = None, probes: dict | None = None,
@@ -213,15 +267,21 @@ def widen_all(graph: Graph, factor: float, *, rng=None, probes=None, executor=ru
 
 
 def iter_widen_all(manager, factor: float, noise: float = 0.0):
-    """`widen_all` one result at a time, so a caller that reports and drops each keeps no old graphs."""
-    from .widen import nearest_valid_width, widenable_layers
+    """`widen_all` one result at a time, so a caller that reports and drops each keeps no old graphs.
+
+    Without noise, the layers `widen_many` takes are widened by one pass of it (each weight gathered and
+    checked once, not once per layer whose channels it holds), the others one `widen` each."""
+    from .widen import many_reason, nearest_valid_width, widenable_layers
 
     graph = manager.graph
     targets = {name: nearest_valid_width(graph, name, math.ceil(graph.node(name).width * factor))
                for name in widenable_layers(graph)}
     if not targets:
         raise PassError("no layer of this graph can be widened (layers that reach an output cannot)")
+    together = [name for name in targets if many_reason(graph, name) is None] if noise == 0 else []
     del graph
+    if len(together) > 1:
+        yield manager.run("widen_many", layers=together, factor=factor)
     for name, width in targets.items():
         if manager.graph.node(name).width >= width:
             continue

@@ -44,7 +44,8 @@ from easc.ir import OPS, Graph, UnknownNodeError
 from easc.ir.ops import LAYER_OPS, infer_type, shuffle_index
 
 from .base import PRESERVATION_RTOL, PassError, PassResult, default_rng, owned
-from .channels import ChannelFlow, ChannelFlowError, Remap, Segment, is_depthwise, rearrangement, trace_channels
+from .channels import (ChannelFlow, ChannelFlowError, Remap, Segment, combined_remaps, is_depthwise, rearrangement,
+                       trace_channels)
 
 NOISE_TOLERANCE_FACTOR = 10.0
 """Allowed output change per unit of noise, relative to (1 + max |output|).
@@ -147,10 +148,82 @@ def widen(graph: Graph, layer: str, width: int, *, rng: np.random.Generator | No
                         f"grows by a multiple of {flow.groups} (every group alike); {width} is {n} + {width - n}")
     rng = default_rng(rng)
     g = wider_mapping(n, width, rng, flow.groups)
-    remaps = flow.remaps(g)
+    result = _rewrite(graph, [(flow, g)], flow.remaps(g), noise, rng)
+    result.record.update({"pass": "widen", "layer": layer, "width": width})
+    if noise > 0:
+        result.record["noise"] = float(noise)
+        result.exact = False
+        result.tolerance = max(PRESERVATION_RTOL, NOISE_TOLERANCE_FACTOR * noise * math.sqrt((width - n) / n))
+    return result
 
+
+def many_reason(graph: Graph, layer: str) -> str | None:
+    """Why `widen_many` would not take `layer` along with others (None: it would). It takes the layers whose
+    channels stay whole segments of ungrouped values: a channel shuffle, gather or slice on the way needs the
+    per-flow unit layout (`channels.combined_remaps`), and a grouped conv its own mapping; `widen` takes those
+    one at a time."""
+    why = widen_reason(graph, layer)
+    if why is not None:
+        return why
+    flow = _flow(graph, layer)
+    if flow.groups != 1:
+        return f"widen_many {layer}: its channels pass through a grouped conv; widen it on its own"
+    for value in flow.segments:
+        for reader in graph.consumers(value):
+            if rearrangement(graph.node(reader), flow.channels[value]) is not None:
+                return (f"widen_many {layer}: its channels pass through {reader} ({graph.node(reader).op}); "
+                        f"widen it on its own")
+    return None
+
+
+def widen_many(graph: Graph, layers, factor: float = 2.0, *, rng: np.random.Generator | None = None) -> PassResult:
+    """Widen each of `layers` to ceil(width * factor) units in one rewrite, keeping the function.
+
+    The same Net2Wider as `widen` (module doc), one mapping g per layer drawn in the order given, applied to
+    all of them at once: every weight on the way is gathered once, by the composition of the mappings whose
+    channels it holds (`channels.combined_remaps`; their channels never share a column, so each mapping acts on
+    its own columns and the sums of each consumer are unchanged flow by flow). A layer coupled to an earlier
+    one through a residual add is widened by it, with its mapping. Widening every layer of a DenseNet one pass
+    at a time remaps each later layer of a block once per earlier layer; here once. Exact (no noise: `widen`
+    adds noise, one layer at a time). Raises `PassError` for a layer `many_reason` refuses, or a width the
+    factor does not grow.
+    """
+    if isinstance(factor, bool) or not isinstance(factor, (int, float, np.number)) \
+            or not (math.isfinite(factor) and factor > 1):
+        raise PassError(f"widen_many: factor must be a finite number > 1, got {factor!r}")
+    rng = default_rng(rng)
+    flows, covered = [], set()
+    for layer in layers:
+        _layer(graph, layer)
+        if layer in covered:  # coupled to an earlier layer through an add: widened with its mapping
+            continue
+        why = many_reason(graph, layer)
+        if why is not None:
+            raise PassError(why if why.startswith("widen_many") else f"widen_many: {why}")
+        flow = _flow(graph, layer)
+        n = flow.width
+        width = math.ceil(n * factor)
+        flows.append((flow, wider_mapping(n, width, rng)))
+        covered.update(flow.sources)
+    if not flows:
+        raise PassError("widen_many: no layer given")
+    try:
+        remaps = combined_remaps(flows)
+    except ChannelFlowError as e:
+        raise PassError(f"widen_many: {e}") from None
+    result = _rewrite(graph, flows, remaps, 0.0, rng)
+    result.record.update({"pass": "widen_many", "layers": [flow.layer for flow, _ in flows], "factor": float(factor)})
+    return result
+
+
+def _rewrite(graph: Graph, flows: list, remaps: dict, noise: float, rng) -> PassResult:
+    """The widened graph: each flow's sources gather their output rows, channel-wise ops and depthwise convs
+    their channels, consumers their input columns (`remaps`: every value carrying channels, by `ChannelFlow.remaps`
+    for one flow, `channels.combined_remaps` for several)."""
+    source_of = {s: flow for flow, _ in flows for s in flow.sources}
+    consumers = {c for flow, _ in flows for c in flow.consumers}
     new_nodes, types, edits, rewritten = [], {}, {}, []
-    roles = set(remaps) | set(flow.sources) | set(flow.consumers)
+    roles = set(remaps) | set(source_of) | consumers
     retyped: set = set()  # nodes whose type changed: their readers' types are inferred again
     for node in graph.nodes:
         if node.op == "input" or (node.name not in roles
@@ -161,14 +234,14 @@ def widen(graph: Graph, layer: str, width: int, *, rng: np.random.Generator | No
             continue
         attrs, weights, lines = dict(node.attrs), dict(node.weights), []
         here = remaps.get(node.name)
-        if node.name in flow.sources:
+        if node.name in source_of:
             rows = here.index
             weights["weight"] = owned(weights["weight"][rows])
             if "bias" in weights:
                 weights["bias"] = owned(weights["bias"][rows])
             attrs["out"] = len(rows)
             lines.append(f"{node.name}: {node.width} -> {len(rows)} {_unit(node)}"
-                         + _coupling_note(flow, node.name))
+                         + _coupling_note(source_of[node.name], node.name))
         elif here is not None and is_depthwise(node):
             weights = {k: w[here.index] for k, w in weights.items()}
             attrs["out"] = attrs["groups"] = len(here.index)
@@ -177,14 +250,16 @@ def widen(graph: Graph, layer: str, width: int, *, rng: np.random.Generator | No
             weights = {k: owned(w[here.index]) for k, w in weights.items()}
             lines.append(f"{node.name}: gathered {len(here.index)} channels")
         op = node.op
-        if node.inputs and node.inputs[0] in remaps and rearrangement(node, flow.channels[node.inputs[0]]) is not None:
-            op, attrs, line = _rearranged(node, remaps[node.inputs[0]], here, flow)
+        if len(flows) == 1 and node.inputs and node.inputs[0] in remaps \
+                and rearrangement(node, flows[0][0].channels[node.inputs[0]]) is not None:
+            op, attrs, line = _rearranged(node, remaps[node.inputs[0]], here, flows[0][0])
             if line:
                 lines.append(line)
-        if node.name in flow.consumers:
-            lines.append(_remap_consumer(node, weights, remaps[node.inputs[0]], flow, noise, rng))
-        if node.op in ("concat", "add") and here is not None and len(here.index) != flow.channels[node.name]:
-            lines.append(_join_note(node, flow, here))
+        if node.name in consumers:
+            blocks = sorted({f.block for flow, _ in flows for f in flow.segments.get(node.inputs[0], ())})
+            lines.append(_remap_consumer(node, weights, remaps[node.inputs[0]], blocks, noise, rng))
+        if node.op in ("concat", "add") and here is not None and len(here.index) != node.type.channels:
+            lines.append(_join_note(node, [flow for flow, _ in flows if node.name in flow.segments], here))
         new_type = infer_type(op, [types[i] for i in node.inputs], attrs)
         if lines or new_type != node.type:
             if new_type != node.type:
@@ -196,15 +271,10 @@ def widen(graph: Graph, layer: str, width: int, *, rng: np.random.Generator | No
         if lines:
             edits[node.name] = lines
 
-    changes = edits.pop(layer) + [line for lines in edits.values() for line in lines]
-    record = {"pass": "widen", "layer": layer, "width": width}
-    result = PassResult(graph.replace(nodes=new_nodes), changes, record, rewritten=frozenset(rewritten),
-                        channels={value: remap.index for value, remap in remaps.items()})
-    if noise > 0:
-        record["noise"] = float(noise)
-        result.exact = False
-        result.tolerance = max(PRESERVATION_RTOL, NOISE_TOLERANCE_FACTOR * noise * math.sqrt((width - n) / n))
-    return result
+    first = flows[0][0].layer
+    changes = edits.pop(first, []) + [line for lines in edits.values() for line in lines]
+    return PassResult(graph.replace(nodes=new_nodes), changes, {}, rewritten=frozenset(rewritten),
+                      channels={value: remap.index for value, remap in remaps.items()})
 
 
 def _rearranged(node, before: Remap, after: Remap | None, flow: ChannelFlow) -> tuple:
@@ -251,20 +321,20 @@ def _coupling_note(flow: ChannelFlow, name: str) -> str:
     return f" (coupled to {flow.layer} through {via}:{part} same mapping)"
 
 
-def _join_note(node, flow: ChannelFlow, remap) -> str:
-    old, new = flow.channels[node.name], len(remap.index)
+def _join_note(node, flows: list, remap) -> str:
+    old, new = node.type.channels, len(remap.index)
     if node.op == "add":
-        coupled = flow.couplings.get(node.name, ())
+        coupled = [s for flow in flows for s in flow.couplings.get(node.name, ())]
         note = f"; widens {', '.join(coupled)} with the same mapping" if coupled else ""
         return f"{node.name}: {old} -> {new} {_unit(node)} (all inputs remapped alike{note})"
-    facts = flow.segments[node.name]
+    facts = sorted((f for flow in flows for f in flow.segments[node.name]), key=lambda f: f.start)
     if any(not isinstance(f, Segment) for f in facts):
         return f"{node.name}: {old} -> {new} {_unit(node)} (copies next to their channels, the rest in order)"
     starts = ", ".join(str(s.start) for s in facts)
     return f"{node.name}: {old} -> {new} {_unit(node)} (segment at offset {starts} widened, later ones shifted)"
 
 
-def _remap_consumer(node, weights: dict, remap, flow: ChannelFlow, noise: float, rng) -> str:
+def _remap_consumer(node, weights: dict, remap, blocks: list, noise: float, rng) -> str:
     """Gather the consumer's input axis (1) by g, divide by copy counts, add noise to new copies' columns."""
     original = weights["weight"]
     groups = node.attrs.get("groups", 1) if node.op == "conv2d" else 1
@@ -295,7 +365,6 @@ def _remap_consumer(node, weights: dict, remap, flow: ChannelFlow, noise: float,
         if noise > 0 else ""
     if node.op == "conv2d":
         return f"{node.name}: input channels remapped ({old} -> {new}{note})"
-    blocks = sorted({s.block for s in flow.segments[node.inputs[0]]})
     if blocks != [1]:
         return (f"{node.name}: input columns remapped in blocks of {'/'.join(map(str, blocks))} "
                 f"({old} -> {new}{note})")

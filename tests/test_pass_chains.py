@@ -1,7 +1,7 @@
 """Properties over random graphs (`strategies.cnn_graphs`) and random chains of up to 20 passes.
 
 - every drawn graph verifies, prints / parses back to the same text, and hashes the same under renaming;
-- a chain of every registered pass (widen, deepen, skip, widen_kernel, dense_widen, dense_deepen), each
+- a chain of every registered pass (widen, widen_many, deepen, skip, widen_kernel, dense_widen, dense_deepen), each
   applied at a place its `candidates` names on the current graph, in one `PassManager` (verifier and local
   check after each), keeps verify() true and the outputs within PRESERVATION_RTOL, step by step (checked
   again on the whole graph's outputs) and end to end, and leaves the graph it started from untouched;
@@ -70,6 +70,9 @@ def _arguments(data, manager, name: str, where: dict) -> dict:
         return {**where, "pool": data.draw(st.sampled_from(["avg", "max"]), label="pool")}
     if name == "widen":
         return {**where, "width": graph.node(where["layer"]).width + data.draw(st.integers(1, 4), label="extra")}
+    if name == "widen_many":
+        layers = data.draw(st.lists(st.sampled_from(where["layers"]), min_size=1, unique=True), label="layers")
+        return {"layers": layers, "factor": data.draw(st.sampled_from([1.5, 2.0, 3.0]), label="factor")}
     if name == "dense_widen":
         growth = graph.node(where["layer"]).width + data.draw(st.integers(1, 3), label="extra growth")
         return {**where, "growth": growth}

@@ -147,7 +147,8 @@ def test_a_request_over_the_size_limit_is_refused_before_anything_is_allocated()
 def test_each_registered_pass_declares_its_arguments_candidates_and_reasons():
     graph = net()
     passes = registry()
-    assert set(passes) == {"widen", "deepen", "skip", "widen_kernel", "dense_widen", "dense_deepen"}
+    assert set(passes) == {"widen", "widen_many", "deepen", "skip", "widen_kernel", "dense_widen", "dense_deepen"}
+    assert passes["widen_many"].candidates(graph) == [{"layers": ["conv_1", "conv_2", "conv_3"]}]
     assert passes["widen"].arguments[:2] == ("layer", "width")
     assert {"layer": "conv_1"} in passes["widen"].candidates(graph)
     assert {"layer": "fc_1"} not in passes["widen"].candidates(graph)
