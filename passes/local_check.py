@@ -381,9 +381,35 @@ def _check_region(before: Graph, after: Graph, cached: Activations, rewritten, r
 
     def holds_old_value(i: str) -> bool:
         """Whether value `i` is its cached old value: nothing this region evaluated changed it."""
-        return i in cached and i not in dirty and i not in new_values
+        return i in cached and i not in dirty and i not in replaced
 
-    for node in after.nodes:
+    # A new value is let go once its last reader is done (kept in float32 if the chain keeps it, `kept_values`):
+    # a region as large as the graph (`widen_many`) would otherwise hold every float64 value at once.
+    keep = kept_values(after)
+    last = {}
+    for k, n in enumerate(after.nodes):
+        for i in n.inputs:
+            last[i] = k
+    dying: dict = {}
+    for i, k in last.items():
+        if not after.output_names_of(i):
+            dying.setdefault(k, []).append(i)
+    replaced: set = set()  # every name new_values ever held
+    stash: dict = {}  # float32 values of kept nodes let go during the region
+
+    def let_go(names) -> None:
+        for i in names:
+            if i in new_values:
+                if i in keep:
+                    stash[i] = new_values[i].astype(np.float32)
+                del new_values[i]
+            if i in patches:
+                if i in keep and i in cached.values and i not in cached.pending:
+                    stash[i] = patches[i].assemble(cached.values[i], np.float32)
+                del patches[i]
+
+    for k, node in enumerate(after.nodes):
+        let_go(dying.pop(k - 1, ()))
         name = node.name
         if node.op == "input":
             if name not in cached:
@@ -433,6 +459,7 @@ def _check_region(before: Graph, after: Graph, cached: Activations, rewritten, r
         for i in node.inputs:  # a patched input read whole: assembled once
             if i in patches and i not in new_values:
                 new_values[i] = patches[i].assemble(cached[i])
+                replaced.add(i)
         arguments = [new_values[i] if i in new_values else cached[i].astype(np.float64) for i in node.inputs]
         if old is None and is_identity_layer(node, after.node(node.inputs[0]).type if node.inputs else None):
             value = arguments[0]  # an inserted identity layer computes its input exactly (`is_identity_layer`)
@@ -443,9 +470,11 @@ def _check_region(before: Graph, after: Graph, cached: Activations, rewritten, r
             # agrees: downstream reads the cached value again (a noisy pass: its new value, see `changed`)
             if compare(name, value, cached[name]) > 0 and not exact:
                 new_values[name] = value
+                replaced.add(name)
                 changed.append(name)
         else:
             new_values[name] = value
+            replaced.add(name)
             dirty.add(name)
     for public, name in after.outputs.items():
         if name in dirty:
@@ -456,12 +485,13 @@ def _check_region(before: Graph, after: Graph, cached: Activations, rewritten, r
     # region did not evaluate: they were computed from that input's old (cached) value, which the noise has
     # since changed (a dense block: a later layer reads the concatenation of every earlier layer's output).
     noisy = _descendants(after, changed)
-    keep = kept_values(after)
     values, pending = {}, set()
     for n in after.nodes:
         name = n.name
         if name in noisy:
             pending.add(name)
+        elif name in stash:
+            values[name] = stash[name]
         elif name in keep and name in new_values:
             values[name] = new_values[name].astype(np.float32)
         elif name in keep and name in patches and name in cached.values and name not in cached.pending:

@@ -269,19 +269,23 @@ def widen_all(graph: Graph, factor: float, *, rng=None, probes=None, executor=ru
 def iter_widen_all(manager, factor: float, noise: float = 0.0):
     """`widen_all` one result at a time, so a caller that reports and drops each keeps no old graphs.
 
-    Without noise, the layers `widen_many` takes are widened by one pass of it (each weight gathered and
-    checked once, not once per layer whose channels it holds), the others one `widen` each."""
-    from .widen import many_reason, nearest_valid_width, widenable_layers
+    Without noise, layers whose channels meet in common consumers (a dense block, an inception module:
+    `widen.shared_readers`) are widened together by one `widen_many` per group, which gathers each such consumer
+    once instead of once per layer it reads; every other layer by one `widen` (a chain of passes holds only the
+    current graph, where one pass over the whole graph would hold its input and its output at once)."""
+    from .widen import many_reason, nearest_valid_width, shared_readers, widenable_layers
 
     graph = manager.graph
     targets = {name: nearest_valid_width(graph, name, math.ceil(graph.node(name).width * factor))
                for name in widenable_layers(graph)}
     if not targets:
         raise PassError("no layer of this graph can be widened (layers that reach an output cannot)")
-    together = [name for name in targets if many_reason(graph, name) is None] if noise == 0 else []
+    groups = [] if noise else [group for group in shared_readers(graph, [name for name in targets
+                                                                        if many_reason(graph, name) is None])
+                               if len(group) > 1]
     del graph
-    if len(together) > 1:
-        yield manager.run("widen_many", layers=together, factor=factor)
+    for group in groups:
+        yield manager.run("widen_many", layers=group, factor=factor)
     for name, width in targets.items():
         if manager.graph.node(name).width >= width:
             continue

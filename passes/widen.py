@@ -176,6 +176,56 @@ def many_reason(graph: Graph, layer: str) -> str | None:
     return None
 
 
+def shared_readers(graph: Graph, layers) -> list:
+    """`layers` (those `many_reason` accepts) in groups whose channels meet in common consumers, in graph order:
+    two layers are in one group when a layer reads the channels of both (a dense block's later layers read every
+    earlier layer's growth, an inception module's branches are read together by the next module's), and a layer
+    whose channels a layer of such a group reads, or that reads a group's channels, joins it. Widening a group with one `widen_many` gathers each
+    such consumer once; one `widen` per layer would gather it once per layer it reads. A layer coupled to another
+    through an add is in that layer's flow, listed once."""
+    flows, owner = [], {}
+    for layer in layers:
+        if layer in owner:
+            continue
+        flow = _flow(graph, layer)
+        for source in flow.sources:
+            owner[source] = len(flows)
+        flows.append(flow)
+    parent = list(range(len(flows)))
+
+    def root(k: int) -> int:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    first_reader: dict = {}
+    for k, flow in enumerate(flows):
+        for consumer in flow.consumers:
+            if consumer in first_reader:
+                parent[root(k)] = root(first_reader[consumer])
+            else:
+                first_reader[consumer] = k
+    # a flow read by a layer of such a group, or reading one (a dense layer's bottleneck, read by the layer whose
+    # growth the block's later layers read together; a transition, read with the next block's growth), joins it:
+    # that layer is rewritten by the group's pass anyway. Two lone flows stay apart (a plain chain of layers).
+    size: dict = {}
+    for k in range(len(flows)):
+        size[root(k)] = size.get(root(k), 0) + 1
+    for k, flow in enumerate(flows):
+        for c in flow.consumers:
+            if c not in owner:
+                continue
+            a, b = root(k), root(owner[c])
+            if a != b and (size[a] > 1 or size[b] > 1):
+                parent[a] = b
+                size[b] += size[a]
+    groups: dict = {}
+    for k, flow in enumerate(flows):
+        groups.setdefault(root(k), []).append(flow.layer)
+    return list(groups.values())
+
+
 def widen_many(graph: Graph, layers, factor: float = 2.0, *, rng: np.random.Generator | None = None) -> PassResult:
     """Widen each of `layers` to ceil(width * factor) units in one rewrite, keeping the function.
 

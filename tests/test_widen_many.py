@@ -93,32 +93,56 @@ def test_widen_many_refuses_what_it_cannot_combine_with_a_reason():
         widen_many(net(), ["fc_1"], 2.0)
 
 
-@pytest.mark.parametrize("arch", ["shufflenet_v2", "resnext50", "mobilenet_v2", "densenet121", "googlenet"])
-def test_widen_all_widens_what_it_can_together_then_the_rest_one_at_a_time(arch):
-    """The standard layouts at reduced width: `widen_all` (the CLI's bare `--widen`) is one `widen_many` over the
-    layers it combines, then one `widen` for each layer whose channels pass through a shuffle, a slice or a
-    grouped conv; every layer ends doubled (or grown to its groups' multiple) and the function is the same."""
+@pytest.mark.parametrize("arch, together", [("densenet121", True), ("googlenet", True), ("shufflenet_v2", False),
+                                            ("resnext50", False), ("mobilenet_v2", False)])
+def test_widen_all_widens_layers_read_together_in_one_pass_and_the_others_one_at_a_time(arch, together):
+    """The standard layouts at reduced width: `widen_all` (the CLI's bare `--widen`) is one `widen_many` per group
+    of layers whose channels meet in common readers (`shared_readers`: a dense block, an inception module, and
+    the layers feeding them), then one `widen` for each other layer (a plain chain, a residual stage, channels
+    through a shuffle or a grouped conv); every layer ends doubled (or grown to its groups' multiple) and the
+    function is the same."""
     import torch
 
     from easc.backends.torch import from_module
     from easc.backends.torch.zoo import ARCHITECTURES
-    from easc.passes.widen import nearest_valid_width
+    from easc.passes.widen import nearest_valid_width, shared_readers
 
     torch.manual_seed(0)
     model = ARCHITECTURES[arch](num_classes=10, width_mult=0.25).eval()
     graph = from_module(model, torch.randn(2, 3, 32, 32), name=arch)
+    groups = [g for g in shared_readers(graph, _together(graph)) if len(g) > 1]
+    assert bool(groups) == together
     manager = PassManager(graph, seed=0)
     results = widen_all(graph, 2.0, manager=manager)
-    passes = [r.record["pass"] for r in results]
-    assert passes[0] == "widen_many" and set(passes[1:]) <= {"widen"}
-    alone = [layer for layer in widenable_layers(graph) if many_reason(graph, layer) is not None]
-    assert len(passes) - 1 <= len(alone)
+    assert [r.record["layers"] for r in results if r.record["pass"] == "widen_many"] == groups
+    grouped = {layer for g in groups for layer in g}
+    assert all(r.record["layer"] not in grouped for r in results if r.record["pass"] == "widen")
     for layer in widenable_layers(graph):
         target = nearest_valid_width(graph, layer, 2 * graph.node(layer).width)
         assert manager.graph.node(layer).width >= target
     diff, scale = max_output_difference(graph, manager.graph, dict(manager.probes))
     assert diff <= PRESERVATION_RTOL * (1 + scale)
     manager.finish()
+
+
+def test_transform_widen_of_a_densenet_is_one_widen_many_and_keeps_the_function(tmp_path):
+    from click.testing import CliRunner
+
+    from easc.backends.onnx import run_onnx, save_onnx
+    from easc.cli.main import main
+
+    graph = _dense()
+    save_onnx(graph, tmp_path / "dense.onnx")
+    result = CliRunner().invoke(main, ["transform", str(tmp_path / "dense.onnx"), "--widen", "-o",
+                                       str(tmp_path / "wide.onnx")])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("verified exact") == 1
+    assert "widen_many layers=" in result.output and " layers (" in result.output  # the list shown by count
+    x = np.random.default_rng(0).standard_normal((3,) + tuple(graph.inputs[0].type.shape[1:])).astype(np.float32)
+    feeds = {graph.inputs[0].name: x}
+    before = next(iter(run_onnx(tmp_path / "dense.onnx", feeds).values()))
+    after = next(iter(run_onnx(tmp_path / "wide.onnx", feeds).values()))
+    assert np.max(np.abs(after - before)) <= 1e-5 * (1 + np.max(np.abs(before)))
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
