@@ -11,27 +11,33 @@ A value of the new graph whose type changed is kept as a `Patch` of the old grap
     new[:, n:n+l] == old[:, o:o+l]      for each run (n, o, l) of `runs`    (exactly: the very cached values)
     new[:, index]  = values              the touched channels, computed (float64)
 
-and the rules that keep it one are exact statements, checked, never assumed:
+Runs may repeat old channels: a widened layer's output, each copy an old channel, is a patch of runs only (a
+*gather*, `Patch.gather`). The rules that keep a value a patch are exact statements, checked, never assumed:
 - concat (same inputs as the old node): an unchanged input is a run; a patched input's runs are shifted; a
   changed input is touched whole.
 - a per-channel op (batchnorm, the activations, pools, identity; same op, inputs and attributes as the old
   node): channel c of its output depends on channel c of its input and the op's own parameters at c only, so
   a run stays a run when the parameters on the run are *bitwise* equal to the old node's on the matching old
   channels; the touched channels are computed with the parameters gathered at them.
+- add / mul of gathers with the same runs (a residual join after a widen): the same gather of the old result.
 - flatten: channel c becomes features [c*S, (c+1)*S) (S: the spatial size), runs and touched scale with it.
 - a linear reader (conv2d with groups=1, linear; same op, inputs, attributes, bias and output type as the old
-  node): it sums over input channels, so with its weights on every run bitwise equal to the old node's on the
-  old channels (the same numbers times the same numbers cancel exactly),
+  node): it sums over input channels. Grouping the channels its runs hold by the old channel c they hold, its
+  new output is sum_c F[:, c] x_old[c] + W_new[:, T] v, with the fold F[:, c] the sum of its new weights'
+  columns holding c (T, v: the touched channels and their values), so
 
-      new_out - old_out  =  f(new[:, T_new], W_new[:, T_new])  -  f(old[:, T_old], W_old[:, T_old])
+      new_out - old_out  =  sum_c (F - W_old)[:, c] x_old[c]  +  f(v, W_new[:, T])
 
-  (T: the channels outside the runs, bias left out of both), which is computed and compared with the old
-  output's scale as the whole-value check compares `new_out - old_out`. Its output then agrees, as there.
-- a widened layer (conv2d with groups=1, linear) reading unchanged values, whose every output row (weights
-  and bias) is *bitwise* the row index[j] of the old node (index: the pass's `PassResult.channels` for it,
-  used as a claim and checked): its output channel j is the old output channel index[j], the same products
-  of the same numbers, so its new value is the old one gathered, and the layer is not evaluated
-  (`copied_rows`).
+  (bias left out of both, the same), and every c where F is *bitwise* W_old contributes exactly nothing: a run
+  whose weights are the old ones (the same numbers times the same numbers cancel), Net2Wider's split columns
+  W / k on k copies (exactly W for k a power of two). The rest is computed and compared with the old output's
+  scale as the whole-value check compares `new_out - old_out`; its output then agrees, as there. Folding costs
+  a few passes over the weights whatever the positions, so below `FOLD_POSITIONS` a reader of copies is
+  evaluated whole instead (a float64 product over few positions is the cheaper one).
+- a widened layer (the same, its output rows grown) reading unchanged values or a patch: with the pass's claim
+  rows (`PassResult.channels`: each new row's old row; used as a claim and checked), the same rule compares
+  its rows' folds with the old rows W_old[rows] and its bias with theirs; when nothing differs beyond the
+  tolerance, its new value is the old one gathered by `rows` (a gather), and the layer is not evaluated.
 Anything else that reads a patch, or a rule whose equalities do not hold (a pass that changed a weight it
 should not have), gets the patch assembled into the whole new value and the ordinary evaluation: the fast path
 only skips work whose result it has proven, so it can miss nothing the whole-value check would catch.

@@ -41,7 +41,11 @@ A value whose channel count changed (every later concatenation of a dense block,
 widened or a layer is added) is followed on the channels that changed only, the others proven equal to the
 old value, up to the linear layers that read it, whose change of output is computed from those channels
 (`local_channels`): the check of a dense widen costs the channels it touched, not every later layer of the
-block.
+block. A widened layer's output is followed the same way, as a gather of its old value (each copy an old
+channel), through the per-channel ops and joins after it, to the layers reading it, whose split columns are
+checked by folding them back onto the old columns (`local_channels.linear_delta`); a widened layer evaluated
+whole computes each of its distinct rows once. A region as large as the graph (`widen_many`) lets each value
+it computed go once its last reader is done.
 """
 
 from __future__ import annotations
@@ -292,6 +296,9 @@ def _within(difference, old_value, rtol: float) -> bool:
     return _max_abs(difference) <= rtol * (1 + _max_abs(old_value))
 
 
+LARGE_REGION = 32
+"""Values a region computes before it starts letting them go after their last readers (`_check_region`)."""
+
 KEPT_OPS = frozenset({"input", "conv2d", "linear", "maxpool2d", "avgpool2d", "global_avgpool"})
 """Ops whose probe values a chain keeps (float32); every other value is *pending*, computed again from its
 inputs when a check reads it. Those others (batchnorm, activations, concatenations, adds, reshapes) are
@@ -332,8 +339,9 @@ def check_region(before: Graph, after: Graph, cached, rewritten, rtol: float, wh
     exact:  False for a pass that adds noise on purpose: a value it changes within `rtol` is kept as its new
             value, and everything downstream becomes pending (computed from it if a later region needs it).
     copies: the pass's claim, value -> for each new channel the old channel it copies (`PassResult.channels`):
-            a widened layer whose rows are proven copies (`local_channels.copied_rows`) is not evaluated, its
-            value is the old one gathered.
+            a widened layer whose rows are proven copies (`local_channels.linear_delta` with the claim's rows)
+            is not evaluated, its value is the old one gathered; one evaluated whole computes each distinct
+            row once (`_evaluate_distinct_rows`).
     Returns (`Activations` of `after`, sharing `cached`'s arrays for untouched nodes; max |difference| seen;
     max |value| there; nodes evaluated). Raises `FunctionNotPreservedError` naming the first value that
     differs beyond the tolerance.
@@ -385,15 +393,26 @@ def _check_region(before: Graph, after: Graph, cached: Activations, rewritten, r
 
     # A new value is let go once its last reader is done (kept in float32 if the chain keeps it, `kept_values`):
     # a region as large as the graph (`widen_many`) would otherwise hold every float64 value at once.
+    # (a region of a few nodes keeps its few values: the bookkeeping, the new graph's table of readers, is paid
+    # by regions that compute more than LARGE_REGION values only)
     keep = kept_values(after)
-    last = {}
-    for k, n in enumerate(after.nodes):
-        for i in n.inputs:
-            last[i] = k
-    dying: dict = {}
-    for i, k in last.items():
-        if not after.output_names_of(i):
-            dying.setdefault(k, []).append(i)
+    dying: dict = {}  # position of a value's last reader -> the values to let go after it
+    held: list = []  # values computed before the bookkeeping started
+    booked = False
+    here = 0  # position of the node being checked
+
+    def computed(name: str) -> None:
+        """`name` got a new value or a patch: let it go after its last reader (kept if a graph output)."""
+        nonlocal booked
+        held.append(name)
+        if not booked and len(held) < LARGE_REGION:
+            return
+        for value in ([name] if booked else held):
+            readers = after.consumers(value)
+            if readers and not after.output_names_of(value):
+                dying.setdefault(max(after.position(readers[-1]), here), []).append(value)
+        booked = True
+
     replaced: set = set()  # every name new_values ever held
     stash: dict = {}  # float32 values of kept nodes let go during the region
 
@@ -408,8 +427,8 @@ def _check_region(before: Graph, after: Graph, cached: Activations, rewritten, r
                     stash[i] = patches[i].assemble(cached.values[i], np.float32)
                 del patches[i]
 
-    for k, node in enumerate(after.nodes):
-        let_go(dying.pop(k - 1, ()))
+    for here, node in enumerate(after.nodes):
+        let_go(dying.pop(here - 1, ()))
         name = node.name
         if node.op == "input":
             if name not in cached:
@@ -424,6 +443,7 @@ def _check_region(before: Graph, after: Graph, cached: Activations, rewritten, r
                 evaluated += 1
                 if isinstance(step, channels.Patch):
                     patches[name] = step
+                    computed(name)
                     dirty.add(name)
                 else:  # a linear reader's new - old output, from the touched channels: agrees or raises
                     compare(name, None, cached[name], delta=step)
@@ -440,6 +460,7 @@ def _check_region(before: Graph, after: Graph, cached: Activations, rewritten, r
             if delta is not None and (not delta.size if not exact else _within(delta, cached[name], rtol)):
                 compare(name, None, cached[name], delta=delta)
                 patches[name] = channels.Patch.gather((batch(),) + tuple(node.type.shape[1:]), claim)
+                computed(name)
                 dirty.add(name)
                 evaluated += 1
                 continue
@@ -471,10 +492,12 @@ def _check_region(before: Graph, after: Graph, cached: Activations, rewritten, r
             if compare(name, value, cached[name]) > 0 and not exact:
                 new_values[name] = value
                 replaced.add(name)
+                computed(name)
                 changed.append(name)
         else:
             new_values[name] = value
             replaced.add(name)
+            computed(name)
             dirty.add(name)
     for public, name in after.outputs.items():
         if name in dirty:

@@ -250,7 +250,8 @@ def apply_pass(graph: Graph, name: str, *, rng: np.random.Generator | None = Non
 
 def widen_all(graph: Graph, factor: float, *, rng=None, probes=None, executor=run, noise: float = 0.0,
               manager=None) -> list:
-    """Widen every widenable layer to ceil(width * factor), one checked pass each.
+    """Widen every widenable layer to ceil(width * factor): one checked `widen_many` per group of layers read
+    together (`iter_widen_all`), one checked `widen` for each other layer.
 
     Layers coupled through a residual add are widened together by the first of them, so the later
     ones are already at their target width and are skipped. With `manager` the passes run in it (its

@@ -23,6 +23,13 @@ when it still is one, else becomes a `channel_gather` (the math is in `channels.
 It refuses when the channels reach a graph output (its shape would change), a softmax or another op it
 cannot remap. Node names do not change: the nodes are edited in place in the new graph.
 
+Several layers at once (`widen_many`): each layer gets its own mapping, and since the channels of different
+layers never share a column of any value (layers coupled through an add share one flow and one mapping), each
+mapping acts on its own columns: a value carrying several layers' channels (a dense block's concatenation) is
+gathered once by the combination of their layouts (`channels.combined_remaps`), and each consumer's sums are
+unchanged flow by flow. `shared_readers` groups the layers worth widening together: those whose channels meet
+in common consumers, which one `widen` per layer would gather once per layer.
+
 Noise (optional, `noise` > 0): the copies are identical to their originals, incoming weights and outgoing
 weights alike, so their gradients would be identical too and they would never drift apart. The pass adds
 N(0, (noise * std(V))^2) to the *outgoing* weights of the new copies only, V'[:, j] for j >= n, in every
