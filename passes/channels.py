@@ -350,19 +350,27 @@ def combined_remaps(flows: list) -> dict:
     refuses such flows). Raises `ChannelFlowError` when two flows' places on a value overlap."""
     pieces: dict = {}
     channels: dict = {}
-    for flow, g in flows:
+    places: dict = {}  # value -> ((flow, its places there), ...): values placed alike share their pieces and Remap
+    for k, (flow, g) in enumerate(flows):
         g = np.asarray(g, dtype=np.int64)
         counts, copies = np.bincount(g, minlength=flow.width), _copies(g)
-        for value in flow.segments:
-            pieces.setdefault(value, []).extend(flow._pieces(value, g, counts, copies))
+        alike: dict = {}
+        for value, facts in flow.segments.items():
+            if facts not in alike:
+                alike[facts] = flow._pieces(value, g, counts, copies)
+            pieces.setdefault(value, []).extend(alike[facts])
+            places.setdefault(value, []).append((k, facts))
             channels[value] = flow.channels[value]
-    out = {}
+    out, assembled = {}, {}
     for value, here in pieces.items():
-        here.sort(key=lambda piece: piece[0])
-        for (_, stop, *_), (start, *_) in zip(here, here[1:]):
-            if start < stop:
-                raise ChannelFlowError(f"two widened layers' channels overlap in {value}")
-        out[value] = _assemble(here, channels[value])
+        key = (tuple(places[value]), channels[value])  # a dense layer's batchnorm and relu: its concat's layout
+        if key not in assembled:
+            here.sort(key=lambda piece: piece[0])
+            for (_, stop, *_), (start, *_) in zip(here, here[1:]):
+                if start < stop:
+                    raise ChannelFlowError(f"two widened layers' channels overlap in {value}")
+            assembled[key] = _assemble(here, channels[value])
+        out[value] = assembled[key]
     return out
 
 

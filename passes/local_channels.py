@@ -59,12 +59,15 @@ PER_CHANNEL = frozenset({"batchnorm", "relu", "clip", "leaky_relu", "sigmoid", "
 
 
 class Patch:
-    """A changed value as runs of the old value of the same node plus computed touched channels (module doc)."""
+    """A changed value as runs of the old value of the same node plus computed touched channels (module doc).
+
+    runs: an (k, 3) integer array of (n, o, l): new[:, n:n+l] is old[:, o:o+l]."""
 
     __slots__ = ("shape", "runs", "index", "values", "_held", "_folds")
 
-    def __init__(self, shape: tuple, runs: list, index: np.ndarray, values: np.ndarray):
-        self.shape, self.runs, self.index, self.values = shape, runs, index, values
+    def __init__(self, shape: tuple, runs, index: np.ndarray, values: np.ndarray):
+        self.shape, self.index, self.values = shape, index, values
+        self.runs = np.asarray(runs, dtype=np.int64).reshape(-1, 3)
         self._held = self._folds = None
 
     @staticmethod
@@ -73,26 +76,22 @@ class Patch:
         layer's output, proven), as runs of consecutive old channels and nothing computed."""
         index = np.asarray(index, dtype=np.int64)
         starts = np.flatnonzero(np.r_[True, np.diff(index) != 1]) if len(index) else np.zeros(0, dtype=np.int64)
-        lengths = np.diff(np.r_[starts, len(index)])
-        runs = [(int(n), int(index[n]), int(length)) for n, length in zip(starts, lengths)]
+        runs = np.stack([starts, index[starts], np.diff(np.r_[starts, len(index)])], axis=1)
         return Patch(tuple(shape), runs, np.zeros(0, dtype=np.int64), np.empty((shape[0], 0) + tuple(shape[2:])))
 
     def held(self) -> tuple:
         """(new channels, old channels they hold): the runs channel by channel (worked out once)."""
         if self._held is None:
-            if self.runs:
-                n, o, length = (np.asarray(a, dtype=np.int64) for a in zip(*self.runs))
-                within = np.arange(length.sum()) - np.repeat(np.cumsum(length) - length, length)
-                self._held = (np.repeat(n, length) + within, np.repeat(o, length) + within)
-            else:
-                self._held = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+            n, o, length = self.runs.T
+            within = np.arange(length.sum()) - np.repeat(np.cumsum(length) - length, length)
+            self._held = (np.repeat(n, length) + within, np.repeat(o, length) + within)
         return self._held
 
     def folds(self) -> bool:
         """Whether some old channel is held by more than one new channel (a widen's copies)."""
         if self._folds is None:
             _, old = self.held()
-            self._folds = len(old) > 1 and len(np.unique(old)) < len(old)
+            self._folds = len(old) > 1 and int(np.bincount(old).max()) > 1
         return self._folds
 
     def sources(self) -> np.ndarray:
@@ -103,20 +102,29 @@ class Patch:
         return src
 
     def same_runs(self, other: "Patch") -> bool:
-        return self.runs == other.runs and not len(self.index) and not len(other.index)
+        return np.array_equal(self.runs, other.runs) and not len(self.index) and not len(other.index)
+
+    def reshaped(self, shape: tuple, values: np.ndarray) -> "Patch":
+        """The same runs and touched channels with another shape (a per-channel op's output)."""
+        out = Patch(shape, self.runs, self.index, values)
+        out._held, out._folds = self._held, self._folds
+        return out
 
     def old_index(self, old_channels: int) -> np.ndarray:
         """The old value's channels outside every run."""
         covered = np.zeros(old_channels, dtype=bool)
-        for _, o, length in self.runs:
-            covered[o:o + length] = True
+        covered[self.held()[1]] = True
         return np.flatnonzero(~covered)
 
     def assemble(self, old_value: np.ndarray, dtype=np.float64) -> np.ndarray:
         """The whole new value, from the old one (`old_value`, the cached value of the same node)."""
         out = np.empty(self.shape, dtype=dtype)
-        for n, o, length in self.runs:
-            out[:, n:n + length] = old_value[:, o:o + length]
+        if len(self.runs) <= 8:
+            for n, o, length in self.runs.tolist():
+                out[:, n:n + length] = old_value[:, o:o + length]
+        else:  # a widened layer's copies: one gather, not a copy per run
+            new, old = self.held()
+            out[:, new] = old_value[:, old]
         out[:, self.index] = self.values
         return out
 
@@ -130,7 +138,7 @@ def _runs_equal(new: np.ndarray, old: np.ndarray, patch: "Patch", axis: int) -> 
     if len(patch.runs) <= 8:  # compared as views, without a copy
         lead = (slice(None),) * axis
         return all(np.array_equal(new[lead + (slice(n, n + length),)], old[lead + (slice(o, o + length),)])
-                   for n, o, length in patch.runs)
+                   for n, o, length in patch.runs.tolist())
     # many runs (a dense block's concatenation after earlier widens, a widened value's copies): one gather of
     # each side, not a call per run
     new_index, old_index = patch.held()
@@ -151,9 +159,9 @@ def concat(node, old, state, new_graph, old_graph) -> Patch | None:
         if s is None and c_new != c_old:  # a changed type the pass did not declare: the whole-value path
             return None
         if s is None:
-            runs.append((n_off, o_off, c_new))
+            runs.append(np.array([[n_off, o_off, c_new]]))
         elif isinstance(s, Patch):
-            runs.extend((n_off + n, o_off + o, length) for n, o, length in s.runs)
+            runs.append(s.runs + np.array([n_off, o_off, 0]))
             index.append(s.index + n_off)
             values.append(s.values)
         else:
@@ -161,15 +169,14 @@ def concat(node, old, state, new_graph, old_graph) -> Patch | None:
             values.append(s)
         n_off += c_new
         o_off += c_old
-    if not runs or not values:
+    runs = np.concatenate(runs) if runs else np.zeros((0, 3), dtype=np.int64)
+    if not len(runs) or not values:
         return None
-    merged = [runs[0]]  # adjacent runs as one: fewer, longer comparisons of weights downstream
-    for n, o, length in runs[1:]:
-        n0, o0, l0 = merged[-1]
-        if n == n0 + l0 and o == o0 + l0:
-            merged[-1] = (n0, o0, l0 + length)
-        else:
-            merged.append((n, o, length))
+    # adjacent runs as one: fewer, longer comparisons of weights downstream (runs are in new-channel order)
+    n, o, length = runs.T
+    joins = np.r_[False, (n[1:] == n[:-1] + length[:-1]) & (o[1:] == o[:-1] + length[:-1])]
+    first = np.flatnonzero(~joins)
+    merged = np.stack([n[first], o[first], np.add.reduceat(length, first)], axis=1)
     return Patch((values[0].shape[0],) + tuple(node.type.shape[1:]), merged, np.concatenate(index),
                  np.concatenate(values, axis=1))
 
@@ -182,7 +189,8 @@ def elementwise(node, old, patches: list) -> Patch | None:
         return None
     if any(p is None or not p.same_runs(patches[0]) for p in patches):
         return None
-    return Patch.gather((patches[0].shape[0],) + tuple(node.type.shape[1:]), patches[0].sources())
+    return patches[0].reshaped((patches[0].shape[0],) + tuple(node.type.shape[1:]),
+                               np.empty((patches[0].shape[0], 0) + tuple(node.type.shape[2:])))
 
 
 def per_channel(node, old, patch: Patch) -> Patch | None:
@@ -196,9 +204,7 @@ def per_channel(node, old, patch: Patch) -> Patch | None:
             return None
     values = (on_channels(node, patch.index, patch.values) if len(patch.index)
               else np.empty((patch.values.shape[0], 0) + tuple(node.type.shape[2:])))
-    out = Patch((patch.shape[0],) + tuple(node.type.shape[1:]), patch.runs, patch.index, values)
-    out._held, out._folds = patch._held, patch._folds  # the same runs
-    return out
+    return patch.reshaped((patch.shape[0],) + tuple(node.type.shape[1:]), values)
 
 
 def on_channels(node, index: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -214,7 +220,7 @@ def flatten(node, old, patch: Patch) -> Patch | None:
     if node.op != "flatten" or not _same_node(node, old) or len(patch.shape) < 3:
         return None
     s = math.prod(patch.shape[2:])
-    runs = [(n * s, o * s, length * s) for n, o, length in patch.runs]
+    runs = patch.runs * s
     index = (patch.index[:, None] * s + np.arange(s)).ravel()
     return Patch((patch.shape[0], patch.shape[1] * s), runs, index,
                  patch.values.reshape(patch.values.shape[0], -1))
@@ -340,7 +346,8 @@ def _differing_columns(w_new: np.ndarray, w_old: np.ndarray, rows, patch: Patch)
         else:
             folded = np.add.reduceat(w_new[block][:, cols].astype(np.float64), heads, axis=1)
             equal = folded == reference[:, targets].astype(np.float64)
-        same &= equal.reshape(equal.shape[0], equal.shape[1], -1).all(axis=(0, 2))
+        if not equal.all():  # (the common case, all equal, without a reduction along the columns)
+            same &= equal.reshape(equal.shape[0], equal.shape[1], -1).all(axis=(0, 2))
     differ[targets] = ~same
     return np.flatnonzero(differ)
 
