@@ -194,23 +194,42 @@ def elementwise(node, old, patches: list) -> Patch | None:
 
 
 def per_channel(node, old, patch: Patch) -> Patch | None:
-    """A per-channel op on a patch as a patch, if its parameters on the runs are the old node's (else None)."""
-    if node.op not in PER_CHANNEL or not _same_node(node, old) or node.type.shape[2:] != old.type.shape[2:]:
+    """A per-channel op on a patch as a patch, if its parameters on the runs are the old node's (else None).
+
+    A depthwise conv is one: output channel c filters input channel c with filter c (and bias c) alone, so its
+    filters are compared as the other ops' parameters are (its `out` and `groups`, the channel count, grow with
+    the patch)."""
+    if old is None or node.type.shape[2:] != old.type.shape[2:]:
+        return None
+    if _depthwise(node, patch.shape[1]) and _depthwise(old, old.type.shape[1]):
+        attrs, old_attrs = dict(node.attrs), dict(old.attrs)
+        for key in ("out", "groups"):
+            attrs.pop(key), old_attrs.pop(key)
+        if old.inputs != node.inputs or attrs != old_attrs:
+            return None
+    elif node.op not in PER_CHANNEL or not _same_node(node, old):
         return None
     if set(node.weights) != set(old.weights):
         return None
     for key, w in node.weights.items():
-        if w.ndim != 1 or not _runs_equal(w, old.weights[key], patch, 0):
+        if (w.ndim != 1 and node.op != "conv2d") or not _runs_equal(w, old.weights[key], patch, 0):
             return None
     values = (on_channels(node, patch.index, patch.values) if len(patch.index)
               else np.empty((patch.values.shape[0], 0) + tuple(node.type.shape[2:])))
     return patch.reshaped((patch.shape[0],) + tuple(node.type.shape[1:]), values)
 
 
+def _depthwise(node, in_channels: int) -> bool:
+    """A conv2d with one filter per input channel: groups = input channels = output channels."""
+    return node.op == "conv2d" and node.attrs["groups"] == node.attrs["out"] == in_channels \
+        and node.weights["weight"].shape[1] == 1
+
+
 def on_channels(node, index: np.ndarray, x: np.ndarray) -> np.ndarray:
     """A per-channel op's value on channels `index` of its input, given those channels `x`: the op with its
-    parameters gathered at `index`."""
-    sliced = SimpleNamespace(name=node.name, op=node.op, attrs=node.attrs, type=node.type,
+    parameters gathered at `index` (a depthwise conv: those filters, as many groups)."""
+    attrs = dict(node.attrs, out=len(index), groups=len(index)) if node.op == "conv2d" else node.attrs
+    sliced = SimpleNamespace(name=node.name, op=node.op, attrs=attrs, type=node.type,
                              weights={k: w[index] for k, w in node.weights.items()})
     return eval_node(sliced, [x])
 

@@ -279,3 +279,48 @@ def test_distinct_rows_are_evaluated_once_and_give_the_whole_evaluation(copies):
     x = np.random.default_rng(1).standard_normal((3, 8, 8, 8))
     claim = result.channels["conv_3"]
     np.testing.assert_allclose(_evaluate_distinct_rows(node, [x], claim), _evaluate(node, [x]), rtol=1e-12, atol=1e-12)
+
+
+class BrokenFilter(Pass):
+    """widen, then one number of the depthwise conv's filter `channel` changed."""
+
+    name = "broken_filter"
+    arguments = ("layer", "width", "channel")
+
+    def candidates(self, graph):
+        return []
+
+    def apply(self, graph, *, rng, layer, width, channel):
+        result = widen(graph, layer, width, rng=rng)
+        node = result.graph.node("dw_1")
+        weight = np.array(node.weights["weight"])
+        weight[channel, 0, 1, 1] += 0.5
+        changed = node.replace(weights={**node.weights, "weight": weight})
+        result.graph = result.graph.replace(nodes=[changed if n.name == "dw_1" else n for n in result.graph.nodes])
+        return result
+
+
+def test_a_depthwise_conv_on_a_widens_copies_is_followed_channel_by_channel_and_a_changed_filter_is_caught(
+        monkeypatch):
+    """conv_1 -> bn -> clip -> depthwise conv -> hardswish -> (squeeze-excitation gate) mul: widened, the depthwise
+    conv's copies hold their originals' filters, so its output is the old one gathered (`per_channel`), not
+    evaluated; with one filter changed (an original's or a copy's) the check evaluates and catches it."""
+    graph = randomise_weights(_graph(DEPTHWISE_SE), np.random.default_rng(3))
+    followed = []
+    real = local_channels.per_channel
+
+    def spy(node, old, patch):
+        out = real(node, old, patch)
+        if out is not None:
+            followed.append(node.name)
+        return out
+
+    monkeypatch.setattr(local_channels, "per_channel", spy)
+    manager = PassManager(graph, seed=0)
+    manager.run("widen", layer="conv_1", width=7)
+    assert {"bn_1", "clip_1", "dw_1", "hs_1"} <= set(followed)
+    _assert_activations_are_the_new_graphs(manager)
+    for channel in (1, 5):  # an original's filter, a copy's
+        broken = PassManager(graph, seed=0, passes={**registry(), "broken_filter": BrokenFilter()})
+        with pytest.raises(FunctionNotPreservedError, match="broken_filter did not preserve the function"):
+            broken.run("broken_filter", layer="conv_1", width=7, channel=channel)
