@@ -308,12 +308,13 @@ def linear_delta(node, old, patch: Patch, old_input, rows=None) -> np.ndarray | 
     return delta
 
 
-FOLD_POSITIONS = 512
+FOLD_POSITIONS = 1024
 """Below this many output positions (probes x output pixels) a layer whose input repeats old channels (a widen's
 copies) is evaluated whole rather than checked by folding its weights (`linear_delta`): folding costs a few
-numpy passes over the weights whatever the positions, the float64 product 2 x positions operations per weight.
-Measured on widened conv pairs (64 and 256 channels, 1x1 and 3x3, 4 probes): folding took 2.5-3.6x the product's
-time at 16 positions, 0.9-1.2x at 256, 0.27-0.54x at 1024."""
+numpy passes over the weights whatever the positions, the float64 product 2 x positions operations per weight
+(each distinct row once, `local_check._evaluate_distinct_rows`). `python benchmarks/bench_fold.py` times both on
+widened conv pairs (64 and 256 channels, 1x1 and 3x3, 4 probes): folding took 1.4-5.1x the product's time at 16
+positions, 1.2-2.0x at 256, 0.72-1.00x at 1,024."""
 
 
 def _fold(w_new: np.ndarray, src: np.ndarray, columns: np.ndarray, c_old: int) -> np.ndarray:

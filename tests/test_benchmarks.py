@@ -187,3 +187,12 @@ def test_bench_ab_package_folder_imports_the_tree_it_was_made_from(tmp_path):
                            env={**os.environ, "PYTHONPATH": str(folder)}, capture_output=True, text=True)
     assert Path(found.stdout.strip()).parent == folder / "easc" / "ir"
     assert Path(found.stdout.strip()).resolve().parent == (BENCH.parent / "eas_ir").resolve()
+
+
+def test_bench_fold_smoke_times_both_checks_of_a_widened_pair(tmp_path):
+    out = tmp_path / "fold.json"
+    load("bench_fold").main(["--smoke", "--out", str(out)])
+    report = check_report(out, "bench_fold")
+    (row,) = report["rows"]
+    assert row["positions"] == 64 and row["fold_seconds"] > 0 and row["whole_seconds"] > 0
+    assert (tmp_path / "fold.log").read_text().startswith("bench_fold: ")
