@@ -248,6 +248,8 @@ def widen_many(graph: Graph, layers, factor: float = 2.0, *, rng: np.random.Gene
     if isinstance(factor, bool) or not isinstance(factor, (int, float, np.number)) \
             or not (math.isfinite(factor) and factor > 1):
         raise PassError(f"widen_many: factor must be a finite number > 1, got {factor!r}")
+    if isinstance(layers, str) or not all(isinstance(layer, str) for layer in layers):
+        raise PassError(f"widen_many: layers must be a list of layer names, got {layers!r}")
     rng = default_rng(rng)
     flows, covered = [], set()
     for layer in layers:

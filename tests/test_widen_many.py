@@ -91,6 +91,10 @@ def test_widen_many_refuses_what_it_cannot_combine_with_a_reason():
         widen_many(graph, ["sq_1"], 1.0)
     with pytest.raises(PassError, match="graph output"):
         widen_many(net(), ["fc_1"], 2.0)
+    with pytest.raises(PassError, match="layers must be a list of layer names, got 'conv_1'"):
+        widen_many(net(), "conv_1", 2.0)
+    with pytest.raises(PassError, match="no layer given"):
+        widen_many(net(), [], 2.0)
 
 
 @pytest.mark.parametrize("arch, together", [("densenet121", True), ("googlenet", True), ("shufflenet_v2", False),
