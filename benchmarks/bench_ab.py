@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import compileall
-import json
 import os
 import shutil
 import statistics
@@ -167,10 +166,7 @@ def main(argv=None) -> dict:
                          "value": round(r["rss_ratio"], 3)})
     report = {**bench_transform.report_head("bench_ab", args.smoke, command), "base": base_commit,
               "new": new_commit, "rows": rows, "headline": headline}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    out.with_suffix(".log").write_text("\n".join(lines) + "\n")
+    bench_transform.write_results(args.out, report, lines)
     return report
 
 

@@ -16,10 +16,8 @@ Writes benchmarks/results/bench_fold.json and .log.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +27,7 @@ from easc.passes import local_channels
 from easc.passes.manager import PassManager
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_transform import report_head, run_header  # noqa: E402
+from bench_transform import report_head, run_header, write_results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NEVER = 1 << 62
@@ -90,10 +88,7 @@ def main(argv=None) -> dict:
     print("\n".join(lines[-len(headline) - 1:]))
     report = {**report_head("bench_fold", args.smoke, lines[1][len("command: "):]), "repeats": repeats,
               "fold_positions": local_channels.FOLD_POSITIONS, "rows": rows, "headline": headline}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    out.with_suffix(".log").write_text("\n".join(lines) + "\n")
+    write_results(args.out, report, lines)
     return report
 
 

@@ -366,6 +366,14 @@ def report_head(benchmark: str, smoke: bool, command: str) -> dict:
             "load_average": os.getloadavg()[0]}
 
 
+def write_results(out, report: dict, lines: list) -> None:
+    """A run's result file (`out`, JSON) and its log (`out` with .log): what every benchmark here writes."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    out.with_suffix(".log").write_text("\n".join(lines) + "\n")
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
