@@ -62,7 +62,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     repeats = 1 if args.smoke else args.repeats
     cases = [(1, 64, 4)] if args.smoke else [(k, c, h) for k in (1, 3) for c in (64, 256) for h in (2, 4, 8, 16)]
-    lines = [run_header("bench_fold", repeats), "command: python " + " ".join(["benchmarks/bench_fold.py", *sys.argv[1:]])]
+    command = "python " + " ".join(["benchmarks/bench_fold.py", *sys.argv[1:]])
+    lines = [run_header("bench_fold", repeats), f"command: {command}"]
     rows = []
     for kernel, channels, size in cases:
         graph = _pair(channels, size, kernel)
@@ -86,7 +87,7 @@ def main(argv=None) -> dict:
     lines += [f"{h['metric']}: {h['value']}" for h in headline]
     lines.append(f"FOLD_POSITIONS = {local_channels.FOLD_POSITIONS}")
     print("\n".join(lines[-len(headline) - 1:]))
-    report = {**report_head("bench_fold", args.smoke, lines[1][len("command: "):]), "repeats": repeats,
+    report = {**report_head("bench_fold", args.smoke, command), "repeats": repeats,
               "fold_positions": local_channels.FOLD_POSITIONS, "rows": rows, "headline": headline}
     write_results(args.out, report, lines)
     return report

@@ -187,9 +187,9 @@ def shared_readers(graph: Graph, layers) -> list:
     """`layers` (those `many_reason` accepts) in groups whose channels meet in common consumers, in graph order:
     two layers are in one group when a layer reads the channels of both (a dense block's later layers read every
     earlier layer's growth, an inception module's branches are read together by the next module's), and a layer
-    whose channels a layer of such a group reads, or that reads a group's channels, joins it. Widening a group with one `widen_many` gathers each
-    such consumer once; one `widen` per layer would gather it once per layer it reads. A layer coupled to another
-    through an add is in that layer's flow, listed once."""
+    whose channels a layer of such a group reads, or that reads a group's channels, joins it. Widening a group
+    with one `widen_many` gathers each such consumer once; one `widen` per layer would gather it once per layer
+    it reads. A layer coupled to another through an add is in that layer's flow, listed once."""
     flows, owner = [], {}
     for layer in layers:
         if layer in owner:
@@ -271,7 +271,8 @@ def widen_many(graph: Graph, layers, factor: float = 2.0, *, rng: np.random.Gene
     except ChannelFlowError as e:
         raise PassError(f"widen_many: {e}") from None
     result = _rewrite(graph, flows, remaps, 0.0, rng)
-    result.record.update({"pass": "widen_many", "layers": [flow.layer for flow, _ in flows], "factor": float(factor)})
+    result.record.update({"pass": "widen_many", "layers": [flow.layer for flow, _ in flows],
+                          "factor": float(factor)})
     return result
 
 
