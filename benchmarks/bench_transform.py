@@ -378,6 +378,9 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--size", type=int, default=None,
+                        help="input N x N for every layout (default: each layout's, 64); e.g. 224 for ImageNet's")
+    parser.add_argument("--chains", default="widen,deepen,skip")
     parser.add_argument("--smoke", action="store_true", help="resnet18 --widen at 3x32x32, once (for the tests)")
     parser.add_argument("--out", default=str(RESULTS / "bench_transform.json"))
     args = parser.parse_args(argv)
@@ -391,10 +394,18 @@ def main(argv=None) -> dict:
         lines.append(line)
 
     log(run_header("bench_transform", repeats))
+    chains = ("widen",) if args.smoke else tuple(c for c in args.chains.split(",") if c)
     command = "python benchmarks/bench_transform.py" + (" --smoke" if args.smoke else
-                                                          f" --models {','.join(models)} --repeats {repeats}")
+                                                          f" --models {','.join(models)} --repeats {repeats}"
+                                                          + (f" --size {args.size}" if args.size else "")
+                                                          + (f" --chains {args.chains}"
+                                                             if chains != ("widen", "deepen", "skip") else ""))
+    partial = args.size or chains != ("widen", "deepen", "skip")
+    if not args.smoke and args.out == parser.get_default("out") and partial:
+        parser.error("--size or --chains: give --out too (the default file holds the 64x64 rows of every chain)")
     log(f"command: {command}")
-    rows = bench(models, repeats, (3, 32, 32) if args.smoke else None, log, ("widen",) if args.smoke else None)
+    shape = (3, 32, 32) if args.smoke else ((3, args.size, args.size) if args.size else None)
+    rows = bench(models, repeats, shape, log, chains)
     concluded = conclusion(rows, rows[0]["baseline_rss"] if rows else 0.0)
     for line in concluded:
         log(line)
