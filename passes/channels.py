@@ -323,21 +323,21 @@ def _copies(g: np.ndarray) -> np.ndarray:
 def _assemble(pieces: list, channels: int) -> Remap:
     """A value's `Remap` from the new columns of the places that carry channels (`ChannelFlow._pieces`), the
     columns between them kept as they are."""
-    index, divisor, new, unit = [], [], [], []
+    fields = ([], [], [], [])  # index, divisor, new, unit
+
+    def kept(a: int, b: int) -> None:  # old columns a..b-1 as they are
+        for out, field in zip(fields, (np.arange(a, b), np.ones(b - a, dtype=np.int64), np.zeros(b - a, dtype=bool),
+                                       np.full(b - a, -1, dtype=np.int64))):
+            out.append(field)
+
     pos = 0
-    for start, stop, *fields in sorted(pieces, key=lambda piece: piece[0]):
-        index.append(np.arange(pos, start))
-        divisor.append(np.ones(start - pos, dtype=np.int64))
-        new.append(np.zeros(start - pos, dtype=bool))
-        unit.append(np.full(start - pos, -1, dtype=np.int64))
-        for out, field in zip((index, divisor, new, unit), fields):
+    for start, stop, *placed in sorted(pieces, key=lambda piece: piece[0]):
+        kept(pos, start)
+        for out, field in zip(fields, placed):
             out.append(field)
         pos = stop
-    index.append(np.arange(pos, channels))
-    divisor.append(np.ones(channels - pos, dtype=np.int64))
-    new.append(np.zeros(channels - pos, dtype=bool))
-    unit.append(np.full(channels - pos, -1, dtype=np.int64))
-    return Remap(*(np.concatenate(a) for a in (index, divisor, new, unit)))
+    kept(pos, channels)
+    return Remap(*(np.concatenate(a) for a in fields))
 
 
 def combined_remaps(flows: list) -> dict:

@@ -94,13 +94,6 @@ class Patch:
             self._folds = len(old) > 1 and int(np.bincount(old).max()) > 1
         return self._folds
 
-    def sources(self) -> np.ndarray:
-        """For each new channel the old channel it holds, -1 for the touched ones."""
-        src = np.full(self.shape[1], -1, dtype=np.int64)
-        new, old = self.held()
-        src[new] = old
-        return src
-
     def same_runs(self, other: "Patch") -> bool:
         return np.array_equal(self.runs, other.runs) and not len(self.index) and not len(other.index)
 
@@ -289,11 +282,11 @@ def linear_delta(node, old, patch: Patch, old_input, rows=None) -> np.ndarray | 
         return None
     if patch.folds() and math.prod(node.type.shape[2:]) * patch.shape[0] < FOLD_POSITIONS:
         return None  # a product over so few positions costs less than folding the weights
-    differ = _differing_columns(w_new, w_old, rows, patch)
+    groups = _by_old_channel(patch)
+    differ = _differing_columns(w_new, w_old, rows, patch, groups)
     if not len(differ) and not len(patch.index):
         return np.zeros(0)  # every product cancels: exactly no difference
     x_old = old_input(differ) if len(differ) else None
-    src = patch.sources()
     delta = np.empty((patch.shape[0], w_new.shape[0]) + tuple(node.type.shape[2:]))
     step = max(1, ROWS // max(1, w_new[0].size))
     for start in range(0, w_new.shape[0], step):  # a block of output rows at a time: float64 weights stay small
@@ -301,7 +294,7 @@ def linear_delta(node, old, patch: Patch, old_input, rows=None) -> np.ndarray | 
         part = 0.0
         if x_old is not None:
             reference = (w_old[block] if rows is None else w_old[rows[block]])[:, differ].astype(np.float64)
-            part = _contribution(node, x_old, _fold(w_new[block], src, differ, w_old.shape[1]) - reference)
+            part = _contribution(node, x_old, _fold(w_new[block], groups, differ) - reference)
         if len(patch.index):
             part = part + _contribution(node, patch.values, w_new[block][:, patch.index].astype(np.float64))
         delta[:, block] = part
@@ -317,34 +310,36 @@ widened conv pairs (64 and 256 channels, 1x1 and 3x3, 4 probes): folding took 1.
 positions, 1.2-2.0x at 256, 0.72-1.00x at 1,024."""
 
 
-def _fold(w_new: np.ndarray, src: np.ndarray, columns: np.ndarray, c_old: int) -> np.ndarray:
-    """F[:, columns] (float64): for each of those old columns, the sum of the new columns holding it (0 if none)."""
-    slot_of = np.full(c_old, -1, dtype=np.int64)
-    slot_of[columns] = np.arange(len(columns))
-    held = np.flatnonzero(src >= 0)
-    slots = slot_of[src[held]]
-    keep = slots >= 0
-    held, slots = held[keep], slots[keep]
-    out = np.zeros((w_new.shape[0], len(columns)) + w_new.shape[2:])
-    order = np.argsort(slots, kind="stable")  # one pass per copy rank: within a pass each slot at most once
-    held, slots = held[order], slots[order]
-    first = np.r_[True, slots[1:] != slots[:-1]] if len(slots) else np.zeros(0, dtype=bool)
-    rank = np.arange(len(slots)) - np.maximum.accumulate(np.where(first, np.arange(len(slots)), 0))
-    for r in range(int(rank.max(initial=-1)) + 1):
-        at = rank == r
-        out[:, slots[at]] += w_new[:, held[at]]
-    return out
-
-
-def _differing_columns(w_new: np.ndarray, w_old: np.ndarray, rows, patch: Patch) -> np.ndarray:
-    """The old columns c where the fold F[:, c] is not bitwise the old weight's (rows: gathered), and those no
-    new channel holds (`linear_delta`), compared a block of rows at a time."""
-    c_old = w_old.shape[1]
+def _by_old_channel(patch: Patch) -> tuple:
+    """The channels the patch's runs hold, grouped by the old channel they hold: (new channels in old-channel
+    order, where each group starts among them, each group's old channel)."""
     new, olds = patch.held()
     order = np.argsort(olds, kind="stable")
     cols, olds = new[order], olds[order]
     heads = np.flatnonzero(np.r_[True, olds[1:] != olds[:-1]]) if len(olds) else np.zeros(0, dtype=np.int64)
-    targets = olds[heads]
+    return cols, heads, olds[heads]
+
+
+def _fold(w_new: np.ndarray, groups: tuple, columns: np.ndarray) -> np.ndarray:
+    """F[:, columns] (float64; `columns` ascending): for each of those old columns, the sum of the new columns
+    holding it (`_by_old_channel`), 0 where none does."""
+    cols, heads, targets = groups
+    wanted = np.isin(targets, columns)
+    sizes = np.diff(np.r_[heads, len(cols)])
+    out = np.zeros((w_new.shape[0], len(columns)) + w_new.shape[2:])
+    if wanted.any():
+        members = cols[np.repeat(wanted, sizes)]  # the wanted groups, each still in one piece
+        starts = np.r_[0, np.cumsum(sizes[wanted])[:-1]]
+        out[:, np.searchsorted(columns, targets[wanted])] = np.add.reduceat(
+            w_new[:, members].astype(np.float64), starts, axis=1)
+    return out
+
+
+def _differing_columns(w_new: np.ndarray, w_old: np.ndarray, rows, patch: Patch, groups: tuple) -> np.ndarray:
+    """The old columns c where the fold F[:, c] is not bitwise the old weight's (rows: gathered), and those no
+    new channel holds (`linear_delta`; groups: `_by_old_channel`), compared a block of rows at a time."""
+    c_old = w_old.shape[1]
+    cols, heads, targets = groups
     differ = np.ones(c_old, dtype=bool)  # columns nobody holds stay "differ": F = 0 there
     if not len(targets):
         return np.flatnonzero(differ)
